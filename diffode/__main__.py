@@ -1,0 +1,5 @@
+import sys
+
+from diffode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""Front doors: thin x ↔ x̄ coordinate changes around :func:`diffode.solve.solve`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from diffode.field import EpsField, Model
+from diffode.grids import GridSpec, sigma_grid
+from diffode.schedule import Schedule
+from diffode.solve import Callback, Generator, solve
+from diffode.solvers.base import Solver
+from diffode.solvers.ddim import DDIM
+from diffode.solvers.registry import get_solver
+from diffode.validation import require_finite, require_floating, require_nonnegative
+
+DEFAULT_STEPS = 50
+
+
+def resolve_sampler(solver: str | Solver, eta: float) -> Solver:
+    """The solver object for ``sample``'s ``solver`` and ``eta`` arguments."""
+    eta = require_nonnegative("eta", eta)
+    if solver == "ddim":
+        return DDIM(eta)
+    if eta != 0.0:
+        raise ValueError(
+            f"eta={eta} applies only to solver='ddim'; got solver={solver!r}. Use solver='ddim' or "
+            "pass a DDIM(eta=...) object"
+        )
+    return get_solver(solver)
+
+
+def sampling_grid(schedule: Schedule, steps: int | None, timesteps: GridSpec, solver: Solver) -> Tensor:
+    """The σ grid ``sample`` follows: adaptive solvers default to [σ_max, σ_min, 0]; fixed-step
+    solvers to ``DEFAULT_STEPS`` (at most T) steps of the named spacing."""
+    if steps is None and isinstance(timesteps, str):
+        if solver.adaptive:
+            return torch.tensor([schedule.sigmas[-1], schedule.sigma_min, 0.0], dtype=torch.float64)
+        steps = min(DEFAULT_STEPS, schedule.T) if schedule.T else DEFAULT_STEPS
+    return sigma_grid(schedule, steps, timesteps)
+
+
+def sample(
+    model: Model,
+    schedule: Schedule,
+    noise: Tensor,
+    *,
+    steps: int | None = None,
+    timesteps: GridSpec = "uniform",
+    solver: str | Solver = "euler",
+    eta: float = 0.0,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Draw samples by integrating the DDIM ODE (or a stochastic DDIM/DDPM chain) from noise.
+
+    Args:
+        model: an ε-prediction network called as ``model(x, t)`` (see :class:`~diffode.EpsField`).
+        schedule: the schedule the model was trained with.
+        noise: x at the first grid point, ~ N(0, I), shape ``(batch, ...)``, any float dtype
+            (kept). As in the DDIM reference code and diffusers, this is x (not x̄) at the first
+            timestep of the grid.
+        steps: number of sampling steps S (network evaluations for Euler/DDIM). Default: 50
+            (at most T) for fixed-step solvers; for adaptive solvers the grid [σ_max, σ_min, 0].
+        timesteps: ``"uniform"``, ``"quadratic"``, ``"trailing"``, ``"linspace"``, ``"karras"``,
+            or an explicit tensor of integer timesteps or σ values (see
+            :func:`~diffode.grids.sigma_grid`). A final step to σ = 0 is always taken.
+        solver: a solver name or object; ``"euler"`` is deterministic DDIM.
+        eta: DDIM's η, only with ``solver="ddim"`` (0 = DDIM, 1 = DDPM ancestral).
+        generator: randomness for stochastic solvers: one ``torch.Generator`` or one per sample.
+        callback: called with a :class:`~diffode.solve.StepInfo` (x̄ state) after every step.
+        progress: draw a progress bar on stderr.
+
+    Returns:
+        Samples x at σ = 0, same shape, dtype and device as ``noise``.
+    """
+    noise = require_finite("noise", require_floating("noise", noise))
+    stepper = resolve_sampler(solver, eta)
+    grid = sampling_grid(schedule, steps, timesteps, stepper)
+    field = EpsField(model, schedule)
+    s_start, s_end = float(grid[0]), float(grid[-1])
+    xbar = noise * math.sqrt(1.0 + s_start * s_start)
+    out = solve(field, xbar, grid, stepper, generator=generator, callback=callback, progress=progress)
+    return out.x / math.sqrt(1.0 + s_end * s_end)

@@ -1,0 +1,103 @@
+"""Input checks shared by the public entry points.
+
+Every public function validates its arguments here, once, so that steppers and the solve
+loop can trust their inputs. Each check raises ``ValueError`` or ``TypeError`` naming the
+argument, the offending value and the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def describe(value: Any, limit: int = 8) -> str:
+    """A short, readable rendering of ``value`` for error messages."""
+    if isinstance(value, Tensor):
+        flat = value.detach().flatten().tolist()
+        body = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in flat[:limit])
+        more = ", ..." if len(flat) > limit else ""
+        return f"tensor([{body}{more}], shape={tuple(value.shape)}, dtype={value.dtype})"
+    return repr(value)
+
+
+def require_tensor(name: str, value: Any) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def require_floating(name: str, value: Any) -> Tensor:
+    tensor = require_tensor(name, value)
+    if not tensor.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor, got dtype {tensor.dtype}; "
+            f"convert it with {name}.float()"
+        )
+    return tensor
+
+
+def require_finite(name: str, value: Tensor) -> Tensor:
+    """Reject NaN and infinity. This synchronises with the device, so call it once per call."""
+    if not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf); pass finite values")
+    return value
+
+
+def require_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high}, got {value}")
+    return value
+
+
+def require_nonnegative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def require_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_sigma_grid(sigmas: Any, name: str = "sigmas") -> Tensor:
+    """Return ``sigmas`` as a 1-D float64 CPU tensor after checking it is a valid σ grid.
+
+    A grid is strictly monotone (either direction), non-negative, and finite except that a
+    decreasing grid may start at +inf (zero-terminal-SNR schedules).
+    """
+    if isinstance(sigmas, (list, tuple)):
+        sigmas = torch.tensor(sigmas, dtype=torch.float64)
+    grid = require_floating(name, sigmas).detach().to("cpu", torch.float64)
+    if grid.ndim != 1 or grid.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(grid.shape)}")
+    if torch.isnan(grid).any() or (grid < 0).any():
+        raise ValueError(f"{name} must hold σ values >= 0 without NaN, got {describe(grid)}")
+    if grid.numel() > 1:
+        diffs = grid[1:] - grid[:-1]
+        decreasing = bool((diffs < 0).all())
+        increasing = bool((diffs > 0).all())
+        if not (decreasing or increasing):
+            raise ValueError(
+                f"{name} must be strictly monotone (all decreasing for sampling, all increasing "
+                f"for encoding) with no repeated values, got {describe(grid)}"
+            )
+        finite_part = grid[1:] if decreasing else grid
+        if torch.isinf(finite_part).any():
+            raise ValueError(f"{name} may be infinite only in its first entry, got {describe(grid)}")
+    elif torch.isinf(grid).any():
+        raise ValueError(f"{name} must be finite, got {describe(grid)}")
+    return grid

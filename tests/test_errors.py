@@ -1,0 +1,125 @@
+"""Each bad input named in the foundation issue raises a clear ValueError/TypeError."""
+
+import math
+
+import pytest
+import torch
+
+from diffode import DDIM, EpsField, Schedule, oracles, sample, solve
+from tests.helpers import wavy_model
+
+
+def test_non_finite_noise(linear):
+    noise = torch.randn(2, 2)
+    noise[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="noise contains 1 non-finite value"):
+        sample(wavy_model(), linear, noise, steps=5)
+
+
+def test_integer_noise_is_a_type_error(linear):
+    with pytest.raises(TypeError, match="noise must be a floating-point tensor"):
+        sample(wavy_model(), linear, torch.zeros(2, 2, dtype=torch.int64), steps=5)
+
+
+@pytest.mark.parametrize(
+    "timesteps, match",
+    [
+        (torch.tensor([10, 20]), "timesteps must be strictly decreasing"),
+        (torch.tensor([20, 10, 10]), "no duplicates"),
+        (torch.tensor([1000, 10]), "timesteps must lie in 0 … 999, got tensor\\(\\[1000, 10\\]"),
+        (torch.tensor([10, -3]), "timesteps must lie in 0 … 999"),
+    ],
+)
+def test_bad_timesteps(linear, timesteps, match):
+    with pytest.raises(ValueError, match=match):
+        sample(wavy_model(), linear, torch.randn(2, 2), timesteps=timesteps)
+
+
+@pytest.mark.parametrize(
+    "steps, match", [(0, "steps must be at least 1, got 0"), (1001, "steps must be at most 1000, got 1001")]
+)
+def test_bad_steps(linear, steps, match):
+    with pytest.raises(ValueError, match=match):
+        sample(wavy_model(), linear, torch.randn(2, 2), steps=steps)
+
+
+def test_bad_betas_and_alphas():
+    with pytest.raises(ValueError, match="betas must each lie in \\(0, 1\\)"):
+        Schedule.from_betas(torch.tensor([0.5, 0.0, 0.1]))
+    with pytest.raises(ValueError, match="alphas_cumprod must be strictly decreasing"):
+        Schedule.from_alphas_cumprod(torch.tensor([0.9, 0.9, 0.1]))
+
+
+def test_model_output_of_wrong_shape(linear):
+    with pytest.raises(
+        ValueError, match="model output must have the input's shape \\(2, 3\\), got \\(2, 1\\)"
+    ):
+        sample(lambda x, t: x[:, :1], linear, torch.randn(2, 3), steps=3)
+    with pytest.raises(ValueError, match="model output must have the input's shape"):
+        sample(lambda x, t: "eps", linear, torch.randn(2, 3), steps=3)
+
+
+def test_non_finite_model_output(linear):
+    def model(x, t):
+        return torch.where(t[:, None] < 400, torch.full_like(x, math.nan), torch.zeros_like(x))
+
+    with pytest.raises(ValueError, match="state became non-finite at step 3 .*model returns finite values"):
+        sample(model, linear, torch.randn(2, 3), steps=5)
+
+
+@pytest.mark.parametrize(
+    "grid, match",
+    [
+        ([3.0, 1.0, 2.0], "strictly monotone"),
+        ([3.0, 3.0, 0.0], "strictly monotone"),
+        ([3.0, -1.0], "σ values >= 0"),
+        ([0.0, 1.0, 2.0], "starts at 0 and increases"),
+        ([float("nan"), 1.0], "without NaN"),
+        ([1.0, float("inf")], "infinite only in its first entry"),
+    ],
+)
+def test_bad_sigma_grid(linear, grid, match):
+    with pytest.raises(ValueError, match=match):
+        solve(EpsField(wavy_model(), linear), torch.randn(2, 2), torch.tensor(grid, dtype=torch.float64))
+
+
+def test_sigma_grid_must_be_float(linear):
+    with pytest.raises(TypeError, match="sigmas must be a floating-point tensor"):
+        solve(EpsField(wavy_model(), linear), torch.randn(2, 2), torch.tensor([3, 1, 0]))
+
+
+def test_unknown_solver_lists_known_ones(linear):
+    with pytest.raises(ValueError, match="unknown solver 'rk7'; known solvers: .*ddim.*euler"):
+        sample(wavy_model(), linear, torch.randn(2, 2), steps=3, solver="rk7")
+    with pytest.raises(TypeError, match="solver must be a name or a diffode Solver"):
+        sample(wavy_model(), linear, torch.randn(2, 2), steps=3, solver=42)  # type: ignore[arg-type]
+
+
+def test_negative_eta(linear):
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0, got -0.5"):
+        sample(wavy_model(), linear, torch.randn(2, 2), steps=3, solver="ddim", eta=-0.5)
+    with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
+        DDIM(eta=-1.0)
+
+
+def test_eta_needs_the_ddim_solver(linear):
+    with pytest.raises(ValueError, match="eta=0.5 applies only to solver='ddim'"):
+        sample(wavy_model(), linear, torch.randn(2, 2), steps=3, solver="euler", eta=0.5)
+
+
+def test_stochastic_ddim_refuses_an_increasing_grid(linear):
+    field = EpsField(oracles.Gaussian(torch.zeros(2), 1.0).model(linear), linear)
+    with pytest.raises(ValueError, match="stochastic and cannot run on an increasing σ grid"):
+        solve(field, torch.randn(2, 2), torch.tensor([0.1, 1.0], dtype=torch.float64), DDIM(0.3))
+
+
+def test_eps_field_rejects_zero_terminal_snr():
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 50, dtype=torch.float64), 0)
+    ac[-1] = 0
+    with pytest.raises(ValueError, match="zero terminal SNR"):
+        EpsField(wavy_model(), Schedule.from_alphas_cumprod(ac))
+
+
+def test_non_callable_model(linear):
+    with pytest.raises(TypeError, match="model must be callable"):
+        EpsField("unet", linear)  # type: ignore[arg-type]
