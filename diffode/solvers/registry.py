@@ -1,4 +1,8 @@
-"""Solver names: the one place where strings become solver objects."""
+"""Solver names: the one place where strings become solver objects.
+
+Each name maps to a default-configured instance; ``"prefix:<method>"`` names map to a backend
+constructed with that method.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,6 @@ _FACTORIES: dict[str, Callable[[], Solver]] = {
     "ddim": DDIM,
 }
 _PREFIXES: dict[str, Callable[[str], Solver]] = {}
-
-
-def register(name: str, factory: Callable[[], Solver]) -> None:
-    """Make ``name`` resolve to ``factory()`` (a default-configured instance)."""
-    _FACTORIES[name] = factory
-
-
-def register_prefix(prefix: str, factory: Callable[[str], Solver]) -> None:
-    """Make ``"prefix:<method>"`` resolve to ``factory(method)``."""
-    _PREFIXES[prefix] = factory
 
 
 def solver_names() -> list[str]:
