@@ -5,8 +5,19 @@ dx̄/dσ = ε_θ(x̄/√(1+σ²), t(σ)). diffode wraps an ε-network as that ve
 it with interchangeable solvers through one loop, :func:`solve`.
 """
 
-from diffode import oracles, solvers
-from diffode.field import EpsField, VectorField
+from diffode import oracles, solvers, study
+from diffode.diffusers_interop import DiffusersModel, from_diffusers, load_diffusers
+from diffode.field import (
+    PREDICTIONS,
+    DenoiserField,
+    EpsField,
+    ModelField,
+    ScoreField,
+    VectorField,
+    VField,
+    X0Field,
+    field_for,
+)
 from diffode.grids import karras_sigmas, sigma_grid, spaced_timesteps
 from diffode.sampling import sample
 from diffode.schedule import ContinuousVPSchedule, Schedule
@@ -15,20 +26,31 @@ from diffode.solvers import DDIM, Euler, Solver
 
 __all__ = [
     "DDIM",
+    "PREDICTIONS",
     "ContinuousVPSchedule",
+    "DenoiserField",
+    "DiffusersModel",
     "EpsField",
     "Euler",
+    "ModelField",
     "Schedule",
+    "ScoreField",
     "Solution",
     "Solver",
     "StepInfo",
+    "VField",
     "VectorField",
+    "X0Field",
+    "field_for",
+    "from_diffusers",
     "karras_sigmas",
+    "load_diffusers",
     "oracles",
     "sample",
     "sigma_grid",
     "solve",
     "solvers",
     "spaced_timesteps",
+    "study",
 ]
 __version__ = "0.1.0"

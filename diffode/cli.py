@@ -6,17 +6,28 @@ Bad arguments print one line to stderr and exit with status 2, without a traceba
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from diffode.data import DATASETS
+from diffode.field import Model
 from diffode.grids import TIMESTEP_SPACINGS
 from diffode.oracles import GaussianMixture
-from diffode.sampling import sample
+from diffode.progress import progress as progress_bar
+from diffode.sampling import resolve_sampler, sample
 from diffode.schedule import Schedule
 from diffode.solve import StepInfo
+from diffode.solvers.base import Solver
+from diffode.solvers.ddim import DDIM
 
 
 class UsageError(Exception):
@@ -99,6 +110,279 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-63"`` → 0 … 63; ``"3,7,10-12"`` → [3, 7, 10, 11, 12]. Seeds are non-negative ints."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, sep, last = part.strip().partition("-")
+            low, high = int(first), int(last) if sep else int(first)
+            if low < 0 or high < low:
+                raise ValueError
+            seeds.extend(range(low, high + 1))
+    except ValueError:
+        raise UsageError(
+            f"--seeds must be non-negative integers and ranges like 0-63 or 3,7,10-12, got {text!r}"
+        ) from None
+    return seeds
+
+
+def _int_list(name: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{name} must be comma-separated integers such as 16,32,32, got {text!r}") from None
+    return values
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(
+            f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1, mps, ..."
+        ) from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }.get(device.type, True)
+    if not available:
+        raise UsageError(f"--device {name}: {device.type} is not available on this machine; use --device cpu")
+    return device
+
+
+@dataclass
+class LoadedModel:
+    """An ε-network ready for sampling: ``model(x, t)``, its schedule, the shape of one sample."""
+
+    model: Model
+    schedule: Schedule
+    sample_shape: tuple[int, ...]
+    name: str
+
+
+def load_model(path: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """The bundled digits model (``path=None``) or a diffode checkpoint folder."""
+    if path is None:
+        from diffode.pretrained import digits
+
+        unet, schedule = digits(device, dtype)
+        return LoadedModel(unet, schedule, unet.sample_shape, "bundled digits model")
+    from diffode.checkpoint import load_checkpoint
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UsageError(f"--model {path}: no such folder; pass a diffode checkpoint folder")
+    checkpoint = load_checkpoint(folder, device=device, dtype=dtype)
+    shape = getattr(checkpoint.model, "sample_shape", None)
+    if checkpoint.schedule is None or shape is None:
+        raise UsageError(f"--model {path} is not an ε-network checkpoint (it has no schedule)")
+    return LoadedModel(checkpoint.model, checkpoint.schedule, tuple(shape), str(folder))
+
+
+def sample_seeds(
+    loaded: LoadedModel,
+    seeds: Sequence[int],
+    solver: Solver,
+    *,
+    steps: int | None,
+    timesteps: str,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = False,
+) -> tuple[Tensor, int]:
+    """Sample one image per seed; returns (float32 CPU samples ``(n, *shape)``, NFE per sample).
+
+    The noise of seed i is ``torch.randn(shape, generator=torch.Generator().manual_seed(i))``
+    (drawn on the CPU, so it is the same on every device); a stochastic solver gets one generator
+    per sample, seeded from that same stream. A sample therefore depends only on its seed,
+    whatever the batch it is computed in.
+    """
+    outputs: list[Tensor] = []
+    nfe = 0
+
+    def count(info: StepInfo) -> None:
+        nonlocal nfe
+        nfe = info.nfe
+
+    chunks = [list(seeds[i : i + batch]) for i in range(0, len(seeds), batch)]
+    several = len(chunks) > 1
+    for chunk in progress_bar(chunks, len(chunks), desc="sample", enabled=progress and several):
+        noise, generators = [], []
+        for seed in chunk:
+            g = torch.Generator().manual_seed(seed)
+            noise.append(torch.randn(loaded.sample_shape, generator=g))
+            if solver.stochastic:
+                solver_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+                generators.append(torch.Generator(device=device).manual_seed(solver_seed))
+        x = sample(
+            loaded.model,
+            loaded.schedule,
+            torch.stack(noise).to(device, dtype),
+            steps=steps,
+            timesteps=timesteps,
+            solver=solver,
+            generator=generators or None,
+            callback=count,
+            progress=progress and not several,
+        )
+        outputs.append(x.detach().float().cpu())
+    return torch.cat(outputs), nfe
+
+
+_OUTPUTS = (".png", ".npz")
+
+
+def _check_out(out: str) -> None:
+    if Path(out).suffix.lower() not in _OUTPUTS:
+        raise UsageError(f"--out must end in .png (a picture) or .npz (uint8 NHWC under arr_0), got {out!r}")
+
+
+def write_samples(out: str, x: Tensor, *, columns: int = 0, scale: int = 4) -> None:
+    """Images ``(n, C, H, W)`` in [-1, 1] → a PNG grid or an ``.npz`` of uint8 NHWC under
+    ``arr_0``; 2-D points ``(n, 2)`` → a PNG scatter or an ``.npz`` of float32 points."""
+    from diffode.images import grid, scatter_image, to_uint8, write_png
+
+    png = Path(out).suffix.lower() == ".png"
+    if x.ndim == 4:
+        images = to_uint8(x)
+        if png:
+            write_png(out, grid(images, columns or math.ceil(math.sqrt(len(images))), scale=scale))
+        else:
+            np.savez(out, arr_0=images)
+    elif png:
+        write_png(out, scatter_image(x.numpy()))
+    else:
+        np.savez(out, arr_0=x.numpy().astype(np.float32))
+
+
+def _solver_from_args(args: argparse.Namespace) -> Solver:
+    if args.sigma_hat:
+        if args.solver != "ddim":
+            raise UsageError(f"--sigma-hat is a variant of --solver ddim, got --solver {args.solver}")
+        return DDIM(sigma_hat=True)
+    return resolve_sampler(args.solver, args.eta)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    """Sample the bundled digits model (or a checkpoint) and write a PNG grid or an .npz."""
+    _check_out(args.out)
+    seeds = parse_seeds(args.seeds)
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    solver = _solver_from_args(args)
+    device = _device(args.device)
+    loaded = load_model(args.model, device, _DTYPES[args.dtype])
+    start = time.perf_counter()
+    x, nfe = sample_seeds(
+        loaded,
+        seeds,
+        solver,
+        steps=args.steps,
+        timesteps=args.timesteps,
+        batch=args.batch,
+        device=device,
+        dtype=_DTYPES[args.dtype],
+        progress=not args.no_progress,
+    )
+    wall = time.perf_counter() - start
+    print(
+        f"model={loaded.name} solver={solver!r} steps={args.steps} timesteps={args.timesteps} "
+        f"samples={len(seeds)} device={device} dtype={args.dtype}"
+    )
+    print(f"NFE={nfe} wall={wall:.3f}s")
+    write_samples(args.out, x, columns=args.columns, scale=args.scale)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train an ε-network with the DDPM objective and write a checkpoint folder."""
+    from diffode.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model: dict[str, object] = {}
+    if args.channels:
+        model["channels"] = _int_list("--channels", args.channels)
+    if args.hidden:
+        model["hidden"] = args.hidden
+    config = TrainConfig(
+        dataset=args.dataset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ema_decay=args.ema_decay,
+        seed=args.seed,
+        model=model,
+        checkpoint_every=args.checkpoint_every,
+    )
+    result = train(
+        config,
+        args.out,
+        command=args.command_line,
+        device=_device(args.device),
+        progress=not args.no_progress,
+    )
+    print(
+        f"trained {config.architecture} on {config.dataset}: {config.steps} steps in {result.seconds:.1f}s; "
+        f"train loss (last {min(100, config.steps)} steps) {result.losses[-1]:.4f}, "
+        f"test loss {result.test_loss:.4f}"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    """Train the digits classifier behind the Fréchet distance and write it with its statistics."""
+    from diffode.metrics import frechet_distance, train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = train_classifier(
+        args.out, steps=args.steps, seed=args.seed, command=args.command_line, progress=not args.no_progress
+    )
+    floor = frechet_distance(result.test_stats, result.train_stats)
+    print(
+        f"test accuracy {result.test_accuracy:.4f}; real-data floor (test vs train) FD={floor:.3f}; "
+        f"{result.seconds:.1f}s"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Digits Fréchet distance of an .npz of uint8 NHWC samples (arr_0)."""
+    from diffode.images import from_uint8
+    from diffode.metrics import digits_fd, real_floor
+
+    path = Path(args.samples)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        raise UsageError(
+            f"samples must be an existing .npz file (uint8 NHWC under arr_0), got {args.samples!r}"
+        )
+    with np.load(path, allow_pickle=False) as archive:
+        if "arr_0" not in archive:
+            raise UsageError(f"{path} has no arr_0 array (found {', '.join(archive.files) or 'nothing'})")
+        images = from_uint8(archive["arr_0"])
+    if tuple(images.shape[1:]) != (1, 8, 8) or images.shape[0] < 2:
+        raise UsageError(f"{path}: need at least 2 grey 8×8 images (n, 8, 8, 1), got {tuple(images.shape)}")
+    fd = digits_fd(images, args.reference)
+    print(f"digits FD={fd:.3f} (n={images.shape[0]}, reference={args.reference} split)")
+    print(f"real-data floor: test split (297) vs train split (1500) FD={real_floor():.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffode", description="DDIM sampling as numerical ODE solving.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -113,16 +397,91 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--out", default="gmm.png", help="scatter plot PNG ('' to skip; default: gmm.png)")
     demo.set_defaults(run=_demo)
+
+    smp = sub.add_parser(
+        "sample",
+        help="sample digits from the bundled model (or a checkpoint) into a PNG grid or an .npz",
+        description="Sample one image per seed from the bundled digits ε-network (or --model) and "
+        "write a PNG grid or an .npz of uint8 NHWC images under arr_0. Prints NFE and wall time.",
+    )
+    smp.add_argument(
+        "--model", default=None, help="diffode checkpoint folder (default: the bundled digits model)"
+    )
+    _add_grid_options(smp, steps=50)
+    smp.add_argument("--sigma-hat", action="store_true", help="with --solver ddim: the paper's σ̂ variant")
+    smp.add_argument(
+        "--seeds", default="0-63", help="seeds, one sample each, e.g. 0-63 or 3,7,10-12 (default: 0-63)"
+    )
+    smp.add_argument("--batch", type=int, default=256, help="samples per network call (default: 256)")
+    smp.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    smp.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
+    smp.add_argument("--out", default="digits.png", help="output .png grid or .npz (default: digits.png)")
+    smp.add_argument(
+        "--columns", type=int, default=0, help="images per row of the PNG grid (default: square)"
+    )
+    smp.add_argument("--scale", type=int, default=4, help="PNG enlargement factor (default: 4)")
+    smp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    smp.set_defaults(run=_sample)
+
+    trn = sub.add_parser(
+        "train",
+        help="train an ε-network (DDPM objective) and write a checkpoint folder",
+        description="Train an ε-network with L_simple, AdamW and EMA on a dataset that needs no "
+        "download; writes model.safetensors and config.json (with this command) to --out.",
+    )
+    trn.add_argument("--dataset", default="digits", choices=DATASETS, help="training data (default: digits)")
+    trn.add_argument("--steps", type=int, default=10_000, help="optimiser steps (default: 10000)")
+    trn.add_argument("--out", required=True, help="checkpoint folder")
+    trn.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    trn.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
+    trn.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (default: 0.999)")
+    trn.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    trn.add_argument("--channels", default="", help="UNet widths per resolution (digits; default 16,32,32)")
+    trn.add_argument("--hidden", type=int, default=0, help="MLP width (2-D sets; default 128)")
+    trn.add_argument(
+        "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)"
+    )
+    trn.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    trn.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    trn.add_argument("--no-progress", action="store_true", help="no progress bar")
+    trn.set_defaults(run=_train)
+
+    cls = sub.add_parser(
+        "train-classifier",
+        help="train the digits classifier behind the Fréchet distance",
+        description="Train the small digits classifier whose features define the digits Fréchet "
+        "distance, and write it with the real train/test feature statistics to --out.",
+    )
+    cls.add_argument("--out", required=True, help="checkpoint folder")
+    cls.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
+    cls.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    cls.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    cls.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cls.set_defaults(run=_train_classifier)
+
+    evl = sub.add_parser(
+        "eval",
+        help="digits Fréchet distance of an .npz of samples",
+        description="Digits Fréchet distance of uint8 NHWC 8×8 images (arr_0 of an .npz, as written "
+        "by 'diffode sample --out x.npz') to the real digits, with the bundled classifier.",
+    )
+    evl.add_argument("samples", help=".npz file with uint8 images (n, 8, 8, 1) under arr_0")
+    evl.add_argument(
+        "--reference", default="train", choices=("train", "test"), help="real split (default: train)"
+    )
+    evl.set_defaults(run=_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        args.command_line = shlex.join(["diffode", *argv])
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
-    except (UsageError, ValueError, TypeError) as err:
+    except (UsageError, ValueError, TypeError, ImportError, FileNotFoundError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"diffode: error: {message}", file=sys.stderr)
         return 2

@@ -1,16 +1,33 @@
-"""The vector field of the DDIM ODE in σ/x̄ coordinates (reference §3):
+"""The vector field of the DDIM ODE in σ/x̄ coordinates (reference §3 and §7):
 
-    dx̄/dσ = ε_θ(x̄ / √(1+σ²), t(σ))
+    dx̄/dσ = ε(x̄, σ)
 
 A field is any callable ``f(sigma, xbar) -> Tensor``; the argument order matches torchdiffeq,
 so a field can be handed to ``odeint`` as is.
+
+Networks come in several parameterizations. Each one below turns its network's output into the
+same pair (ε, x̂₀) with x̂₀ = x̄ - σε, so every solver sees the same ODE whatever the network
+predicts. With α = 1/√(1+σ²), s = σ/√(1+σ²) and x = αx̄ (the network's input):
+
+============================  ======================  ==============================
+field (``prediction``)        network output          conversion
+============================  ======================  ==============================
+EpsField (``"epsilon"``)      ε                       x̂₀ = (x - sε)/α
+X0Field (``"sample"``)        x̂₀                      ε = (x - αx̂₀)/s
+VField (``"v_prediction"``)   v = αε - s x̂₀           ε = s x + αv, x̂₀ = αx - s v
+ScoreField (``"score"``)      ∇ₓ log p_t(x)           ε = -s · score
+DenoiserField (EDM)           D(x̄; σ) = x̂₀            ε = (x̄ - D)/σ
+============================  ======================  ==============================
+
+The prediction names are diffusers' ``prediction_type`` values.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -24,6 +41,9 @@ Model = Callable[[Tensor, Tensor], Tensor]
 """A network called as ``model(x, t)``: x of shape ``(batch, ...)`` in x-space, t a float tensor
 of shape ``(batch,)`` in training-step units."""
 
+Coefficient = float | Tensor
+"""α or s: a Python float for a scalar σ, else a tensor shaped to broadcast against the state."""
+
 
 @runtime_checkable
 class VectorField(Protocol):
@@ -32,8 +52,111 @@ class VectorField(Protocol):
     def __call__(self, sigma: Sigma, x: Tensor, /) -> Tensor: ...
 
 
-class EpsField:
-    """The DDIM ODE field of an ε-prediction network: f(σ, x̄) = ε_θ(x̄/√(1+σ²), t(σ)).
+def signal_and_noise(sigma: Sigma, like: Tensor) -> tuple[Coefficient, Coefficient]:
+    """(α, s) = (1/√(1+σ²), σ/√(1+σ²)), with σ = ∞ giving (0, 1).
+
+    A scalar σ gives Python floats (no device traffic); a ``(batch,)`` σ gives tensors in
+    ``like``'s dtype and device, shaped ``(batch, 1, ...)`` to broadcast against ``like``.
+    """
+    if isinstance(sigma, Tensor) and sigma.ndim > 0:
+        sig = sigma.to(like.device, torch.float64).reshape(-1, *([1] * (like.ndim - 1)))
+        alpha = torch.rsqrt(1 + sig * sig)
+        # σ·α is ∞·0 at σ = ∞, where the limit is 1
+        s = torch.where(torch.isinf(sig), torch.ones_like(sig), sig * alpha)
+        return alpha.to(like.dtype), s.to(like.dtype)
+    value = float(sigma)
+    alpha_f = 1.0 / math.sqrt(1.0 + value * value)
+    return alpha_f, (1.0 if math.isinf(value) else value * alpha_f)
+
+
+def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
+    """A network's scalar input (t or σ) as a ``(batch,)`` tensor: float32, or float64 when
+    ``like`` is float64."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    if isinstance(value, Tensor):
+        return value.to(like.device, dtype).reshape(-1).expand(like.shape[0])
+    return torch.full((like.shape[0],), value, dtype=dtype, device=like.device)
+
+
+def _from_eps(eps: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+    return eps, (x - s * eps) / alpha
+
+
+def _from_x0(x0: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+    return (x - alpha * x0) / s, x0
+
+
+class ModelField(ABC):
+    """Base class of the fields of a network: f(σ, x̄) = ε, with x̂₀ = x̄ - σε on request.
+
+    A subclass says how its network is called (:meth:`_run`) and how the output becomes
+    (ε, x̂₀) (:meth:`_split`); this class counts evaluations in :attr:`nfe`, checks the output
+    shape and provides the three ways to read the field. Calls take σ as a Python float, a 0-d
+    tensor or one σ per sample (``(batch,)``) and a state of shape ``(batch, ...)`` in any
+    floating dtype; results have the state's shape and dtype.
+    """
+
+    prediction: ClassVar[str]
+    """What the network predicts, in diffusers' ``prediction_type`` words."""
+    call_convention: ClassVar[str] = "model(x, t)"
+    finite_at_infinity: ClassVar[bool] = False
+    """Whether x̂₀ stays finite at σ = ∞ (zero terminal SNR), so the first step can leave σ = ∞."""
+
+    def __init__(self, model: Callable[[Tensor, Tensor], Tensor]) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be callable as {self.call_convention}, got {type(model).__name__}")
+        self.model = model
+        self.nfe = 0
+
+    @abstractmethod
+    def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
+        """The network's raw output at noise level σ for the x-space state ``x`` = αx̄."""
+
+    @abstractmethod
+    def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+        """(ε, x̂₀) from the network output ``out`` at x = αx̄."""
+
+    def _predict(self, sigma: Sigma, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+        out = self._run(sigma, x, alpha)
+        self.nfe += 1
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"model output must have the input's shape {tuple(x.shape)}, got {shape}; "
+                f"the model must return its prediction ({self.prediction}) for every input element"
+            )
+        return self._split(out.to(x.dtype), x, alpha, s)
+
+    def predict_x(self, sigma: Sigma, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(ε, x̂₀) from the x-space state ``x`` = x̄/√(1+σ²), shape ``(batch, ...)``.
+
+        This is the only way to read the field at σ = ∞ (zero terminal SNR), where x̄ is infinite
+        but x is the noise itself; fields whose x̂₀ is singular there raise ``ValueError``.
+        """
+        alpha, s = signal_and_noise(sigma, x)
+        if isinstance(alpha, float) and alpha == 0.0 and not self.finite_at_infinity:
+            raise ValueError(
+                f"{type(self).__name__} cannot be evaluated at sigma = inf (zero terminal SNR): a "
+                f"{self.prediction} model gives no finite x̂0 there; use a v- or x0-prediction model "
+                "(prediction='v_prediction' or 'sample') or a σ grid that starts at a finite σ"
+            )
+        return self._predict(sigma, x, alpha, s)
+
+    def predict(self, sigma: Sigma, xbar: Tensor) -> tuple[Tensor, Tensor]:
+        """(ε, x̂₀) at (σ, x̄): the field value and the denoised estimate, each shaped like x̄."""
+        alpha, s = signal_and_noise(sigma, xbar)
+        return self._predict(sigma, xbar * alpha, alpha, s)
+
+    def denoised(self, sigma: Sigma, xbar: Tensor) -> Tensor:
+        """x̂₀(x̄, σ) = x̄ - σ f(σ, x̄), the network's estimate of the clean sample."""
+        return self.predict(sigma, xbar)[1]
+
+    def __call__(self, sigma: Sigma, xbar: Tensor) -> Tensor:
+        return self.predict(sigma, xbar)[0]
+
+
+class ScheduleField(ModelField):
+    """Base of fields whose network is called as ``model(x, t)`` on a schedule's time axis.
 
     Args:
         model: called as ``model(x, t)`` with x of shape ``(batch, ...)`` and t a float tensor of
@@ -41,49 +164,150 @@ class EpsField:
             as diffusers' UNets and the DDIM reference code are called. t is float32, or float64
             when the state is float64.
         schedule: the schedule the model was trained with.
-
-    Calling the field with σ (a float, a 0-d tensor or one σ per sample, ``(batch,)``) and x̄
-    (``(batch, ...)``, any floating dtype) returns ε with the shape and dtype of x̄. Every call
-    is counted in :attr:`nfe`.
     """
 
     def __init__(self, model: Model, schedule: Schedule) -> None:
-        if not callable(model):
-            raise TypeError(f"model must be callable as model(x, t), got {type(model).__name__}")
+        super().__init__(model)
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a diffode.Schedule, got {type(schedule).__name__}")
-        if math.isinf(schedule.sigma_max):
+        if math.isinf(schedule.sigma_max) and not self.finite_at_infinity:
             raise ValueError(
-                "schedule has zero terminal SNR (sigma_max = inf), where an ε-prediction model is "
-                "singular; use a v- or x0-prediction field, or rescale the schedule"
+                f"schedule has zero terminal SNR (sigma_max = inf), where a {self.prediction} model "
+                "is singular (x̂0 = (x - s·ε)/α with α = 0); use a v- or x0-prediction field "
+                "(prediction='v_prediction' or 'sample'), or rescale the schedule"
             )
-        self.model = model
         self.schedule = schedule
-        self.nfe = 0
+
+    def _time(self, sigma: Sigma, like: Tensor) -> Tensor:
+        if isinstance(sigma, Tensor) and sigma.ndim > 0:
+            return _per_sample(self.schedule.t(sigma.to(like.device, torch.float64)), like)
+        # a Python scalar keeps the default path free of host-device copies and syncs
+        return _per_sample(float(self.schedule.t(float(sigma))), like)
 
     def network_inputs(self, sigma: Sigma, xbar: Tensor) -> tuple[Tensor, Tensor]:
         """The network's inputs (x, t) at (σ, x̄): x = x̄/√(1+σ²) and t = t(σ) of shape ``(batch,)``."""
-        batch = xbar.shape[0]
-        t_dtype = torch.promote_types(xbar.dtype, torch.float32)
-        if isinstance(sigma, Tensor) and sigma.ndim > 0:
-            sig = sigma.to(xbar.device, torch.float64)
-            scale = torch.rsqrt(1 + sig * sig).to(xbar.dtype).reshape(-1, *([1] * (xbar.ndim - 1)))
-            t = self.schedule.t(sig).to(t_dtype).expand(batch)
-            return xbar * scale, t
-        s = float(sigma)
-        # a Python scalar keeps the default path free of host-device copies and syncs
-        t_value = float(self.schedule.t(s))
-        t = torch.full((batch,), t_value, dtype=t_dtype, device=xbar.device)
-        return xbar * (1.0 / math.sqrt(1.0 + s * s)), t
+        alpha, _ = signal_and_noise(sigma, xbar)
+        x = xbar * alpha
+        return x, self._time(sigma, x)
 
-    def __call__(self, sigma: Sigma, xbar: Tensor) -> Tensor:
-        x, t = self.network_inputs(sigma, xbar)
-        eps = self.model(x, t)
-        self.nfe += 1
-        if not isinstance(eps, Tensor) or eps.shape != xbar.shape:
-            shape = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
-            raise ValueError(
-                f"model output must have the input's shape {tuple(xbar.shape)}, got {shape}; "
-                "the model must return ε for every input element"
-            )
-        return eps.to(xbar.dtype)
+    def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
+        return self.model(x, self._time(sigma, x))
+
+
+class EpsField(ScheduleField):
+    """The DDIM ODE field of an ε-prediction network: f(σ, x̄) = ε_θ(x̄/√(1+σ²), t(σ)).
+
+    See :class:`ScheduleField` for ``model`` and ``schedule``. Calling the field with σ (a float,
+    a 0-d tensor or one σ per sample, ``(batch,)``) and x̄ (``(batch, ...)``, any floating dtype)
+    returns ε with the shape and dtype of x̄. Every call is counted in :attr:`nfe`. A schedule
+    with zero terminal SNR is refused: ε alone does not determine x̂₀ at σ = ∞.
+    """
+
+    prediction = "epsilon"
+
+    def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+        return _from_eps(out, x, alpha, s)
+
+
+class X0Field(ScheduleField):
+    """Field of an x̂₀-prediction network ``model(x, t) ≈ E[x₀ | x]``: ε = (x - αx̂₀)/s.
+
+    See :class:`ScheduleField` for the arguments. Works on zero-terminal-SNR schedules.
+    """
+
+    prediction = "sample"
+    finite_at_infinity = True
+
+    def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+        return _from_x0(out, x, alpha, s)
+
+
+class VField(ScheduleField):
+    """Field of a v-prediction network (Salimans & Ho, 2022), v = αε - s x₀:
+    ε = s x + αv and x̂₀ = αx - s v.
+
+    See :class:`ScheduleField` for the arguments. Works on zero-terminal-SNR schedules, where
+    at σ = ∞ (α = 0, s = 1) ε = x and x̂₀ = -v.
+    """
+
+    prediction = "v_prediction"
+    finite_at_infinity = True
+
+    def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+        return s * x + alpha * out, alpha * x - s * out
+
+
+class ScoreField(ScheduleField):
+    """Field of a score network ``model(x, t) ≈ ∇ₓ log p_t(x)`` in x-space: ε = -s · score.
+
+    See :class:`ScheduleField` for the arguments. For a continuous-time score-SDE model use
+    :meth:`Schedule.vp` with its ``time_scale``.
+    """
+
+    prediction = "score"
+
+    def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+        return _from_eps(-s * out, x, alpha, s)
+
+
+class DenoiserField(ModelField):
+    """Field of an EDM-style denoiser D(x̄; σ) ≈ E[x₀ | x̄] (Karras et al., 2022): ε = (x̄ - D)/σ.
+
+    Args:
+        model: called as ``model(xbar, sigma)`` with x̄ of shape ``(batch, ...)`` (the
+            variance-exploding state, x₀ + σ·noise, not scaled) and σ a float tensor of shape
+            ``(batch,)``: float32, or float64 when the state is float64. No schedule or time map
+            is involved; choose the σ grid from the noise levels the denoiser was trained on.
+
+    The field is undefined at σ = ∞.
+    """
+
+    prediction = "denoiser"
+    call_convention = "model(xbar, sigma)"
+
+    def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
+        return self.model(x / alpha, _per_sample(sigma, x))
+
+    def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
+        return _from_x0(out, x, alpha, s)
+
+
+_SCHEDULE_FIELDS: dict[str, type[ScheduleField]] = {
+    cls.prediction: cls for cls in (EpsField, X0Field, VField, ScoreField)
+}
+PREDICTIONS = tuple(_SCHEDULE_FIELDS)
+"""The ``prediction`` names :func:`field_for` accepts (diffusers' ``prediction_type`` values and
+``"score"``)."""
+
+
+def field_for(model: Model | ModelField, schedule: Schedule, prediction: str = "epsilon") -> ModelField:
+    """The field of ``model`` trained on ``schedule`` with the given ``prediction`` type.
+
+    Args:
+        model: a network called as ``model(x, t)`` (see :class:`ScheduleField`), or a
+            :class:`ModelField` (for example a :class:`DenoiserField`), returned as is.
+        schedule: the schedule the network was trained with. A field built on another schedule
+            is refused.
+        prediction: ``"epsilon"``, ``"sample"`` (x̂₀), ``"v_prediction"`` or ``"score"``. With a
+            field, only its own prediction or the default is accepted.
+    """
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
+        raise ValueError(
+            f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}, got {prediction!r}; "
+            "wrap an EDM denoiser D(x̄; σ) as DenoiserField(model) and pass the field instead"
+        )
+    if not isinstance(model, ModelField):
+        return _SCHEDULE_FIELDS[prediction](model, schedule)
+    if prediction not in ("epsilon", model.prediction):
+        raise ValueError(
+            f"prediction={prediction!r} contradicts the {type(model).__name__} passed as model, which "
+            f"predicts {model.prediction!r}; leave prediction out when passing a field"
+        )
+    if isinstance(model, ScheduleField) and not torch.equal(
+        model.schedule.alphas_cumprod, schedule.alphas_cumprod
+    ):
+        raise ValueError(
+            f"the {type(model).__name__} was built on {model.schedule!r}, not on schedule={schedule!r}; "
+            "build the field on the schedule you sample with"
+        )
+    return model

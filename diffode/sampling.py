@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor
 
-from diffode.field import EpsField, Model
+from diffode.field import Model, ModelField, field_for
 from diffode.grids import GridSpec, sigma_grid
 from diffode.schedule import Schedule
-from diffode.solve import Callback, Generator, solve
+from diffode.solve import Callback, Generator, StepInfo, solve
 from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.registry import get_solver
@@ -37,13 +38,44 @@ def sampling_grid(schedule: Schedule, steps: int | None, timesteps: GridSpec, so
     solvers to ``DEFAULT_STEPS`` (at most T) steps of the named spacing."""
     if steps is None and isinstance(timesteps, str):
         if solver.adaptive:
-            return torch.tensor([schedule.sigmas[-1], schedule.sigma_min, 0.0], dtype=torch.float64)
+            # with zero terminal SNR the x̂0 step out of σ = ∞ lands on the largest finite σ
+            top = schedule.sigmas[-2:].flip(0) if math.isinf(schedule.sigma_max) else schedule.sigmas[-1:]
+            return torch.cat([top, torch.tensor([schedule.sigma_min, 0.0], dtype=torch.float64)])
         steps = min(DEFAULT_STEPS, schedule.T) if schedule.T else DEFAULT_STEPS
     return sigma_grid(schedule, steps, timesteps)
 
 
+def _leave_infinity(
+    field: ModelField, noise: Tensor, grid: Tensor, stepper: Solver, callback: Callback | None
+) -> tuple[Tensor, Tensor, Callback | None]:
+    """The first step of a grid that starts at σ = ∞ (zero terminal SNR), reference §7.
+
+    x̄ is infinite at σ = ∞, so the step is taken from x = ``noise``: the model's x̂0 and ε there
+    give x̄₁ = x̂0 + σ₁ ε, the DDIM update (the Euler step in its x̂0 form). Returns x̄ at σ₁, the
+    rest of the grid, and a callback that reports this step and numbers the later ones after it.
+    """
+    if stepper.stochastic:
+        raise ValueError(
+            f"solver {stepper!r} is stochastic, but the first step out of sigma = inf (zero terminal SNR) "
+            "is taken deterministically; use eta=0 or a deterministic solver, or start the grid at a "
+            "finite σ (for example timesteps='leading')"
+        )
+    s1 = float(grid[1])
+    eps, x0 = field.predict_x(math.inf, noise)
+    xbar = x0 + s1 * eps
+    if callback is None:
+        return xbar, grid[1:], None
+    callback(StepInfo(0, math.inf, s1, xbar, 1))
+    outer = callback
+
+    def shifted(info: StepInfo) -> None:
+        outer(dataclasses.replace(info, index=info.index + 1, nfe=info.nfe + 1))
+
+    return xbar, grid[1:], shifted
+
+
 def sample(
-    model: Model,
+    model: Model | ModelField,
     schedule: Schedule,
     noise: Tensor,
     *,
@@ -54,11 +86,13 @@ def sample(
     generator: Generator = None,
     callback: Callback | None = None,
     progress: bool = False,
+    prediction: str = "epsilon",
 ) -> Tensor:
     """Draw samples by integrating the DDIM ODE (or a stochastic DDIM/DDPM chain) from noise.
 
     Args:
-        model: an ε-prediction network called as ``model(x, t)`` (see :class:`~diffode.EpsField`).
+        model: a network called as ``model(x, t)`` that predicts ``prediction`` (see
+            :class:`~diffode.EpsField`), or a field such as :class:`~diffode.DenoiserField`.
         schedule: the schedule the model was trained with.
         noise: x at the first grid point, ~ N(0, I), shape ``(batch, ...)``, any float dtype
             (kept). As in the DDIM reference code and diffusers, this is x (not x̄) at the first
@@ -73,6 +107,11 @@ def sample(
         generator: randomness for stochastic solvers: one ``torch.Generator`` or one per sample.
         callback: called with a :class:`~diffode.solve.StepInfo` (x̄ state) after every step.
         progress: draw a progress bar on stderr.
+        prediction: what the network predicts: ``"epsilon"``, ``"sample"`` (x̂0),
+            ``"v_prediction"`` or ``"score"`` (see :func:`~diffode.field_for`). With a
+            zero-terminal-SNR schedule and a grid reaching t = T-1 (``"trailing"``,
+            ``"linspace"``), the first step leaves σ = ∞ through the model's x̂0; that needs
+            ``"sample"`` or ``"v_prediction"`` and a deterministic solver.
 
     Returns:
         Samples x at σ = 0, same shape, dtype and device as ``noise``.
@@ -80,8 +119,11 @@ def sample(
     noise = require_finite("noise", require_floating("noise", noise))
     stepper = resolve_sampler(solver, eta)
     grid = sampling_grid(schedule, steps, timesteps, stepper)
-    field = EpsField(model, schedule)
+    field = field_for(model, schedule, prediction)
     s_start, s_end = float(grid[0]), float(grid[-1])
-    xbar = noise * math.sqrt(1.0 + s_start * s_start)
+    if math.isinf(s_start):
+        xbar, grid, callback = _leave_infinity(field, noise, grid, stepper, callback)
+    else:
+        xbar = noise * math.sqrt(1.0 + s_start * s_start)
     out = solve(field, xbar, grid, stepper, generator=generator, callback=callback, progress=progress)
     return out.x / math.sqrt(1.0 + s_end * s_end)

@@ -1,7 +1,33 @@
 """Interchangeable solvers for the DDIM ODE (and any ODE ``dx/dσ = f(σ, x)``)."""
 
+from diffode.solvers.adaptive import Bosh3, Dopri5, EmbeddedPair, EmbeddedRungeKutta
+from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Euler, Solver
 from diffode.solvers.ddim import DDIM
+from diffode.solvers.exponential import DPMSolverPP
+from diffode.solvers.multistep import AdamsBashforth
 from diffode.solvers.registry import get_solver, solver_names
+from diffode.solvers.runge_kutta import RK4, ButcherTableau, Heun, Heun3, Midpoint, Ralston, RungeKutta
 
-__all__ = ["DDIM", "Euler", "Solver", "get_solver", "solver_names"]
+__all__ = [
+    "DDIM",
+    "RK4",
+    "AdamsBashforth",
+    "Bosh3",
+    "ButcherTableau",
+    "DPMSolverPP",
+    "Dopri5",
+    "EmbeddedPair",
+    "EmbeddedRungeKutta",
+    "Euler",
+    "Heun",
+    "Heun3",
+    "Midpoint",
+    "Ralston",
+    "RungeKutta",
+    "Scipy",
+    "Solver",
+    "Torchdiffeq",
+    "get_solver",
+    "solver_names",
+]

@@ -7,15 +7,38 @@ constructed with that method.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
+from diffode.solvers.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, Bosh3, Dopri5
+from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Euler, Solver
 from diffode.solvers.ddim import DDIM
+from diffode.solvers.exponential import DPMSolverPP
+from diffode.solvers.multistep import AdamsBashforth
+from diffode.solvers.runge_kutta import RK4, Heun, Heun3, Midpoint, Ralston
 
 _FACTORIES: dict[str, Callable[[], Solver]] = {
     "euler": Euler,
     "ddim": DDIM,
+    "heun": Heun,
+    "midpoint": Midpoint,
+    "ralston3": Ralston,
+    "heun3": Heun3,
+    "rk4": RK4,
+    "ab2": partial(AdamsBashforth, 2),
+    "ab3": partial(AdamsBashforth, 3),
+    "ab4": partial(AdamsBashforth, 4),
+    "dpmpp-1": partial(DPMSolverPP, 1),
+    "dpmpp-2m": partial(DPMSolverPP, 2),
+    "dpmpp-3m": partial(DPMSolverPP, 3),
+    "dpmpp-2s": partial(DPMSolverPP, 2, multistep=False),
+    "bosh3": partial(Bosh3, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
+    "dopri5": partial(Dopri5, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
 }
-_PREFIXES: dict[str, Callable[[str], Solver]] = {}
+_PREFIXES: dict[str, Callable[[str], Solver]] = {
+    "torchdiffeq": Torchdiffeq.with_default_tolerances,
+    "scipy": partial(Scipy, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
+}
 
 
 def solver_names() -> list[str]:

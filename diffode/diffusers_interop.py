@@ -1,0 +1,197 @@
+"""diffusers interoperability: sample a diffusers ``UNet2DModel`` with diffode's solvers.
+
+Optional: ``pip install "diffode[diffusers]"``. diffusers is imported only when these functions
+run, so ``import diffode`` never needs it.
+
+What diffode takes from a scheduler config, and what it leaves:
+
+- The noise schedule: ``trained_betas``, or ``beta_schedule`` (``"linear"``, ``"scaled_linear"``,
+  ``"squaredcos_cap_v2"``) with ``beta_start``, ``beta_end`` and ``num_train_timesteps``, and
+  ``rescale_betas_zero_snr``. The table is built by diffusers' own ``DDIMScheduler``, so diffode
+  uses the very float32 ᾱ values the model was trained and is sampled with (held in float64).
+- ``prediction_type`` (``"epsilon"``, ``"sample"``, ``"v_prediction"``) selects the field.
+- Sampler settings are not model properties and are ignored: diffode integrates the pure ODE.
+  ``clip_sample`` and ``thresholding`` (on by default in ``DDIMScheduler``: x̂₀ clipped to
+  [-1, 1]) have no counterpart; the last step always goes to ᾱ = 1 (σ = 0), as
+  ``set_alpha_to_one=True``; ``timestep_spacing`` and ``steps_offset`` only choose timesteps, so
+  to reproduce a diffusers run pass its ``scheduler.timesteps`` as ``timesteps=`` to
+  :func:`diffode.sample`. With ``clip_sample=False`` and ``set_alpha_to_one=True``, diffusers'
+  DDIM loop (η = 0) and diffode's Euler on the same timesteps agree to float32 round-off.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffode.field import ModelField, field_for
+from diffode.schedule import Schedule
+
+DIFFUSERS_PREDICTIONS = ("epsilon", "sample", "v_prediction")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def _import_diffusers() -> Any:
+    try:
+        import diffusers
+    except ImportError as err:
+        raise ImportError(
+            'diffusers is not installed; install the optional extra with pip install "diffode[diffusers]"'
+        ) from err
+    return diffusers
+
+
+class UNetAdapter:
+    """A diffusers model as a diffode network ``model(x, t) -> Tensor``.
+
+    Calls ``unet(x, t)`` and unwraps the output's ``.sample`` (or the first element of a tuple).
+    x is cast to the network's dtype (``unet.dtype``) when it has one; the field casts the
+    prediction back to the state's dtype.
+    """
+
+    def __init__(self, unet: Any) -> None:
+        if not callable(unet):
+            raise TypeError(f"unet must be a callable diffusers model, got {type(unet).__name__}")
+        self.unet = unet
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        dtype = getattr(self.unet, "dtype", None)
+        if isinstance(dtype, torch.dtype):
+            x = x.to(dtype)
+        out = self.unet(x, t)
+        if hasattr(out, "sample"):
+            return out.sample
+        if isinstance(out, tuple):
+            return out[0]
+        return out
+
+
+@dataclass(frozen=True)
+class DiffusersModel:
+    """A diffusers network with what diffode needs to sample it.
+
+    Attributes:
+        model: the network as ``model(x, t)`` (a :class:`UNetAdapter`; the module is ``model.unet``).
+        schedule: the training schedule, float64.
+        prediction: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+        sample_shape: the shape of one sample, ``(channels, height, width)``, when the network's
+            config tells it, else ``None``.
+    """
+
+    model: UNetAdapter
+    schedule: Schedule
+    prediction: str
+    sample_shape: tuple[int, ...] | None
+
+    def field(self) -> ModelField:
+        """The σ-space field of the network (see :func:`diffode.field_for`)."""
+        return field_for(self.model, self.schedule, self.prediction)
+
+
+def schedule_from_config(config: Mapping[str, Any]) -> tuple[Schedule, str]:
+    """The schedule and prediction type of a diffusers scheduler config (see the module notes)."""
+    if not isinstance(config, Mapping):
+        raise TypeError(
+            f"scheduler must be a diffusers scheduler or its config mapping, got {type(config).__name__}"
+        )
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in DIFFUSERS_PREDICTIONS:
+        raise ValueError(
+            f"prediction_type must be one of {', '.join(map(repr, DIFFUSERS_PREDICTIONS))}, "
+            f"got {prediction!r}"
+        )
+    beta_schedule = config.get("beta_schedule", "linear")
+    if config.get("trained_betas") is None and beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(
+            f"beta_schedule must be one of {', '.join(map(repr, BETA_SCHEDULES))} (or give trained_betas), "
+            f"got {beta_schedule!r}"
+        )
+    diffusers = _import_diffusers()
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    kwargs = {k: config[k] for k in (*keys, "rescale_betas_zero_snr") if k in config}
+    table = diffusers.DDIMScheduler(**kwargs).alphas_cumprod
+    return Schedule.from_alphas_cumprod(table.to(torch.float64)), prediction
+
+
+def _sample_shape(unet: Any) -> tuple[int, ...] | None:
+    config = getattr(unet, "config", None)
+    channels = getattr(config, "in_channels", None)
+    size = getattr(config, "sample_size", None)
+    if not isinstance(channels, int) or size is None:
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return (channels, int(height), int(width))
+
+
+def from_diffusers(unet: Any, scheduler: Any) -> DiffusersModel:
+    """Wrap an in-memory diffusers network and its scheduler for diffode.
+
+    Args:
+        unet: a diffusers model called as ``unet(x, t)``, typically a ``UNet2DModel``; its
+            output's ``.sample`` is the prediction.
+        scheduler: a diffusers scheduler (its ``.config`` is read) or a scheduler config mapping.
+
+    Returns:
+        A :class:`DiffusersModel`; sample with
+        ``diffode.sample(m.model, m.schedule, noise, prediction=m.prediction)``.
+    """
+    config = getattr(scheduler, "config", scheduler)
+    schedule, prediction = schedule_from_config(config)
+    return DiffusersModel(UNetAdapter(unet), schedule, prediction, _sample_shape(unet))
+
+
+def _first_file(candidates: list[Path], what: str, fix: str) -> Path:
+    for path in candidates:
+        if path.is_file():
+            return path
+    places = ", ".join(str(p) for p in candidates)
+    raise ValueError(f"no {what} found: looked for {places}; {fix}")
+
+
+def load_diffusers(path: str | Path) -> DiffusersModel:
+    """Load a network and its scheduler config from a folder written by ``save_pretrained``.
+
+    The network is read from ``path/unet`` or ``path`` itself (``config.json`` and safetensors
+    weights; pickled ``.bin`` weights are refused) with ``local_files_only=True``, so nothing is
+    downloaded. The scheduler config is ``path/scheduler/scheduler_config.json``, or
+    ``scheduler_config.json`` beside the network's ``config.json``. The class named in
+    ``config.json`` (default ``UNet2DModel``) is instantiated.
+
+    Raises:
+        ValueError: when the folder or a config file is missing or the weights cannot be read.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"path must be a folder written by save_pretrained, got {str(root)!r}")
+    config_file = _first_file(
+        [root / "unet" / "config.json", root / "config.json"],
+        "network config",
+        "save the network with unet.save_pretrained(path / 'unet')",
+    )
+    unet_dir = config_file.parent
+    scheduler_file = _first_file(
+        [root / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json"],
+        "scheduler config",
+        "save the scheduler with scheduler.save_pretrained(path / 'scheduler')",
+    )
+    scheduler_config = json.loads(scheduler_file.read_text())
+    class_name = json.loads(config_file.read_text()).get("_class_name", "UNet2DModel")
+    diffusers = _import_diffusers()
+    model_class: Any = getattr(diffusers, class_name, None)
+    is_model = inspect.isclass(model_class) and issubclass(model_class, diffusers.ModelMixin)
+    if not is_model:
+        raise ValueError(f"{config_file} names {class_name!r}, which is not a diffusers model class")
+    try:
+        unet = model_class.from_pretrained(
+            unet_dir, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+        )
+    except OSError as err:
+        raise ValueError(f"could not load the network from {unet_dir}: {err}") from err
+    return from_diffusers(unet, scheduler_config)

@@ -1,0 +1,37 @@
+"""Sinusoidal embedding of the diffusion time, as in the DDPM and transformer papers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Embed times ``t`` (float, shape ``(batch,)``, training-step units) as ``(batch, dim)``.
+
+    The first half holds sin(t·ω_k), the second cos(t·ω_k), with frequencies ω_k geometrically
+    spaced from 1 down to 1/max_period, so integer and fractional t (from σ grids between
+    training steps) are embedded alike. ``dim`` must be even. Output dtype: t's, at least float32.
+    """
+    if dim % 2:
+        raise ValueError(f"dim must be even for a sin/cos embedding, got {dim}")
+    half = dim // 2
+    dtype = torch.promote_types(t.dtype, torch.float32)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    angles = t.to(dtype)[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class TimeEmbedding(nn.Module):
+    """Sinusoidal embedding followed by a two-layer MLP: ``(batch,)`` times → ``(batch, dim)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        emb = sinusoidal_embedding(t, self.dim)
+        return self.mlp(emb.to(next(self.mlp.parameters()).dtype))

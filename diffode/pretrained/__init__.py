@@ -1,0 +1,56 @@
+"""Models that ship with diffode, trained on the CPU by the project's own commands.
+
+- ``digits/``: an ε-network (:class:`~diffode.models.UNet`) for scikit-learn's 8×8 digits,
+  trained by ``diffode train``; :func:`digits` loads it with its schedule.
+- ``digits_classifier/``: the classifier whose features define the digits Fréchet distance
+  (:mod:`diffode.metrics`), trained by ``diffode train-classifier``, with the real-data feature
+  statistics of the train and test splits.
+
+Each folder is a checkpoint (``model.safetensors`` + ``config.json``); the config records the
+command, seed and torch version that produced it, so anyone can retrain it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from diffode.checkpoint import load_checkpoint
+from diffode.metrics import FeatureStats, load_feature_stats
+from diffode.models import DigitsClassifier, UNet
+from diffode.schedule import Schedule
+
+DIGITS = "digits"
+DIGITS_CLASSIFIER = "digits_classifier"
+
+
+def path(name: str) -> Path:
+    """The folder of the bundled checkpoint ``name`` (``"digits"`` or ``"digits_classifier"``)."""
+    if name not in (DIGITS, DIGITS_CLASSIFIER):
+        raise ValueError(f"unknown bundled model {name!r}; choose {DIGITS!r} or {DIGITS_CLASSIFIER!r}")
+    return Path(str(resources.files(__name__) / name))
+
+
+def digits(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[UNet, Schedule]:
+    """The bundled digits ε-network (eval mode, frozen) and the schedule it was trained with.
+
+    Sample it with ``diffode.sample(model, schedule, torch.randn(n, 1, 8, 8))``; outputs are
+    images in [-1, 1].
+    """
+    checkpoint = load_checkpoint(path(DIGITS), device=device, dtype=dtype)
+    assert isinstance(checkpoint.model, UNet) and checkpoint.schedule is not None
+    return checkpoint.model, checkpoint.schedule
+
+
+def digits_classifier() -> DigitsClassifier:
+    """The bundled digits classifier (CPU, float32, eval mode, frozen)."""
+    model = load_checkpoint(path(DIGITS_CLASSIFIER)).model
+    assert isinstance(model, DigitsClassifier)
+    return model
+
+
+def digits_feature_stats(split: str = "train") -> FeatureStats:
+    """Classifier-feature statistics of the real digits ``split`` (``"train"`` or ``"test"``)."""
+    return load_feature_stats(path(DIGITS_CLASSIFIER) / "features.safetensors", split)

@@ -1,0 +1,41 @@
+"""Every fixed-step solver of diffode, so that tests iterating over solvers cover a new one
+automatically. Register a new fixed-step solver here (and its name in the registry)."""
+
+from __future__ import annotations
+
+from diffode.solvers import (
+    DDIM,
+    RK4,
+    AdamsBashforth,
+    DPMSolverPP,
+    Euler,
+    Heun,
+    Heun3,
+    Midpoint,
+    Ralston,
+    Solver,
+)
+
+FIXED_STEP_SOLVERS: list[Solver] = [
+    Euler(),
+    DDIM(0.0),
+    Heun(),
+    Midpoint(),
+    Ralston(),
+    Heun3(),
+    RK4(),
+    AdamsBashforth(2),
+    AdamsBashforth(3),
+    AdamsBashforth(4),
+    DPMSolverPP(1),
+    DPMSolverPP(2),
+    DPMSolverPP(3),
+    DPMSolverPP(2, multistep=False),
+]
+"""One default-configured instance of each deterministic fixed-step solver; each one's ``name``
+is its registry string."""
+
+
+def solver_id(solver: Solver) -> str:
+    """A readable pytest id: the solver's registry name."""
+    return solver.name

@@ -1,0 +1,219 @@
+"""diffusers interoperability: a tiny random UNet2DModel sampled by diffode's Euler equals the
+diffusers DDIMScheduler loop (η = 0) on the same timesteps, in memory and after save/load."""
+
+import json
+
+import pytest
+import torch
+
+import diffode
+
+diffusers = pytest.importorskip("diffusers")
+
+T = 1000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the network is tiny: extra threads add only synchronisation, which stalls on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    net = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    return net.eval().requires_grad_(False)
+
+
+def make_scheduler(**config):
+    # the pure DDIM ODE: no x̂0 clipping, final step to ᾱ = 1
+    return diffusers.DDIMScheduler(num_train_timesteps=T, clip_sample=False, set_alpha_to_one=True, **config)
+
+
+def diffusers_ddim(unet, scheduler, noise):
+    x = noise
+    for t in scheduler.timesteps:
+        out = unet(x, t).sample
+        x = scheduler.step(out, t, x, eta=0.0).prev_sample
+    return x
+
+
+CONFIGS = {
+    "linear-eps-leading-offset": dict(beta_schedule="linear", steps_offset=1),
+    "scaled-v-trailing": dict(
+        beta_schedule="scaled_linear", prediction_type="v_prediction", timestep_spacing="trailing"
+    ),
+    "cosine-sample-leading": dict(beta_schedule="squaredcos_cap_v2", prediction_type="sample"),
+    "zero-snr-v-trailing": dict(
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        rescale_betas_zero_snr=True,
+    ),
+    "zero-snr-sample-trailing": dict(
+        beta_schedule="linear",
+        prediction_type="sample",
+        timestep_spacing="trailing",
+        rescale_betas_zero_snr=True,
+    ),
+}
+
+
+def max_differences(got, want):
+    diff = float((got - want).abs().max())
+    return diff, diff / float(want.abs().max())
+
+
+# diffusers reads the previous timestep as t - T // S, which is off the trailing grid when S does
+# not divide T (reference §13), so trailing runs use divisors of T
+CASES = [
+    (name, steps)
+    for name, config in sorted(CONFIGS.items())
+    for steps in (1, 7, 10)
+    if config.get("timestep_spacing") != "trailing" or T % steps == 0
+]
+
+
+@pytest.mark.parametrize("name, steps", CASES)
+def test_euler_equals_the_diffusers_ddim_loop(unet, name, steps):
+    scheduler = make_scheduler(**CONFIGS[name])
+    scheduler.set_timesteps(steps)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(steps))
+    expected = diffusers_ddim(unet, scheduler, noise)
+
+    wrapped = diffode.from_diffusers(unet, scheduler)
+    assert wrapped.prediction == scheduler.config.prediction_type
+    assert wrapped.sample_shape == (3, 8, 8)
+    got = diffode.sample(
+        wrapped.model,
+        wrapped.schedule,
+        noise,
+        timesteps=scheduler.timesteps,
+        solver="euler",
+        prediction=wrapped.prediction,
+    )
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    assert float(expected.abs().max()) > 0.1  # the network's output reaches the sample
+    _, rel = max_differences(got, expected)
+    assert rel <= 1e-5
+
+
+def test_schedule_is_the_schedulers_table():
+    for config in CONFIGS.values():
+        scheduler = make_scheduler(**config)
+        schedule, _ = diffode.diffusers_interop.schedule_from_config(scheduler.config)
+        assert schedule.alphas_cumprod.dtype == torch.float64
+        assert torch.equal(schedule.alphas_cumprod, scheduler.alphas_cumprod.double())
+    zero_snr = diffode.from_diffusers(torch.nn.Identity(), make_scheduler(**CONFIGS["zero-snr-v-trailing"]))
+    assert zero_snr.schedule.sigma_max == float("inf") and zero_snr.sample_shape is None
+
+
+def test_config_mapping_and_trained_betas():
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float32)
+    from_betas, prediction = diffode.diffusers_interop.schedule_from_config({"trained_betas": betas.tolist()})
+    from_name, _ = diffode.diffusers_interop.schedule_from_config({"beta_schedule": "linear"})
+    assert prediction == "epsilon"
+    assert torch.equal(from_betas.alphas_cumprod, from_name.alphas_cumprod)
+
+
+def save(unet, scheduler, root, layout):
+    if layout == "subfolders":
+        unet.save_pretrained(root / "unet")
+        scheduler.save_pretrained(root / "scheduler")
+    else:
+        unet.save_pretrained(root)
+        scheduler.save_pretrained(root)
+
+
+@pytest.mark.parametrize("layout", ["subfolders", "flat"])
+def test_load_from_a_saved_folder_gives_identical_samples(unet, tmp_path, layout):
+    scheduler = make_scheduler(**CONFIGS["zero-snr-v-trailing"])
+    save(unet, scheduler, tmp_path, layout)
+    loaded = diffode.load_diffusers(tmp_path)
+    in_memory = diffode.from_diffusers(unet, scheduler)
+    assert loaded.prediction == "v_prediction" and loaded.sample_shape == (3, 8, 8)
+    assert torch.equal(loaded.schedule.alphas_cumprod, in_memory.schedule.alphas_cumprod)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    kwargs = dict(steps=6, timesteps="trailing", prediction="v_prediction")
+    got = diffode.sample(loaded.field(), loaded.schedule, noise, **kwargs)
+    want = diffode.sample(in_memory.model, in_memory.schedule, noise, **kwargs)
+    assert torch.equal(got, want)
+
+
+def test_adapter_runs_the_network_in_its_own_dtype(unet):
+    wrapped = diffode.from_diffusers(unet, make_scheduler())
+    noise = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    got = diffode.sample(wrapped.model, wrapped.schedule, noise, steps=3)
+    assert got.dtype == torch.float64
+    in_float32 = diffode.sample(wrapped.model, wrapped.schedule, noise.float(), steps=3)
+    # the float32 run rounds x̄ = x·√(1+σ²), up to σ_max ≈ 157 times larger than x
+    atol = 4 * torch.finfo(torch.float32).eps * wrapped.schedule.sigma_max
+    torch.testing.assert_close(got, in_float32.double(), rtol=0, atol=atol)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_folder_and_config_files(unet, tmp_path):
+    with pytest.raises(ValueError, match="path must be a folder written by save_pretrained, got '.*nowhere'"):
+        diffode.load_diffusers(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="no network config found: looked for .*unet/config.json"):
+        diffode.load_diffusers(tmp_path)
+    unet.save_pretrained(tmp_path / "unet")
+    with pytest.raises(
+        ValueError, match="no scheduler config found: looked for .*scheduler/scheduler_config.json"
+    ):
+        diffode.load_diffusers(tmp_path)
+
+
+def test_missing_weights_and_unknown_class(unet, tmp_path):
+    make_scheduler().save_pretrained(tmp_path / "scheduler")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(dict(unet.config)))
+    with pytest.raises(ValueError, match="could not load the network from .*unet"):
+        diffode.load_diffusers(tmp_path)
+    unet.save_pretrained(tmp_path / "unet", safe_serialization=False)  # pickled weights only
+    assert not list((tmp_path / "unet").glob("*.safetensors"))
+    with pytest.raises(ValueError, match="could not load the network from .*unet"):
+        diffode.load_diffusers(tmp_path)
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "os"}))
+    with pytest.raises(ValueError, match="names 'os', which is not a diffusers model class"):
+        diffode.load_diffusers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (
+            {"prediction_type": "flow"},
+            "prediction_type must be one of 'epsilon', 'sample', 'v_prediction', got 'flow'",
+        ),
+        (
+            {"beta_schedule": "sigmoid"},
+            "beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2' .*got 'sigmoid'",
+        ),
+    ],
+)
+def test_unsupported_scheduler_config(unet, config, match):
+    with pytest.raises(ValueError, match=match):
+        diffode.from_diffusers(unet, config)
+
+
+def test_scheduler_of_the_wrong_type(unet):
+    with pytest.raises(
+        TypeError, match="scheduler must be a diffusers scheduler or its config mapping, got str"
+    ):
+        diffode.from_diffusers(unet, "ddim")

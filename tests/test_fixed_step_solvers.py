@@ -1,0 +1,578 @@
+"""Fixed-step solvers: Runge–Kutta tableaux, variable-step Adams–Bashforth and DPM-Solver++.
+
+Every solver is checked against exact answers: its empirical convergence order on the Gaussian
+oracle (closed-form flow) and on a Gaussian mixture (float64 scipy reference), identities to
+round-off, exactness on polynomials, batch and NFE bookkeeping, and every front door.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from itertools import pairwise
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.integrate import quad, solve_ivp
+from torch import Tensor
+
+from diffode import EpsField, Schedule, karras_sigmas, oracles, sample, sigma_grid, solve, spaced_timesteps
+from diffode.solvers import (
+    RK4,
+    AdamsBashforth,
+    ButcherTableau,
+    DPMSolverPP,
+    Euler,
+    Heun,
+    RungeKutta,
+    Solver,
+    get_solver,
+)
+from diffode.solvers.exponential import phi
+from diffode.solvers.multistep import interpolation_weights
+from diffode.solvers.runge_kutta import (
+    HEUN3_TABLEAU,
+    HEUN_TABLEAU,
+    MIDPOINT_TABLEAU,
+    RALSTON3_TABLEAU,
+    RK4_TABLEAU,
+)
+from tests.helpers import ddim_reference_loop, slope, wavy_model
+from tests.solver_cases import FIXED_STEP_SOLVERS, solver_id
+
+SCHEDULE = Schedule.linear()
+F64 = torch.float64
+
+# ---------------------------------------------------------------------------------------------
+# Runge–Kutta tableaux
+# ---------------------------------------------------------------------------------------------
+
+TABLEAUX = [HEUN_TABLEAU, MIDPOINT_TABLEAU, RALSTON3_TABLEAU, HEUN3_TABLEAU, RK4_TABLEAU]
+
+
+def order_conditions(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> dict[int, list[tuple[float, float]]]:
+    """The rooted-tree order conditions, (value, required), grouped by the order they belong to."""
+    return {
+        1: [(b.sum(), 1.0)],
+        2: [(b @ c, 1 / 2)],
+        3: [(b @ c**2, 1 / 3), (b @ a @ c, 1 / 6)],
+        4: [(b @ c**3, 1 / 4), (b @ (c * (a @ c)), 1 / 8), (b @ a @ c**2, 1 / 12), (b @ a @ a @ c, 1 / 24)],
+        5: [(b @ c**4, 1 / 5), (b @ a @ a @ a @ c, 1 / 120)],
+    }
+
+
+@pytest.mark.parametrize("tableau", TABLEAUX, ids=lambda t: t.name)
+def test_tableau_is_consistent_and_of_exactly_its_order(tableau):
+    a, b, c = (np.array(v, dtype=float) for v in (tableau.a, tableau.b, tableau.c))
+    s = len(b)
+    assert a.shape == (s, s) and c.shape == (s,)
+    assert np.all(np.triu(a) == 0), "explicit methods need a strictly lower-triangular a"
+    np.testing.assert_allclose(a.sum(1), c, rtol=0, atol=1e-15)
+    conditions = order_conditions(a, b, c)
+    for p in range(1, tableau.order + 1):
+        for value, required in conditions[p]:
+            assert value == pytest.approx(required, abs=1e-14), (tableau.name, p)
+    # and not one order more: the declared order is not understated
+    assert any(abs(v - r) > 1e-3 for v, r in conditions[tableau.order + 1])
+
+
+def test_classic_rk4_is_not_the_three_eighths_rule():
+    assert RK4_TABLEAU.b == (1 / 6, 1 / 3, 1 / 3, 1 / 6)
+    assert RK4_TABLEAU.c == (0.0, 0.5, 0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    "solver", [s for s in FIXED_STEP_SOLVERS if isinstance(s, RungeKutta)], ids=solver_id
+)
+def test_runge_kutta_solvers_declare_their_tableau(solver):
+    assert solver.order == solver.tableau.order
+    assert solver.evals_per_step == solver.tableau.stages
+    assert solver.tableau.name == solver.name
+    assert type(get_solver(solver.name)) is type(solver)
+    summary = " ".join(solver.__doc__.split("\n\n")[0].split())
+    assert f"Order {solver.order}, {solver.evals_per_step} evaluations per step." in summary
+
+
+def test_custom_tableau_runs_as_a_solver():
+    three_eighths = ButcherTableau(
+        a=((0, 0, 0, 0), (1 / 3, 0, 0, 0), (-1 / 3, 1, 0, 0), (1, -1, 1, 0)),
+        b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+        c=(0, 1 / 3, 2 / 3, 1),
+        order=4,
+        name="3/8 rule",
+    )
+    solver = RungeKutta(three_eighths)
+    assert (solver.order, solver.evals_per_step) == (4, 4)
+    assert "3/8 rule" in repr(solver)
+    # dx/dσ = x over one step: any 4-stage order-4 method gives the degree-4 Taylor polynomial
+    x = torch.ones(1, 1, dtype=F64)
+    h = 0.3
+    out = solve(lambda s, v: v, x, torch.tensor([1.0, 1.0 + h], dtype=F64), solver)
+    assert float(out.x) == pytest.approx(1 + h + h**2 / 2 + h**3 / 6 + h**4 / 24, rel=1e-15)
+
+
+def test_stages_at_c_equal_one_hit_the_grid_point_exactly():
+    seen: list[float] = []
+
+    def f(s, x):
+        seen.append(s)
+        return x
+
+    grid = SCHEDULE.sigmas[torch.tensor([700, 300, 5])]
+    solve(f, torch.ones(1, 1, dtype=F64), grid, Heun())
+    values = grid.tolist()
+    assert seen == [values[0], values[1], values[1], values[2]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(a=((0, 0), (1, 0)), b=(0.5, 0.5), c=(0, 1, 2), order=2), "shapes disagree"),
+        (dict(a=((0, 0), (1,)), b=(0.5, 0.5), c=(0, 1), order=2), "a must be 2 × 2"),
+        (dict(a=((0.5, 0), (1, 0)), b=(0.5, 0.5), c=(0.5, 1), order=1), "strictly lower triangular"),
+        (dict(a=((0, 0.1), (1, 0)), b=(0.5, 0.5), c=(0.1, 1), order=1), "row 0 is \\[0.0, 0.1\\]"),
+        (
+            dict(a=((0, 0), (1, 0)), b=(0.5, 0.5), c=(0, 0.9), order=1),
+            "row 1 of a sums to 1.0 but c\\[1\\] = 0.9",
+        ),
+        (dict(a=((0, 0), (1, 0)), b=(0.5, 0.6), c=(0, 1), order=1), "sum\\(b\\) = 1"),
+        (dict(a=((0, 0), (1, 0)), b=(1, 0), c=(0, 1), order=2), "claims order 2 .* b·c = 1/2"),
+        (dict(a=((0, 0), (1, 0)), b=(0.5, 0.5), c=(0, 1), order=0), "order must be an int >= 1, got 0"),
+        (dict(a=((0, 0), (math.inf, 0)), b=(0.5, 0.5), c=(0, math.inf), order=1), "must be finite"),
+        (dict(a=((0, 0), ("x", 0)), b=(0.5, 0.5), c=(0, 1), order=1), "must hold real numbers"),
+        (dict(a=(), b=(), c=(), order=1), "at least one weight"),
+    ],
+)
+def test_inconsistent_tableau_is_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ButcherTableau(**kwargs, name="bad")
+
+
+def test_runge_kutta_needs_a_tableau():
+    with pytest.raises(TypeError, match="tableau must be a ButcherTableau, got str"):
+        RungeKutta("rk4")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Variable-step weights, φ functions, exactness on polynomials
+# ---------------------------------------------------------------------------------------------
+
+
+def test_adams_bashforth_weights_on_a_uniform_grid_are_the_classical_constants():
+    def ab_weights(k):
+        return [w for w in interpolation_weights([-j for j in range(k)], [1 / (m + 1) for m in range(k)])]
+
+    np.testing.assert_allclose(ab_weights(1), [1.0], rtol=1e-15)
+    np.testing.assert_allclose(ab_weights(2), [3 / 2, -1 / 2], rtol=1e-15)
+    np.testing.assert_allclose(ab_weights(3), [23 / 12, -16 / 12, 5 / 12], rtol=1e-14)
+    np.testing.assert_allclose(ab_weights(4), [55 / 24, -59 / 24, 37 / 24, -9 / 24], rtol=1e-14)
+
+
+past_gaps = st.lists(st.floats(0.2, 5.0), min_size=0, max_size=3)
+
+
+@given(gaps=past_gaps, h=st.sampled_from([-1.0, 1.0]) | st.floats(-3.0, 3.0).filter(lambda v: abs(v) > 0.05))
+def test_adams_bashforth_step_is_exact_for_polynomials_of_degree_below_its_order(gaps, h):
+    # past nodes σ_j lie behind σ₀ (opposite to the step h), at random distances
+    order = len(gaps) + 1
+    s0 = 10.0
+    past = [s0 - math.copysign(sum(gaps[: j + 1]), h) for j in range(len(gaps))][::-1]
+    coeffs = torch.tensor([0.7, -1.3, 0.4, 0.9][:order], dtype=F64)
+
+    def f(s, x):
+        return torch.full_like(x, float(sum(c * (s - s0) ** m for m, c in enumerate(coeffs.tolist()))))
+
+    state = tuple((s, f(s, torch.zeros(1, 1, dtype=F64))) for s in past)
+    x0 = torch.full((1, 1), 2.0, dtype=F64)
+    x1, new_state = AdamsBashforth(order).step(f, s0, s0 + h, x0, state)
+    exact = 2.0 + sum(c * h ** (m + 1) / (m + 1) for m, c in enumerate(coeffs.tolist()))
+    assert float(x1) == pytest.approx(exact, rel=1e-11, abs=1e-11)
+    assert [s for s, _ in new_state] == [*past, s0][1:]
+
+
+@pytest.mark.parametrize("z", [-30.0, -3.0, -1.0, -0.999, -0.3, -1e-9, 0.0, 1e-9, 0.3, 0.999, 1.0, 3.0])
+def test_phi_functions_match_their_closed_forms(z):
+    if z == 0.0:
+        assert [phi(k, 0.0) for k in range(4)] == [1.0, 1.0, 0.5, 1 / 6]
+        return
+    # the closed forms cancel catastrophically near 0; compare there against the series' leading terms
+    closed = [
+        math.exp(z),
+        math.expm1(z) / z,
+        (math.expm1(z) - z) / z**2,
+        (math.expm1(z) - z - z * z / 2) / z**3,
+    ]
+    series = [
+        1 + z + z * z / 2,
+        1 + z / 2 + z * z / 6,
+        1 / 2 + z / 6 + z * z / 24,
+        1 / 6 + z / 24 + z * z / 120,
+    ]
+    for k in range(4):
+        expected = series[k] if abs(z) < 1e-6 else closed[k]
+        assert phi(k, z) == pytest.approx(expected, rel=1e-13), k
+
+
+def quadratic_data_prediction(coeffs):
+    """A field whose data prediction x̂₀ = x̄ - σf is D(λ) = Σ c_m λ^m, λ = -log σ, for any x̄."""
+
+    def d_of_lambda(lam):
+        return sum(c * lam**m for m, c in enumerate(coeffs))
+
+    def f(s, x):
+        return (x - d_of_lambda(-math.log(s))) / s
+
+    return f, d_of_lambda
+
+
+@given(
+    coeffs=st.tuples(st.floats(-2, 2), st.floats(-2, 2), st.floats(-2, 2)),
+    gaps=st.tuples(st.floats(0.05, 1.0), st.floats(0.05, 1.0)),
+    h=st.floats(-1.5, 1.5).filter(lambda v: abs(v) > 0.01),
+)
+def test_dpm_solver_3m_is_exact_when_the_data_prediction_is_quadratic_in_lambda(coeffs, gaps, h):
+    # The 3M step integrates the quadratic interpolant of x̂₀ in λ exactly against e^{-(λ₁-λ)},
+    # so a quadratic x̂₀(λ) is integrated to round-off, on any step sizes and in both directions.
+    f, d = quadratic_data_prediction(coeffs)
+    lam0 = 0.3
+    sign = math.copysign(1.0, h)
+    lams = [lam0 - sign * (gaps[0] + gaps[1]), lam0 - sign * gaps[0]]
+    state = tuple((math.exp(-lam), torch.full((1, 1), d(lam), dtype=F64)) for lam in lams)
+    s0, s1 = math.exp(-lam0), math.exp(-(lam0 + h))
+    x0 = torch.full((1, 1), 0.8, dtype=F64)
+    x1, _ = DPMSolverPP(3).step(f, s0, s1, x0, state)
+    integral, _ = quad(
+        lambda lam: math.exp(-(lam0 + h - lam)) * d(lam), lam0, lam0 + h, epsabs=1e-15, epsrel=1e-14
+    )
+    exact = math.exp(-h) * 0.8 + integral
+    assert float(x1) == pytest.approx(exact, rel=1e-11, abs=1e-11)
+
+
+def test_multistep_start_up_steps_are_the_lower_order_formulas():
+    field = EpsField(wavy_model(), SCHEDULE)
+    x = torch.randn(3, 2, dtype=F64)
+    for solver in (AdamsBashforth(4), DPMSolverPP(3), DPMSolverPP(2)):
+        state = solver.init(field, torch.tensor([5.0, 2.0], dtype=F64), x)
+        first, _ = solver.step(field, 5.0, 2.0, x, state)
+        euler, _ = Euler().step(field, 5.0, 2.0, x, None)
+        assert torch.equal(first, euler), solver
+
+
+# ---------------------------------------------------------------------------------------------
+# DPM-Solver++ first order is Euler is DDIM
+# ---------------------------------------------------------------------------------------------
+
+
+@st.composite
+def schedules_and_timesteps(draw):
+    T = draw(st.integers(2, 100))
+    betas = torch.tensor(draw(st.lists(st.floats(1e-4, 0.2), min_size=T, max_size=T)), dtype=F64)
+    ts = sorted(draw(st.sets(st.integers(0, T - 1), min_size=1, max_size=min(T, 20))), reverse=True)
+    return Schedule.from_betas(betas), ts
+
+
+@given(case=schedules_and_timesteps(), seed=st.integers(0, 2**31 - 1))
+def test_first_order_dpm_solver_is_euler_and_the_ddim_closed_form(case, seed):
+    schedule, ts = case
+    model = wavy_model()
+    field = EpsField(model, schedule)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    ac = torch.cat([schedule.alphas_cumprod, torch.ones(1, dtype=F64)])  # ac[-1] = ᾱ_{-1} = 1
+    for t, t_next in pairwise(ts):
+        s0, s1 = float(schedule.sigmas[t]), float(schedule.sigmas[t_next])
+        xbar = x * math.sqrt(1 + s0 * s0)
+        dpm, _ = DPMSolverPP(1).step(field, s0, s1, xbar, ())
+        euler, _ = Euler().step(field, s0, s1, xbar, None)
+        assert torch.equal(dpm, euler)
+        # the data-prediction form (σ₁/σ₀) x̄ + (1 - σ₁/σ₀) x̂₀ and DDIM in x-space (reference §4)
+        eps = field(s0, xbar)
+        data_form = (s1 / s0) * xbar + (1 - s1 / s0) * (xbar - s0 * eps)
+        x0_hat = (x - (1 - ac[t]).sqrt() * eps) / ac[t].sqrt()
+        ddim = (ac[t_next].sqrt() * x0_hat + (1 - ac[t_next]).sqrt() * eps) * math.sqrt(1 + s1 * s1)
+        size = float(torch.cat([xbar, data_form, ddim]).abs().max())
+        assert float((dpm - data_form).abs().max()) <= 1e-12 * size
+        assert float((dpm - ddim).abs().max()) <= 1e-12 * size
+        x = dpm / math.sqrt(1 + s1 * s1)
+    noise = torch.randn(2, 4, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    betas = 1 - ac[:-1] / torch.cat([torch.ones(1, dtype=F64), ac[:-2]])
+    expected = ddim_reference_loop(model, betas, sorted(ts), noise)
+    got = sample(model, schedule, noise, timesteps=torch.tensor(ts), solver="dpmpp-1")
+    assert torch.equal(got, sample(model, schedule, noise, timesteps=torch.tensor(ts), solver="euler"))
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Empirical order of every fixed-step solver
+# ---------------------------------------------------------------------------------------------
+
+GAUSSIAN = oracles.Gaussian(torch.tensor([0.5, -1.0]), 0.5)
+# The ring() benchmark's modes are 0.15 wide, so its field turns sharply near σ ≈ 0.15 and the
+# regression would need more than 256 steps to leave the pre-asymptotic range; four modes of
+# width 0.4 keep the same structure (posterior weights switching between modes) at a scale that
+# the step counts below resolve.
+MIXTURE = oracles.GaussianMixture.ring(k=4, radius=1.5, std=0.4)
+# A float64 DOP853 solve at these tolerances is accurate to about 1e-9 in x-space; the solver
+# errors measured below must stay far above that.
+REFERENCE_RTOL, REFERENCE_ATOL, REFERENCE_ERROR = 1e-10, 1e-12, 1e-9
+
+# Midpoint's local error on the Gaussian oracle vanishes at order h³: with y = x̄ - μ the ODE is
+# y' = a(σ) y, a = σ/(c²+σ²), and the midpoint rule's local error is
+# h³ y (a''/24 + a³/6 + a a'/4) + O(h⁴); with u = c² + σ², a' = (c²-σ²)/u² and
+# a'' = (2σ³ - 6σc²)/u³, so 24u³(...) = 2σ³ - 6σc² + 4σ³ + 6σc² - 6σ³ = 0. It converges at
+# order 3 there (and at its order 2 on the mixture).
+GAUSSIAN_ORDER = {"midpoint": 3}
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Nested σ grids over one interval; every ``stride[k]``-th point of ``grids[k]`` is one of
+    the ``shared`` σ values at which errors are measured."""
+
+    steps: tuple[int, ...]
+    grids: tuple[Tensor, ...]
+    stride: tuple[int, ...]
+    shared: Tensor
+
+
+def karras_refinement() -> Refinement:
+    # σ_max to the last positive σ (σ_min); point i of the n-step ρ-grid is point 2i of the
+    # 2n-step one, so doubling nests the grids
+    steps = (64, 128, 256)
+    grids = tuple(karras_sigmas(SCHEDULE.sigma_min, SCHEDULE.sigma_max, n + 1) for n in steps)
+    return Refinement(steps, grids, tuple(n // steps[0] for n in steps), grids[0])
+
+
+def ddim_uniform_refinement() -> Refinement:
+    # DDIM "uniform" grids (t = 0, T/S, 2T/S, …) are integer-rounded and start at t = T - T/S, a
+    # different σ for each S, so they are refined here over the sub-interval t ∈ [100, 900] that
+    # every grid with S | T and T/S | 100 contains (S = 50, 100, 200: T/S = 20, 10, 5): these
+    # nest. The grids' last positive step [σ(T/S), σ(0)] is left out for a reason like the final
+    # step into 0: near t = 0, σ(t)² ≈ β₀(t+1), so in λ = -log σ that step has length
+    # ½ log(1 + T/S), which shrinks like log S, not 1/S; an exponential integrator's error in it
+    # falls only like σ(T/S)² ∝ 1/S whatever its order (measured: 2M and 3M at about order 1-2 up
+    # to S = 250 over the full grid), a property of the grid family rather than of the solver.
+    sizes = (50, 100, 200)
+    grids = []
+    for size in sizes:
+        ts = spaced_timesteps(SCHEDULE, size, "uniform")
+        grids.append(SCHEDULE.sigmas[ts[(ts >= 100) & (ts <= 900)]])
+    steps = tuple(len(g) - 1 for g in grids)
+    return Refinement(steps, tuple(grids), tuple(n // steps[0] for n in steps), grids[0])
+
+
+REFINEMENTS = {"karras": karras_refinement, "ddim-uniform": ddim_uniform_refinement}
+
+
+@cache
+def problem(name: str, family: str) -> tuple[object, Tensor, Tensor, Refinement]:
+    """(field, start state x̄ (8, 2) at the grids' first σ, reference states at the shared σ
+    values (P, 8, 2), refinement), all float64."""
+    ref = REFINEMENTS[family]()
+    s_start = float(ref.shared[0])
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x0 = noise * math.sqrt(1 + s_start**2)
+    if name == "gaussian":
+        # through the network interface, so that t(σ) and σ(t) are exercised at every stage
+        field: object = EpsField(GAUSSIAN.model(SCHEDULE), SCHEDULE)
+        exact = torch.stack([GAUSSIAN.flow(x0, s_start, s) for s in ref.shared.tolist()])
+        return field, x0, exact, ref
+
+    def rhs(s, y):
+        return MIXTURE.eps(float(s), torch.from_numpy(y).reshape(x0.shape)).reshape(-1).numpy()
+
+    out = solve_ivp(
+        rhs,
+        (s_start, float(ref.shared[-1])),
+        x0.reshape(-1).numpy(),
+        method="DOP853",
+        t_eval=ref.shared.numpy(),
+        rtol=REFERENCE_RTOL,
+        atol=REFERENCE_ATOL,
+    )
+    assert out.success, out.message
+    reference = torch.from_numpy(out.y.T.copy()).reshape(-1, *x0.shape)
+    return MIXTURE, x0, reference, ref
+
+
+def convergence(solver: Solver, name: str, family: str) -> tuple[tuple[int, ...], list[float]]:
+    """Steps and errors: the largest x-space error |x̄ - x̄_ref|/√(1+σ²) over the shared σ values,
+    i.e. over the trajectory, so that a zero crossing of the error at one σ cannot fake a rate."""
+    field, x0, reference, ref = problem(name, family)
+    scale = torch.sqrt(1 + ref.shared**2).reshape(-1, 1, 1)
+    errors = []
+    for grid, stride in zip(ref.grids, ref.stride, strict=True):
+        xs = solve(field, x0, grid, solver, save=True).xs  # type: ignore[arg-type]
+        assert xs is not None
+        errors.append(float(((xs[::stride] - reference) / scale).abs().max()))
+    return ref.steps, errors
+
+
+@pytest.mark.parametrize("family", sorted(REFINEMENTS))
+@pytest.mark.parametrize("name", ["gaussian", "mixture"])
+@pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
+def test_empirical_order_matches_the_declared_order(solver, name, family):
+    steps, errors = convergence(solver, name, family)
+    expected = GAUSSIAN_ORDER.get(solver.name, solver.order) if name == "gaussian" else solver.order
+    order = -slope(steps, errors)
+    assert min(errors) > 100 * REFERENCE_ERROR, errors
+    assert abs(order - expected) <= 0.3, (order, expected, errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bookkeeping and front doors
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
+def test_batch_equals_single_solves_and_nfe_is_evals_per_step_times_steps(solver):
+    calls = []
+
+    def field(s, x):
+        calls.append(s)
+        return MIXTURE.eps(s, x)
+
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=F64) * 30
+    grid = sigma_grid(SCHEDULE, 7, "karras")  # 7 positive σ, then 0
+    out = solve(field, x, grid, solver)
+    positive_steps = grid.numel() - 2
+    assert out.nfe == len(calls) == solver.evals_per_step * positive_steps + 1
+    assert 0.0 not in calls
+    singles = torch.cat([solve(field, x[i : i + 1], grid, solver).x for i in range(5)])
+    torch.testing.assert_close(out.x, singles, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
+def test_every_solver_by_name_and_object_in_sample(solver, dtype):
+    model = MIXTURE.model(SCHEDULE)
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(2)).to(dtype)
+    by_object = sample(model, SCHEDULE, noise, steps=12, timesteps="karras", solver=solver)
+    by_name = sample(model, SCHEDULE, noise, steps=12, timesteps="karras", solver=solver.name)
+    assert by_object.dtype == dtype and by_object.shape == noise.shape
+    assert torch.equal(by_object, by_name)
+    if dtype == torch.float32:
+        # the float32 path follows the float64 one up to float32 round-off
+        ref64 = sample(model, SCHEDULE, noise.double(), steps=12, timesteps="karras", solver=solver)
+        torch.testing.assert_close(by_object.double(), ref64, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
+def test_image_batches_keep_their_shape_and_match_the_flattened_problem(solver):
+    mean = torch.linspace(-1, 1, 3 * 4 * 4, dtype=F64)
+    images = oracles.Gaussian(mean.reshape(3, 4, 4), 0.3)
+    flat = oracles.Gaussian(mean, 0.3)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    got = sample(images.model(SCHEDULE), SCHEDULE, noise, steps=8, timesteps="karras", solver=solver)
+    expected = sample(
+        flat.model(SCHEDULE), SCHEDULE, noise.reshape(2, -1), steps=8, timesteps="karras", solver=solver
+    )
+    assert got.shape == noise.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.reshape(2, -1), expected, rtol=1e-6, atol=1e-6)
+
+
+def startup_limited(solver: Solver) -> bool:
+    """Multistep methods of order > 2 begin with lower-order steps (Euler first) whose local
+    error O(h²) is not damped when encoding, so their guaranteed order in reverse is 2."""
+    return (
+        isinstance(solver, AdamsBashforth | DPMSolverPP) and solver.evals_per_step == 1 and solver.order > 2
+    )
+
+
+@pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
+def test_reverse_direction_converges_to_the_exact_encoding(solver):
+    # σ increasing from σ_min to σ_max (encoding), against the Gaussian's exact flow
+    field = EpsField(GAUSSIAN.model(SCHEDULE), SCHEDULE)
+    x = GAUSSIAN.sample(8, torch.Generator().manual_seed(4))
+    steps, errors = (32, 128), []
+    for n in steps:
+        grid = karras_sigmas(SCHEDULE.sigma_min, SCHEDULE.sigma_max, n + 1).flip(0)
+        exact = GAUSSIAN.flow(x, float(grid[0]), float(grid[-1]))
+        got = solve(field, x, grid, solver).x
+        errors.append(float(((got - exact) / exact.abs().max()).abs().max()))
+    expected = 2 if startup_limited(solver) else GAUSSIAN_ORDER.get(solver.name, solver.order)
+    assert -slope(steps, errors) >= expected - 0.3, errors
+
+
+@pytest.mark.parametrize("name", ["rk4", "dpmpp-3m", "ab4"])
+def test_round_trip_forward_then_backward_returns_to_the_start(name):
+    x = MIXTURE.sample(16, torch.Generator().manual_seed(5)) + 0.0
+    grid = karras_sigmas(SCHEDULE.sigma_min, 80.0, 201).flip(0)
+    latent = solve(MIXTURE, x, grid, name).x
+    back = solve(MIXTURE, latent, grid.flip(0), name).x
+    assert float((back - x).abs().max()) <= 1e-4 * float(x.abs().max())
+
+
+# ---------------------------------------------------------------------------------------------
+# Statelessness, any grid, bad input
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", [AdamsBashforth(4), DPMSolverPP(3)], ids=solver_id)
+def test_one_multistep_object_serves_interleaved_solves(solver):
+    field = EpsField(wavy_model(), SCHEDULE)
+    grid = sigma_grid(SCHEDULE, 6, "uniform")[:-1]
+    xa = torch.randn(2, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
+    xb = torch.randn(4, 3, generator=torch.Generator().manual_seed(7), dtype=F64)
+    expected_a, expected_b = solve(field, xa, grid, solver).x, solve(field, xb, grid, solver).x
+    sa, sb = solver.init(field, grid, xa), solver.init(field, grid, xb)
+    values = grid.tolist()
+    for s0, s1 in pairwise(values):
+        xa, sa = solver.step(field, s0, s1, xa, sa)
+        xb, sb = solver.step(field, s0, s1, xb, sb)
+    assert torch.equal(xa, expected_a) and torch.equal(xb, expected_b)
+
+
+@pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
+def test_any_grid_is_long_enough(solver):
+    # lower-order start-up makes every grid valid: one step, one step and the final one, no step
+    field = EpsField(wavy_model(), SCHEDULE)
+    x = torch.randn(2, 3, dtype=F64)
+    one = solve(field, x, torch.tensor([4.0, 2.0], dtype=F64), solver)
+    assert one.nfe == solver.evals_per_step and torch.isfinite(one.x).all()
+    assert solve(field, x, torch.tensor([4.0, 0.0], dtype=F64), solver).nfe == 1
+    assert solve(field, x, torch.tensor([4.0], dtype=F64), solver).nfe == 0
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: AdamsBashforth(5), "AdamsBashforth order must be one of \\(1, 2, 3, 4\\), got 5"),
+        (lambda: AdamsBashforth(0), "one of \\(1, 2, 3, 4\\), got 0"),
+        (lambda: AdamsBashforth(2.0), "one of \\(1, 2, 3, 4\\), got 2.0"),
+        (lambda: DPMSolverPP(4), "DPMSolverPP multistep order must be one of \\(1, 2, 3\\), got 4"),
+        (
+            lambda: DPMSolverPP(3, multistep=False),
+            "DPMSolverPP singlestep \\(multistep=False\\) order must be one of \\(1, 2\\), got 3",
+        ),
+    ],
+)
+def test_unsupported_orders_are_refused_with_the_choices(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_names_and_reprs():
+    assert [s.name for s in FIXED_STEP_SOLVERS] == [
+        "euler",
+        "ddim",
+        "heun",
+        "midpoint",
+        "ralston3",
+        "heun3",
+        "rk4",
+        "ab2",
+        "ab3",
+        "ab4",
+        "dpmpp-1",
+        "dpmpp-2m",
+        "dpmpp-3m",
+        "dpmpp-2s",
+    ]
+    assert repr(get_solver("dpmpp-2s")) == "DPMSolverPP(order=2, multistep=False)"
+    assert repr(get_solver("ab3")) == "AdamsBashforth(order=3)"
+    assert repr(RK4()) == "RK4()"
+    assert (DPMSolverPP(2, multistep=False).evals_per_step, DPMSolverPP(3).evals_per_step) == (2, 1)

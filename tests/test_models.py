@@ -1,0 +1,93 @@
+"""Built-in networks: time embedding, UNet, MLP, classifier, architecture registry."""
+
+import math
+
+import pytest
+import torch
+
+from diffode.models import MLP, DigitsClassifier, UNet, architecture_name, build_model, sinusoidal_embedding
+
+
+def test_sinusoidal_embedding_values():
+    t = torch.tensor([0.0, 1.0, 999.0, 12.5])
+    emb = sinusoidal_embedding(t, 8)
+    assert emb.shape == (4, 8) and emb.dtype == torch.float32
+    freqs = [10_000 ** (-k / 4) for k in range(4)]
+    for i, tv in enumerate(t.tolist()):
+        expected = [math.sin(tv * w) for w in freqs] + [math.cos(tv * w) for w in freqs]
+        assert emb[i].tolist() == pytest.approx(expected, abs=1e-4)
+    assert sinusoidal_embedding(t.double(), 8).dtype == torch.float64
+
+
+def test_sinusoidal_embedding_rejects_odd_dim():
+    with pytest.raises(ValueError, match="dim must be even"):
+        sinusoidal_embedding(torch.zeros(2), 7)
+
+
+@pytest.mark.parametrize(
+    "model, x",
+    [
+        (UNet(channels=(8, 16, 16), emb_dim=16), torch.randn(3, 1, 8, 8)),
+        (UNet(in_channels=3, channels=(8, 16), emb_dim=16, image_size=4), torch.randn(2, 3, 4, 4)),
+        (MLP(dim=2, hidden=16, depth=2, emb_dim=8), torch.randn(5, 2)),
+    ],
+    ids=["unet-8x8", "unet-rgb-4x4", "mlp"],
+)
+def test_eps_networks_keep_shape_and_are_per_sample(model, x):
+    torch.manual_seed(0)
+    for p in model.parameters():  # leave the zero-initialised output layer so outputs are non-trivial
+        torch.nn.init.normal_(p, std=0.2)
+    t = torch.tensor([0.0, 499.5, 999.0, 3.25, 10.0])[: x.shape[0]]
+    out = model(x, t)
+    assert out.shape == x.shape and out.dtype == x.dtype and out.abs().sum() > 0
+    # no cross-sample coupling (GroupNorm/LayerNorm are per sample): a batch equals single calls
+    singles = torch.cat([model(x[i : i + 1], t[i : i + 1]) for i in range(x.shape[0])])
+    torch.testing.assert_close(out, singles, rtol=1e-5, atol=1e-6)
+    assert tuple(model.sample_shape) == tuple(x.shape[1:])
+
+
+def test_fresh_eps_networks_predict_zero():
+    # zero-initialised output layer: the first DDPM loss is E|ε|², a calm start
+    for model, x in ((UNet(channels=(8, 8)), torch.randn(2, 1, 8, 8)), (MLP(), torch.randn(2, 2))):
+        assert model(x, torch.tensor([5.0, 700.0])).abs().max() == 0
+
+
+def test_model_follows_its_dtype_and_returns_input_dtype():
+    model = UNet(channels=(8, 8), emb_dim=16).double()
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float32)
+    assert model(x, torch.tensor([1.0, 2.0])).dtype == torch.float32
+    assert model(x.double(), torch.tensor([1.0, 2.0], dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("model", [UNet(channels=(8, 16)), MLP(hidden=8), DigitsClassifier(width=4, features=8)])
+def test_config_rebuilds_the_same_architecture(model):
+    rebuilt = build_model(architecture_name(model), model.config())
+    assert type(rebuilt) is type(model)
+    shapes = {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_classifier_features_and_logits():
+    net = DigitsClassifier(width=4, features=12)
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    assert net.features(x).shape == (5, 12) and net(x).shape == (5, 10)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: build_model("transformer", {}), "unknown architecture 'transformer'; known: digits-classifier"),
+        (lambda: build_model("unet", {"hidden": 3}), "does not fit architecture 'unet'"),
+        (lambda: UNet(channels=()), "channels must be a non-empty list"),
+        (lambda: UNet(channels=(8, 8, 8, 8), image_size=4), "image_size=4 must be divisible by"),
+        (lambda: MLP(hidden=0), "must be positive"),
+    ],
+)
+def test_bad_architectures_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_architecture_name_rejects_foreign_modules():
+    with pytest.raises(TypeError, match="Linear is not a built-in diffode architecture"):
+        architecture_name(torch.nn.Linear(2, 2))

@@ -1,0 +1,263 @@
+"""Datasets, the DDPM training loop, and safetensors checkpoints (which never unpickle)."""
+
+import json
+import math
+import pickle
+
+import pytest
+import torch
+
+from diffode.checkpoint import (
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+    save_tensors,
+    schedule_from_config,
+)
+from diffode.data import DIGITS_TRAIN, digits, gmm, load_dataset, moons, swiss_roll
+from diffode.models import MLP, UNet
+from diffode.schedule import Schedule
+from diffode.train import TrainConfig, eval_loss, train
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # a second intra-op thread on a busy 2-core machine slows these small networks tenfold
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def test_digits_split_is_fixed_disjoint_and_scaled():
+    pytest.importorskip("sklearn")
+    train_x, train_y = digits("train")
+    test_x, test_y = digits("test")
+    all_x, _ = digits("all")
+    assert train_x.shape == (DIGITS_TRAIN, 1, 8, 8) and test_x.shape == (1797 - DIGITS_TRAIN, 1, 8, 8)
+    assert train_x.dtype == torch.float32 and train_x.min() == -1 and train_x.max() == 1
+    # the 17 grey levels 0 … 16 land on a lattice of step 1/8
+    assert torch.equal(torch.round((all_x + 1) * 8), (all_x + 1) * 8)
+    assert torch.equal(digits("train")[0], train_x)
+    # disjoint: every image of the full set is in exactly one split (compare as multisets of rows)
+    rows = sorted(map(tuple, torch.cat([train_x, test_x]).flatten(1).tolist()))
+    assert rows == sorted(map(tuple, all_x.flatten(1).tolist()))
+    assert set(train_y.tolist()) == set(test_y.tolist()) == set(range(10))
+
+
+def test_point_sets_are_seeded_and_shaped():
+    for name in ("gmm", "moons", "swissroll"):
+        a = load_dataset(name, n=500, seed=3)
+        assert a.shape == (500, 2) and a.dtype == torch.float32
+        assert torch.equal(a, load_dataset(name, n=500, seed=3))
+        assert not torch.equal(a, load_dataset(name, split="test", n=500, seed=3))
+
+
+def test_point_set_geometry():
+    g = torch.Generator().manual_seed(0)
+    clean_moons = moons(4000, g, noise=0.0).double()
+    upper, lower = clean_moons[:2000] + torch.tensor([0.5, 0.25]), clean_moons[2000:] + torch.tensor([0.5, 0.25])
+    torch.testing.assert_close(upper.norm(dim=1), torch.ones(2000, dtype=torch.float64), atol=1e-6, rtol=0)
+    centre = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close((lower - centre).norm(dim=1), torch.ones(2000, dtype=torch.float64), atol=1e-6, rtol=0)
+    roll = swiss_roll(4000, g, noise=0.0).double()
+    radius = roll.norm(dim=1)
+    assert radius.min() >= 1.5 * math.pi / 7 - 1e-6 and radius.max() <= 4.5 * math.pi / 7 + 1e-6
+    ring = gmm(4000, g).double()
+    assert abs(ring.norm(dim=1).mean() - 2.0) < 0.05
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: load_dataset("mnist"), "unknown dataset 'mnist'; choose one of digits, gmm"),
+        (lambda: load_dataset("moons", split="all"), "split must be 'train' or 'test'"),
+        (lambda: digits("valid"), "split must be one of"),
+        (lambda: moons(0), "n must be at least 1"),
+        (lambda: swiss_roll(10, noise=-1.0), "noise must be a finite number >= 0"),
+    ],
+)
+def test_bad_dataset_arguments(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _tiny(dataset="moons", steps=60, **kw):
+    model = {"hidden": 32, "depth": 2, "emb_dim": 16} if dataset != "digits" else {"channels": [8, 8], "emb_dim": 16}
+    return TrainConfig(dataset=dataset, steps=steps, batch_size=64, n_points=512, model=model, **kw)
+
+
+def test_training_lowers_the_loss():
+    config = _tiny(steps=150, ema_decay=0.9)
+    schedule = schedule_from_config(config.schedule)
+    test = load_dataset("moons", split="test", n=512)
+    untrained = MLP(**config.model)  # the zero predictor: loss E|ε|² ≈ 1 on the fixed draws
+    before = eval_loss(untrained, schedule, test)
+    result = train(config, progress=False)
+    # the optimal ε on 2-D data with a small data scale explains a large share of the noise at
+    # most t; a trained MLP must at least halve the zero predictor's loss (measured ≈ 0.35)
+    assert before == pytest.approx(1.0, abs=0.05)
+    assert result.test_loss < 0.5 * before
+    assert result.losses[-1] < result.losses[0]
+    assert not result.model.training and not any(p.requires_grad for p in result.model.parameters())
+
+
+def test_training_a_tiny_unet_on_digits_lowers_the_loss():
+    pytest.importorskip("sklearn")
+    config = _tiny("digits", steps=60)
+    before = eval_loss(UNet(**config.model), schedule_from_config(config.schedule), digits("test")[0])
+    result = train(config, progress=False)
+    # 60 steps take the zero predictor (loss ≈ 1) well below its start (measured ≈ 0.3)
+    assert before == pytest.approx(1.0, abs=0.05)
+    assert result.test_loss < 0.6 * before
+
+
+def test_training_is_reproducible_from_the_seed():
+    a = train(_tiny(steps=15), progress=False).model.state_dict()
+    b = train(_tiny(steps=15), progress=False).model.state_dict()
+    c = train(_tiny(steps=15, seed=1), progress=False).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_periodic_checkpoints_record_the_run(tmp_path):
+    out = tmp_path / "run"
+    seen = []
+    config = _tiny(steps=30, checkpoint_every=10)
+    import diffode.train as train_module
+
+    original = train_module.save_checkpoint
+
+    def spy(folder, model, info):
+        seen.append(info["step"])
+        return original(folder, model, info)
+
+    train_module.save_checkpoint = spy
+    try:
+        train(config, out, command="diffode train --dataset moons", progress=False)
+    finally:
+        train_module.save_checkpoint = original
+    assert seen == [10, 20, 30]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["step"] == 30 and saved["command"] == "diffode train --dataset moons"
+    assert saved["training"]["seed"] == 0 and saved["dataset"] == "moons"
+    assert saved["schedule"] == {"name": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dataset": "cifar"}, "dataset must be one of digits, gmm, moons, swissroll, got 'cifar'"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"lr": -1.0}, "lr must be a finite number > 0"),
+        ({"ema_decay": 1.0}, r"ema_decay must lie in \[0, 1\)"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+    ],
+)
+def test_bad_training_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _random_unet():
+    torch.manual_seed(0)
+    model = UNet(channels=(8, 16), emb_dim=16)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    model = _random_unet()
+    schedule = {"name": "cosine", "T": 500}
+    save_checkpoint(tmp_path, model, {"schedule": schedule, "seed": 7})
+    loaded = load_checkpoint(tmp_path)
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0.0, 17.5, 250.0, 499.0])
+    assert torch.equal(loaded.model(x, t), model(x, t))
+    assert loaded.config["seed"] == 7 and loaded.schedule is not None
+    assert torch.equal(loaded.schedule.alphas_cumprod, Schedule.cosine(T=500).alphas_cumprod)
+    assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
+    as64 = load_checkpoint(tmp_path, dtype=torch.float64)
+    assert next(as64.model.parameters()).dtype == torch.float64
+
+
+def test_weights_are_readable_by_the_safetensors_library(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _random_unet()
+    save_checkpoint(tmp_path, model, {})
+    on_disk = load_file(tmp_path / "model.safetensors")
+    assert all(torch.equal(on_disk[k], v) for k, v in model.state_dict().items())
+
+
+class _Trap:
+    """Unpickling this object creates a file: evidence that a loader ran pickle."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle", "pickle-protocol-0"])
+def test_pickle_files_are_refused_without_being_unpickled(tmp_path, writer):
+    _random_unet_folder = tmp_path / "ckpt"
+    save_checkpoint(_random_unet_folder, _random_unet(), {"schedule": {"name": "linear"}})
+    marker = tmp_path / "unpickled"
+    weights = _random_unet_folder / "model.safetensors"
+    payload = {"weights": _Trap(marker)}
+    if writer == "torch.save":
+        torch.save(payload, weights)
+    else:
+        weights.write_bytes(pickle.dumps(payload, protocol=0 if writer.endswith("0") else 4))
+    with pytest.raises(ValueError, match="pickle|not a safetensors file") as info:
+        load_checkpoint(_random_unet_folder)
+    assert str(weights) in str(info.value)
+    assert not marker.exists()
+
+
+def test_corrupt_and_foreign_files_are_refused(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        load_tensors(path)
+    path.write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        load_tensors(path)
+    with pytest.raises(FileNotFoundError, match="no such weights file"):
+        load_tensors(tmp_path / "missing.safetensors")
+
+
+def test_checkpoint_config_mismatches_are_refused(tmp_path):
+    save_checkpoint(tmp_path, _random_unet(), {})
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["model"]["channels"] = [8, 32]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not fit the architecture"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "unet"}))
+    with pytest.raises(ValueError, match="not a diffode checkpoint config"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="has no config.json"):
+        load_checkpoint(tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="schedule config must be a dict with 'name'"):
+        schedule_from_config({"name": "sigmoid"})
+
+
+def test_save_tensors_is_atomic_and_round_trips(tmp_path):
+    tensors = {"a": torch.arange(6, dtype=torch.float64).reshape(2, 3), "b": torch.tensor([1], dtype=torch.int64)}
+    save_tensors(tmp_path / "t.safetensors", tensors)
+    back = load_tensors(tmp_path / "t.safetensors")
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
