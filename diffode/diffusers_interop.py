@@ -11,12 +11,13 @@ What diffode takes from a scheduler config, and what it leaves:
   uses the very float32 ᾱ values the model was trained and is sampled with (held in float64).
 - ``prediction_type`` (``"epsilon"``, ``"sample"``, ``"v_prediction"``) selects the field.
 - Sampler settings are not model properties and are ignored: diffode integrates the pure ODE.
-  ``clip_sample`` and ``thresholding`` (on by default in ``DDIMScheduler``: x̂₀ clipped to
-  [-1, 1]) have no counterpart; the last step always goes to ᾱ = 1 (σ = 0), as
+  ``clip_sample`` (on by default in ``DDIMScheduler``: x̂₀ clipped to [-1, 1]) and
+  ``thresholding`` have no counterpart; the last step always goes to ᾱ = 1 (σ = 0), as with
   ``set_alpha_to_one=True``; ``timestep_spacing`` and ``steps_offset`` only choose timesteps, so
   to reproduce a diffusers run pass its ``scheduler.timesteps`` as ``timesteps=`` to
   :func:`diffode.sample`. With ``clip_sample=False`` and ``set_alpha_to_one=True``, diffusers'
-  DDIM loop (η = 0) and diffode's Euler on the same timesteps agree to float32 round-off.
+  DDIM loop (η = 0) and diffode's Euler on the same timesteps agree to round-off; in float32
+  that round-off is taken on x̄ = x·√(1+σ²), so it grows with the σ of the first step.
 """
 
 from __future__ import annotations
@@ -114,8 +115,15 @@ def schedule_from_config(config: Mapping[str, Any]) -> tuple[Schedule, str]:
             f"got {beta_schedule!r}"
         )
     diffusers = _import_diffusers()
-    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-    kwargs = {k: config[k] for k in (*keys, "rescale_betas_zero_snr") if k in config}
+    keys = (
+        "num_train_timesteps",
+        "beta_start",
+        "beta_end",
+        "beta_schedule",
+        "trained_betas",
+        "rescale_betas_zero_snr",
+    )
+    kwargs = {k: config[k] for k in keys if k in config}
     table = diffusers.DDIMScheduler(**kwargs).alphas_cumprod
     return Schedule.from_alphas_cumprod(table.to(torch.float64)), prediction
 
