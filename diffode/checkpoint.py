@@ -52,18 +52,20 @@ def _refuse_unsafe(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"no such weights file: {path}")
     with path.open("rb") as fh:
-        head = fh.read(16)
-    size = path.stat().st_size
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        head = fh.read(9)
+    length = int.from_bytes(head[:8], "little")
+    if len(head) == 9 and 0 < length <= min(path.stat().st_size - 8, _MAX_HEADER) and head[8:] == b"{":
+        return
+    # name the usual culprits: pickle protocols 2-5 open with PROTO (0x80) and the version,
+    # torch.save writes a zip archive of pickles; anything else gets the generic message
+    if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[
+        :4
+    ] == b"PK\x03\x04":
         raise ValueError(
             f"{path} is a pickle or torch.save file; diffode never unpickles weights because "
             "unpickling can run arbitrary code. Convert it to safetensors in a trusted environment"
         )
-    length = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    if len(head) < 9 or not 0 < length <= min(size - 8, _MAX_HEADER) or head[8:9] != b"{":
-        raise ValueError(
-            f"{path} is not a safetensors file (no valid header); diffode loads only safetensors"
-        )
+    raise ValueError(f"{path} is not a safetensors file (no valid header); diffode loads only safetensors")
 
 
 def load_tensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Tensor]:

@@ -162,31 +162,43 @@ def _device(name: str) -> torch.device:
 
 @dataclass
 class LoadedModel:
-    """An ε-network ready for sampling: ``model(x, t)``, its schedule, the shape of one sample."""
+    """A network ready for sampling: ``model(x, t)``, its schedule, what it predicts, the shape
+    of one sample."""
 
     model: Model
     schedule: Schedule
+    prediction: str
     sample_shape: tuple[int, ...]
     name: str
 
 
 def load_model(path: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """The bundled digits model (``path=None``) or a diffode checkpoint folder."""
+    """The bundled digits model (``path=None``), a diffode checkpoint folder, or a diffusers
+    folder written by ``save_pretrained`` (needs ``pip install "diffode[diffusers]"``)."""
     if path is None:
         from diffode.pretrained import digits
 
         unet, schedule = digits(device, dtype)
-        return LoadedModel(unet, schedule, unet.sample_shape, "bundled digits model")
-    from diffode.checkpoint import load_checkpoint
+        return LoadedModel(unet, schedule, "epsilon", unet.sample_shape, "bundled digits model")
+    from diffode.checkpoint import FORMAT, load_checkpoint
 
     folder = Path(path)
     if not folder.is_dir():
-        raise UsageError(f"--model {path}: no such folder; pass a diffode checkpoint folder")
-    checkpoint = load_checkpoint(folder, device=device, dtype=dtype)
-    shape = getattr(checkpoint.model, "sample_shape", None)
-    if checkpoint.schedule is None or shape is None:
-        raise UsageError(f"--model {path} is not an ε-network checkpoint (it has no schedule)")
-    return LoadedModel(checkpoint.model, checkpoint.schedule, tuple(shape), str(folder))
+        raise UsageError(f"--model {path}: no such folder; pass a diffode checkpoint or diffusers folder")
+    config_file = folder / "config.json"
+    if config_file.is_file() and f'"{FORMAT}"' in config_file.read_text():
+        checkpoint = load_checkpoint(folder, device=device, dtype=dtype)
+        shape = getattr(checkpoint.model, "sample_shape", None)
+        if checkpoint.schedule is None or shape is None:
+            raise UsageError(f"--model {path} is not an ε-network checkpoint (it has no schedule)")
+        return LoadedModel(checkpoint.model, checkpoint.schedule, "epsilon", tuple(shape), str(folder))
+    from diffode.diffusers_interop import load_diffusers
+
+    wrapped = load_diffusers(folder)
+    if wrapped.sample_shape is None:
+        raise UsageError(f"--model {path}: the network's config gives no in_channels/sample_size")
+    wrapped.model.unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return LoadedModel(wrapped.model, wrapped.schedule, wrapped.prediction, wrapped.sample_shape, str(folder))
 
 
 def sample_seeds(
@@ -235,6 +247,7 @@ def sample_seeds(
             generator=generators or None,
             callback=count,
             progress=progress and not several,
+            prediction=loaded.prediction,
         )
         outputs.append(x.detach().float().cpu())
     return torch.cat(outputs), nfe

@@ -39,3 +39,10 @@ is its registry string."""
 def solver_id(solver: Solver) -> str:
     """A readable pytest id: the solver's registry name."""
     return solver.name
+
+
+def is_multistep(solver: Solver) -> bool:
+    """Whether ``solver`` reuses past evaluations (one evaluation per step, history in its state)."""
+    if isinstance(solver, AdamsBashforth):
+        return solver.order > 1
+    return isinstance(solver, DPMSolverPP) and solver.multistep and solver.order > 1

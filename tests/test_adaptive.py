@@ -28,6 +28,16 @@ MIXTURE = oracles.GaussianMixture.ring()
 NATIVE = (Bosh3, Dopri5)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the mixture oracle's softmax runs in parallel even on a 48 × 8 tensor, which costs
+    # milliseconds per call on a busy machine with 2 threads (microseconds with 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def start():
     noise = torch.randn(48, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
@@ -161,15 +171,18 @@ def test_error_within_ten_tolerances_on_the_mixture(start, mixture_reference, cl
     ids=["bosh3", "dopri5-per-sample", "torchdiffeq-dopri5", "scipy-RK23"],
 )
 def test_nfe_grows_as_the_tolerance_shrinks(start, make):
-    nfe = [solve(MIXTURE, start, SPAN, make(tol)).nfe for tol in (1e-2, 1e-4, 1e-6)]
-    assert nfe[0] < nfe[1] < nfe[2], nfe
+    nfe = [solve(MIXTURE, start, SPAN, make(tol)).nfe for tol in (1e-2, 1e-4, 1e-6, 1e-8)]
+    assert nfe[0] < nfe[1] < nfe[2] < nfe[3], nfe
 
 
 @pytest.mark.parametrize(
     "solver",
     [
         Dopri5(rtol=1e-10, atol=1e-10),
+        Dopri5(rtol=1e-10, atol=1e-10, per_sample=True),
+        Bosh3(rtol=1e-10, atol=1e-10),
         Torchdiffeq("dopri5", rtol=1e-10, atol=1e-10),
+        Torchdiffeq("dopri8", rtol=1e-10, atol=1e-10),
         Scipy("RK45", rtol=1e-10, atol=1e-10),
         Scipy("DOP853", rtol=1e-10, atol=1e-10),
     ],
@@ -294,7 +307,7 @@ def test_intermediate_grid_points_are_output_points(start):
         Dopri5(rtol=1e-6, atol=1e-6),
         Bosh3(rtol=1e-6, atol=1e-6, per_sample=True),
         Torchdiffeq("dopri5", rtol=1e-6, atol=1e-6),
-        Torchdiffeq("adaptive_heun", rtol=1e-6, atol=1e-6),
+        Torchdiffeq("adaptive_heun", rtol=1e-4, atol=1e-4),
         Scipy("RK45", rtol=1e-6, atol=1e-6),
     ],
     ids=repr,
@@ -306,11 +319,12 @@ def test_field_is_evaluated_only_inside_each_interval(start, solver):
         seen.append(torch.as_tensor(sigma, dtype=F64).reshape(-1))
         return MIXTURE(sigma, x)
 
-    # a short interval near σ = 0, where stepping past its end would reach σ <= 0
+    # short intervals near σ = 0, where stepping past an end would reach σ <= 0 (plain odeint
+    # evaluates dopri5 at σ ≈ -0.006 on [0.05, 0.01] at rtol 1e-6)
     grid = torch.tensor([0.2, 0.05, 0.01, 0.0], dtype=F64)
     solve(f, start[:8] / SIGMA_MAX, grid, solver)
     sigmas = torch.cat(seen)
-    assert 0.01 * (1 - 1e-12) <= float(sigmas.min()) and float(sigmas.max()) <= 0.2 * (1 + 1e-12)
+    assert float(sigmas.min()) >= 0.01 * (1 - 1e-12) and float(sigmas.max()) <= 0.2 * (1 + 1e-12)
 
 
 def test_stats_count_every_evaluation(start):

@@ -36,3 +36,236 @@ def test_help_for_every_command():
     for argv in (["--help"], ["demo", "--help"]):
         result = subprocess.run([sys.executable, "-m", "diffode", *argv], capture_output=True, text=True)
         assert result.returncode == 0 and "usage: diffode" in result.stdout
+
+
+# ----------------------------------------------------------------------------- sample, train, eval
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from diffode.cli import parse_seeds  # noqa: E402
+
+COMMANDS = ("demo", "sample", "encode", "interpolate", "train", "train-classifier", "eval")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # a second intra-op thread on a busy 2-core machine slows these small networks tenfold
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(argv, capsys):
+    code = main([*argv, "--no-progress"] if argv[0] in ("sample", "train", "train-classifier") else argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return captured.out
+
+
+def test_sample_writes_a_png_grid_and_reports_nfe_and_time(tmp_path, capsys):
+    out = tmp_path / "digits.png"
+    text = run(["sample", "--seeds", "0-5", "--steps", "5", "--out", str(out)], capsys)
+    assert "NFE=5 " in text and "wall=" in text and "bundled digits model" in text
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_npz_holds_uint8_nhwc_images(tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    run(["sample", "--seeds", "0-2", "--steps", "3", "--out", str(out)], capsys)
+    with np.load(out) as archive:
+        assert archive.files == ["arr_0"]
+        images = archive["arr_0"]
+    assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    "solver", [["--solver", "euler"], ["--solver", "ddim", "--eta", "1"]], ids=["ddim", "ddpm"]
+)
+def test_a_sample_depends_only_on_its_seed(tmp_path, capsys, solver):
+    def images(seeds, batch):
+        out = tmp_path / f"{seeds}-{batch}.npz"
+        run(
+            ["sample", *solver, "--steps", "4", "--seeds", seeds, "--batch", str(batch), "--out", str(out)],
+            capsys,
+        )
+        with np.load(out) as archive:
+            return archive["arr_0"]
+
+    whole = images("0-5", 6)
+    assert np.array_equal(whole, images("0-5", 1))
+    assert np.array_equal(whole, images("0-5", 4))
+    assert np.array_equal(whole[3:5], images("3-4", 2))
+    assert not np.array_equal(whole[0], whole[1])
+
+
+def test_sample_in_float64_matches_float32(tmp_path, capsys):
+    outs = {}
+    for dtype in ("float32", "float64"):
+        outs[dtype] = tmp_path / f"{dtype}.npz"
+        run(["sample", "--seeds", "0-3", "--steps", "5", "--dtype", dtype, "--out", str(outs[dtype])], capsys)
+    with np.load(outs["float32"]) as a, np.load(outs["float64"]) as b:
+        # 5 DDIM steps in float32 vs float64 differ by round-off, at most one grey level
+        assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1
+
+
+def test_eval_reports_the_digits_frechet_distance(tmp_path, capsys):
+    from diffode.images import from_uint8
+    from diffode.metrics import digits_fd
+
+    out = tmp_path / "s.npz"
+    run(["sample", "--seeds", "0-31", "--steps", "10", "--out", str(out)], capsys)
+    text = run(["eval", str(out)], capsys)
+    with np.load(out) as archive:
+        expected = digits_fd(from_uint8(archive["arr_0"]))
+    assert f"digits FD={expected:.3f} (n=32, reference=train split)" in text
+    assert "real-data floor: test split (297) vs train split (1500)" in text
+
+
+def test_train_writes_a_checkpoint_that_sample_reads(tmp_path, capsys):
+    ckpt = tmp_path / "moons"
+    text = run(["train", "--dataset", "moons", "--steps", "20", "--hidden", "16", "--out", str(ckpt)], capsys)
+    assert "trained mlp on moons: 20 steps" in text and "test loss" in text
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["command"].startswith("diffode train --dataset moons --steps 20 --hidden 16 --out ")
+    assert config["training"]["model"]["hidden"] == 16
+    points = tmp_path / "points.npz"
+    run(["sample", "--model", str(ckpt), "--seeds", "0-9", "--steps", "3", "--out", str(points)], capsys)
+    with np.load(points) as archive:
+        assert archive["arr_0"].shape == (10, 2) and archive["arr_0"].dtype == np.float32
+    picture = tmp_path / "points.png"
+    run(["sample", "--model", str(ckpt), "--seeds", "0-9", "--steps", "3", "--out", str(picture)], capsys)
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_a_tiny_digits_unet_and_the_classifier(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    ckpt = tmp_path / "digits"
+    run(["train", "--dataset", "digits", "--steps", "3", "--channels", "8,8", "--out", str(ckpt)], capsys)
+    assert json.loads((ckpt / "config.json").read_text())["model"]["channels"] == [8, 8]
+    run(
+        ["sample", "--model", str(ckpt), "--seeds", "0-1", "--steps", "2", "--out", str(tmp_path / "d.png")],
+        capsys,
+    )
+    text = run(["train-classifier", "--steps", "3", "--out", str(tmp_path / "cls")], capsys)
+    assert "test accuracy" in text
+    assert {p.name for p in (tmp_path / "cls").iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "features.safetensors",
+    }
+
+
+def test_sample_a_diffusers_folder(tmp_path, capsys):
+    diffusers = pytest.importorskip("diffusers")
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    unet.save_pretrained(tmp_path / "unet")
+    diffusers.DDIMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
+    out = tmp_path / "rgb.npz"
+    run(["sample", "--model", str(tmp_path), "--seeds", "0-1", "--steps", "3", "--out", str(out)], capsys)
+    with np.load(out) as archive:
+        assert archive["arr_0"].shape == (2, 8, 8, 3)
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("7") == [7]
+    assert parse_seeds("3,7,10-12") == [3, 7, 10, 11, 12]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--seeds", "5-2"], "--seeds must be non-negative integers and ranges like 0-63"),
+        (["sample", "--seeds", "a"], "--seeds must be"),
+        (["sample", "--out", "x.jpg"], "--out must end in .png (a picture) or .npz"),
+        (["sample", "--batch", "0"], "--batch must be at least 1"),
+        (["sample", "--steps", "0"], "steps must be at least 1"),
+        (["sample", "--steps", "2000"], "steps must be at most 1000"),
+        (["sample", "--eta", "-1", "--solver", "ddim"], "eta must be a finite number >= 0"),
+        (["sample", "--eta", "0.5"], "eta=0.5 applies only to solver='ddim'"),
+        (["sample", "--sigma-hat"], "--sigma-hat is a variant of --solver ddim"),
+        (["sample", "--solver", "nope"], "unknown solver 'nope'"),
+        (["sample", "--dtype", "int8"], "invalid choice: 'int8'"),
+        (["sample", "--device", "nonsense"], "--device 'nonsense' is not a torch device"),
+        (["sample", "--model", "/no/such/folder"], "--model /no/such/folder: no such folder"),
+        (["train", "--out", "x", "--dataset", "mnist"], "invalid choice: 'mnist'"),
+        (["train", "--out", "x", "--steps", "0"], "steps must be at least 1"),
+        (["train", "--out", "x", "--channels", "8,a"], "--channels must be comma-separated integers"),
+        (["train"], "the following arguments are required: --out"),
+        (["eval", "missing.npz"], "samples must be an existing .npz file"),
+    ],
+)
+def test_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffode: error:") and message in lines[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_refuses_npz_that_are_not_digits(tmp_path, capsys):
+    for name, array in (("rgb.npz", np.zeros((4, 8, 8, 3), np.uint8)), ("float.npz", np.zeros((4, 8, 8, 1)))):
+        np.savez(tmp_path / name, arr_0=array)
+        assert main(["eval", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and (
+            "need at least 2 grey 8×8 images" in err or "must be uint8" in err
+        ), err
+    np.savez(tmp_path / "other.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
+    assert main(["eval", str(tmp_path / "other.npz")]) == 2
+    assert "has no arr_0 array (found images)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: diffode {command}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- image files
+
+
+def test_png_round_trip_and_grid(tmp_path):
+    from diffode.images import from_uint8, grid, read_png, to_uint8, write_png
+
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    images = to_uint8(x)
+    assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
+    # uint8 holds x to half a grey level
+    assert (from_uint8(images) - x).abs().max() <= 1 / 255 + 1e-6
+    picture = grid(images, 3, scale=2, pad=1)
+    assert picture.shape == (2 * 17 + 1, 3 * 17 + 1, 1)
+    assert np.array_equal(picture[1:17, 1:17, 0], images[0, :, :, 0].repeat(2, 0).repeat(2, 1))
+    write_png(tmp_path / "g.png", picture)
+    assert np.array_equal(read_png(tmp_path / "g.png"), picture[..., 0])
+
+
+def test_read_png_undoes_every_row_filter(tmp_path):
+    from diffode.images import read_png
+
+    image_module = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    # this mix of ramps and noise makes Pillow's encoder use all four row filters (checked by hand:
+    # Sub, Up, Average and Paeth each appear)
+    ramp = np.add.outer(np.arange(40), np.arange(30)).astype(np.uint8)
+    rgb = np.stack([ramp, ramp[::-1], rng.integers(0, 255, ramp.shape, dtype=np.uint8)], axis=2)
+    image_module.fromarray(rgb).save(tmp_path / "x.png", format="PNG", optimize=True)
+    grey = read_png(tmp_path / "x.png").astype(int)
+    expected = np.asarray(image_module.fromarray(rgb).convert("L")).astype(int)
+    assert np.abs(grey - expected).max() <= 1

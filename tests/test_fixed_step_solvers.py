@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy.integrate import quad, solve_ivp
+from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from diffode import EpsField, Schedule, karras_sigmas, oracles, sample, sigma_grid, solve, spaced_timesteps
@@ -42,10 +42,21 @@ from diffode.solvers.runge_kutta import (
     RK4_TABLEAU,
 )
 from tests.helpers import ddim_reference_loop, slope, wavy_model
-from tests.solver_cases import FIXED_STEP_SOLVERS, solver_id
+from tests.solver_cases import FIXED_STEP_SOLVERS, is_multistep, solver_id
 
 SCHEDULE = Schedule.linear()
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the tensors here are tiny: intra-op threads only add synchronisation, which on a shared
+    # machine costs more than the work itself
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # ---------------------------------------------------------------------------------------------
 # Runge–Kutta tableaux
@@ -164,7 +175,7 @@ def test_runge_kutta_needs_a_tableau():
 
 def test_adams_bashforth_weights_on_a_uniform_grid_are_the_classical_constants():
     def ab_weights(k):
-        return [w for w in interpolation_weights([-j for j in range(k)], [1 / (m + 1) for m in range(k)])]
+        return interpolation_weights([-j for j in range(k)], [1 / (m + 1) for m in range(k)])
 
     np.testing.assert_allclose(ab_weights(1), [1.0], rtol=1e-15)
     np.testing.assert_allclose(ab_weights(2), [3 / 2, -1 / 2], rtol=1e-15)
@@ -245,10 +256,13 @@ def test_dpm_solver_3m_is_exact_when_the_data_prediction_is_quadratic_in_lambda(
     s0, s1 = math.exp(-lam0), math.exp(-(lam0 + h))
     x0 = torch.full((1, 1), 0.8, dtype=F64)
     x1, _ = DPMSolverPP(3).step(f, s0, s1, x0, state)
-    integral, _ = quad(
-        lambda lam: math.exp(-(lam0 + h - lam)) * d(lam), lam0, lam0 + h, epsabs=1e-15, epsrel=1e-14
-    )
-    exact = math.exp(-h) * 0.8 + integral
+    # e^{λ-λ₁}(D - D' + D'') is an antiderivative of e^{λ-λ₁} D(λ) when D''' = 0
+    _, c1, c2 = coeffs
+
+    def antiderivative_factor(lam):
+        return d(lam) - (c1 + 2 * c2 * lam) + 2 * c2
+
+    exact = math.exp(-h) * 0.8 + antiderivative_factor(lam0 + h) - math.exp(-h) * antiderivative_factor(lam0)
     assert float(x1) == pytest.approx(exact, rel=1e-11, abs=1e-11)
 
 
@@ -310,14 +324,13 @@ def test_first_order_dpm_solver_is_euler_and_the_ddim_closed_form(case, seed):
 # ---------------------------------------------------------------------------------------------
 
 GAUSSIAN = oracles.Gaussian(torch.tensor([0.5, -1.0]), 0.5)
-# The ring() benchmark's modes are 0.15 wide, so its field turns sharply near σ ≈ 0.15 and the
-# regression would need more than 256 steps to leave the pre-asymptotic range; four modes of
-# width 0.4 keep the same structure (posterior weights switching between modes) at a scale that
-# the step counts below resolve.
-MIXTURE = oracles.GaussianMixture.ring(k=4, radius=1.5, std=0.4)
-# A float64 DOP853 solve at these tolerances is accurate to about 1e-9 in x-space; the solver
-# errors measured below must stay far above that.
-REFERENCE_RTOL, REFERENCE_ATOL, REFERENCE_ERROR = 1e-10, 1e-12, 1e-9
+MIXTURE = oracles.GaussianMixture.ring()
+REFERENCE_RTOL, REFERENCE_ATOL = 1e-10, 1e-12
+# How far each reference is from the truth in x-space: the Gaussian's closed-form flow to float64
+# round-off; the mixture's DOP853 solve at the tolerances above differs from one at rtol=1e-13
+# by at most 2.5e-10 on these grids. Measured errors stay 30 times above that, so the reference
+# shifts a slope over a 2× refinement by less than log2(1 + 1/30) ≈ 0.05.
+REFERENCE_ERROR = {"gaussian": 1e-13, "mixture": 3e-10}
 
 # Midpoint's local error on the Gaussian oracle vanishes at order h³: with y = x̄ - μ the ODE is
 # y' = a(σ) y, a = σ/(c²+σ²), and the midpoint rule's local error is
@@ -338,40 +351,54 @@ class Refinement:
     shared: Tensor
 
 
-def karras_refinement() -> Refinement:
+def karras_refinement(steps: tuple[int, ...]) -> Refinement:
     # σ_max to the last positive σ (σ_min); point i of the n-step ρ-grid is point 2i of the
     # 2n-step one, so doubling nests the grids
-    steps = (64, 128, 256)
     grids = tuple(karras_sigmas(SCHEDULE.sigma_min, SCHEDULE.sigma_max, n + 1) for n in steps)
     return Refinement(steps, grids, tuple(n // steps[0] for n in steps), grids[0])
 
 
-def ddim_uniform_refinement() -> Refinement:
-    # DDIM "uniform" grids (t = 0, T/S, 2T/S, …) are integer-rounded and start at t = T - T/S, a
-    # different σ for each S, so they are refined here over the sub-interval t ∈ [100, 900] that
-    # every grid with S | T and T/S | 100 contains (S = 50, 100, 200: T/S = 20, 10, 5): these
-    # nest. The grids' last positive step [σ(T/S), σ(0)] is left out for a reason like the final
-    # step into 0: near t = 0, σ(t)² ≈ β₀(t+1), so in λ = -log σ that step has length
-    # ½ log(1 + T/S), which shrinks like log S, not 1/S; an exponential integrator's error in it
-    # falls only like σ(T/S)² ∝ 1/S whatever its order (measured: 2M and 3M at about order 1-2 up
-    # to S = 250 over the full grid), a property of the grid family rather than of the solver.
-    sizes = (50, 100, 200)
+def ddim_uniform_refinement(sizes: tuple[int, ...]) -> Refinement:
+    # DDIM "uniform" grids (t = 0, T/S, 2T/S, …) start at t = T - T/S, a different σ for each S,
+    # so they are compared over the interval that all of them contain, from the largest common t
+    # down to t = 100. With S | T these grids nest and share the t that are multiples of every
+    # T/S. Their last positive step [σ(T/S), σ(0)] is left out for a reason like the final step
+    # into 0: near t = 0, σ(t)² ≈ β₀(t+1), so that step has length σ(0)(√(1 + T/S) - 1) in σ,
+    # which shrinks like S^(-1/2), and ½ log(1 + T/S) in λ = -log σ, which shrinks like log S,
+    # and its ratio to the previous step does not tend to 1: the family does not refine smoothly
+    # there. Measured over the full grids (S = 50 … 250, error at σ(0), ring mixture), one-step
+    # methods keep their order (RK4 4.1) but the multistep ones do not (AB4 2.6, DPM-Solver++ 2M
+    # 1.5, 3M 0.5): a property of the grid family rather than of the solvers.
+    gaps = [SCHEDULE.T // size for size in sizes]
+    shared_gap = math.lcm(*gaps)
+    top = (SCHEDULE.T - max(gaps)) // shared_gap * shared_gap
     grids = []
     for size in sizes:
         ts = spaced_timesteps(SCHEDULE, size, "uniform")
-        grids.append(SCHEDULE.sigmas[ts[(ts >= 100) & (ts <= 900)]])
+        grids.append(SCHEDULE.sigmas[ts[(ts >= 100) & (ts <= top)]])
+    shared = SCHEDULE.sigmas[torch.arange(top, 99, -shared_gap)]
     steps = tuple(len(g) - 1 for g in grids)
-    return Refinement(steps, tuple(grids), tuple(n // steps[0] for n in steps), grids[0])
+    return Refinement(steps, tuple(grids), tuple(shared_gap // gap for gap in gaps), shared)
 
 
-REFINEMENTS = {"karras": karras_refinement, "ddim-uniform": ddim_uniform_refinement}
+# Step counts, chosen in each method's asymptotic range and below where the references' error
+# matters. Multistep methods get four times the steps of one-step methods: they spend one
+# evaluation per step (so the evaluation budget stays that of RK4), and their error approaches
+# its leading term only on finer grids (measured on these problems: AB4's local slope is
+# 3.45-3.65 between 44 and 176 DDIM steps and 3.8 beyond; RK4's is 4.0 from 44 steps on).
+REFINEMENTS = {
+    ("karras", False): lambda: karras_refinement((64, 128, 256)),
+    ("karras", True): lambda: karras_refinement((128, 256, 512)),
+    ("ddim-uniform", False): lambda: ddim_uniform_refinement((50, 100, 200)),
+    ("ddim-uniform", True): lambda: ddim_uniform_refinement((200, 500, 1000)),
+}
 
 
 @cache
-def problem(name: str, family: str) -> tuple[object, Tensor, Tensor, Refinement]:
+def problem(name: str, family: str, multistep: bool) -> tuple[object, Tensor, Tensor, Refinement]:
     """(field, start state x̄ (8, 2) at the grids' first σ, reference states at the shared σ
     values (P, 8, 2), refinement), all float64."""
-    ref = REFINEMENTS[family]()
+    ref = REFINEMENTS[family, multistep]()
     s_start = float(ref.shared[0])
     noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     x0 = noise * math.sqrt(1 + s_start**2)
@@ -400,8 +427,9 @@ def problem(name: str, family: str) -> tuple[object, Tensor, Tensor, Refinement]
 
 def convergence(solver: Solver, name: str, family: str) -> tuple[tuple[int, ...], list[float]]:
     """Steps and errors: the largest x-space error |x̄ - x̄_ref|/√(1+σ²) over the shared σ values,
-    i.e. over the trajectory, so that a zero crossing of the error at one σ cannot fake a rate."""
-    field, x0, reference, ref = problem(name, family)
+    i.e. over the trajectory, so that a zero crossing of the error at one σ cannot fake a rate
+    (on the Gaussian every sample's error is one scalar function of σ times x̄₀ - μ)."""
+    field, x0, reference, ref = problem(name, family, is_multistep(solver))
     scale = torch.sqrt(1 + ref.shared**2).reshape(-1, 1, 1)
     errors = []
     for grid, stride in zip(ref.grids, ref.stride, strict=True):
@@ -411,14 +439,14 @@ def convergence(solver: Solver, name: str, family: str) -> tuple[tuple[int, ...]
     return ref.steps, errors
 
 
-@pytest.mark.parametrize("family", sorted(REFINEMENTS))
+@pytest.mark.parametrize("family", ["karras", "ddim-uniform"])
 @pytest.mark.parametrize("name", ["gaussian", "mixture"])
 @pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
 def test_empirical_order_matches_the_declared_order(solver, name, family):
     steps, errors = convergence(solver, name, family)
     expected = GAUSSIAN_ORDER.get(solver.name, solver.order) if name == "gaussian" else solver.order
     order = -slope(steps, errors)
-    assert min(errors) > 100 * REFERENCE_ERROR, errors
+    assert min(errors) > 30 * REFERENCE_ERROR[name], errors
     assert abs(order - expected) <= 0.3, (order, expected, errors)
 
 
@@ -455,7 +483,8 @@ def test_every_solver_by_name_and_object_in_sample(solver, dtype):
     assert by_object.dtype == dtype and by_object.shape == noise.shape
     assert torch.equal(by_object, by_name)
     if dtype == torch.float32:
-        # the float32 path follows the float64 one up to float32 round-off
+        # the float32 path follows the float64 one: round-off of 1e-7 per operation over 12
+        # steps stays far below 1e-4
         ref64 = sample(model, SCHEDULE, noise.double(), steps=12, timesteps="karras", solver=solver)
         torch.testing.assert_close(by_object.double(), ref64, rtol=1e-4, atol=1e-4)
 
@@ -477,9 +506,7 @@ def test_image_batches_keep_their_shape_and_match_the_flattened_problem(solver):
 def startup_limited(solver: Solver) -> bool:
     """Multistep methods of order > 2 begin with lower-order steps (Euler first) whose local
     error O(h²) is not damped when encoding, so their guaranteed order in reverse is 2."""
-    return (
-        isinstance(solver, AdamsBashforth | DPMSolverPP) and solver.evals_per_step == 1 and solver.order > 2
-    )
+    return is_multistep(solver) and solver.order > 2
 
 
 @pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
@@ -497,13 +524,16 @@ def test_reverse_direction_converges_to_the_exact_encoding(solver):
     assert -slope(steps, errors) >= expected - 0.3, errors
 
 
-@pytest.mark.parametrize("name", ["rk4", "dpmpp-3m", "ab4"])
-def test_round_trip_forward_then_backward_returns_to_the_start(name):
-    x = MIXTURE.sample(16, torch.Generator().manual_seed(5)) + 0.0
+def test_round_trip_forward_then_backward_returns_to_the_start():
+    # encode data to σ = 80 and decode it again with RK4 on 200 Karras steps each way; one way
+    # errs by about 1e-7 at this resolution (see the order test), so the round trip must close to
+    # well within 1e-6 of the data's scale
+    x = MIXTURE.sample(16, torch.Generator().manual_seed(5))
     grid = karras_sigmas(SCHEDULE.sigma_min, 80.0, 201).flip(0)
-    latent = solve(MIXTURE, x, grid, name).x
-    back = solve(MIXTURE, latent, grid.flip(0), name).x
-    assert float((back - x).abs().max()) <= 1e-4 * float(x.abs().max())
+    latent = solve(MIXTURE, x, grid, "rk4").x
+    assert float(latent.abs().max()) > 10 * float(x.abs().max())
+    back = solve(MIXTURE, latent, grid.flip(0), "rk4").x
+    assert float((back - x).abs().max()) <= 1e-6 * float(x.abs().max())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,7 +558,7 @@ def test_one_multistep_object_serves_interleaved_solves(solver):
 
 @pytest.mark.parametrize("solver", FIXED_STEP_SOLVERS, ids=solver_id)
 def test_any_grid_is_long_enough(solver):
-    # lower-order start-up makes every grid valid: one step, one step and the final one, no step
+    # lower-order start-up makes every grid valid: one step, only the final step, no step
     field = EpsField(wavy_model(), SCHEDULE)
     x = torch.randn(2, 3, dtype=F64)
     one = solve(field, x, torch.tensor([4.0, 2.0], dtype=F64), solver)

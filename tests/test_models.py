@@ -59,7 +59,9 @@ def test_model_follows_its_dtype_and_returns_input_dtype():
     assert model(x.double(), torch.tensor([1.0, 2.0], dtype=torch.float64)).dtype == torch.float64
 
 
-@pytest.mark.parametrize("model", [UNet(channels=(8, 16)), MLP(hidden=8), DigitsClassifier(width=4, features=8)])
+@pytest.mark.parametrize(
+    "model", [UNet(channels=(8, 16)), MLP(hidden=8), DigitsClassifier(width=4, features=8)]
+)
 def test_config_rebuilds_the_same_architecture(model):
     rebuilt = build_model(architecture_name(model), model.config())
     assert type(rebuilt) is type(model)
@@ -76,7 +78,10 @@ def test_classifier_features_and_logits():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: build_model("transformer", {}), "unknown architecture 'transformer'; known: digits-classifier"),
+        (
+            lambda: build_model("transformer", {}),
+            "unknown architecture 'transformer'; known: digits-classifier",
+        ),
         (lambda: build_model("unet", {"hidden": 3}), "does not fit architecture 'unet'"),
         (lambda: UNet(channels=()), "channels must be a non-empty list"),
         (lambda: UNet(channels=(8, 8, 8, 8), image_size=4), "image_size=4 must be divisible by"),

@@ -20,7 +20,6 @@ from diffode.schedule import Schedule
 from diffode.train import TrainConfig, eval_loss, train
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # a second intra-op thread on a busy 2-core machine slows these small networks tenfold
@@ -60,10 +59,15 @@ def test_point_sets_are_seeded_and_shaped():
 def test_point_set_geometry():
     g = torch.Generator().manual_seed(0)
     clean_moons = moons(4000, g, noise=0.0).double()
-    upper, lower = clean_moons[:2000] + torch.tensor([0.5, 0.25]), clean_moons[2000:] + torch.tensor([0.5, 0.25])
+    upper, lower = (
+        clean_moons[:2000] + torch.tensor([0.5, 0.25]),
+        clean_moons[2000:] + torch.tensor([0.5, 0.25]),
+    )
     torch.testing.assert_close(upper.norm(dim=1), torch.ones(2000, dtype=torch.float64), atol=1e-6, rtol=0)
     centre = torch.tensor([1.0, 0.5], dtype=torch.float64)
-    torch.testing.assert_close((lower - centre).norm(dim=1), torch.ones(2000, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        (lower - centre).norm(dim=1), torch.ones(2000, dtype=torch.float64), atol=1e-6, rtol=0
+    )
     roll = swiss_roll(4000, g, noise=0.0).double()
     radius = roll.norm(dim=1)
     assert radius.min() >= 1.5 * math.pi / 7 - 1e-6 and radius.max() <= 4.5 * math.pi / 7 + 1e-6
@@ -90,7 +94,11 @@ def test_bad_dataset_arguments(call, message):
 
 
 def _tiny(dataset="moons", steps=60, **kw):
-    model = {"hidden": 32, "depth": 2, "emb_dim": 16} if dataset != "digits" else {"channels": [8, 8], "emb_dim": 16}
+    model = (
+        {"hidden": 32, "depth": 2, "emb_dim": 16}
+        if dataset != "digits"
+        else {"channels": [8, 8], "emb_dim": 16}
+    )
     return TrainConfig(dataset=dataset, steps=steps, batch_size=64, n_points=512, model=model, **kw)
 
 
@@ -256,7 +264,10 @@ def test_checkpoint_config_mismatches_are_refused(tmp_path):
 
 
 def test_save_tensors_is_atomic_and_round_trips(tmp_path):
-    tensors = {"a": torch.arange(6, dtype=torch.float64).reshape(2, 3), "b": torch.tensor([1], dtype=torch.int64)}
+    tensors = {
+        "a": torch.arange(6, dtype=torch.float64).reshape(2, 3),
+        "b": torch.tensor([1], dtype=torch.int64),
+    }
     save_tensors(tmp_path / "t.safetensors", tensors)
     back = load_tensors(tmp_path / "t.safetensors")
     assert all(torch.equal(back[k], v) for k, v in tensors.items())

@@ -7,9 +7,11 @@ from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DPMSolverPP
 from diffode.solvers.multistep import AdamsBashforth
 from diffode.solvers.registry import get_solver, solver_names
+from diffode.solvers.reversible import BDIA, InverseOf
 from diffode.solvers.runge_kutta import RK4, ButcherTableau, Heun, Heun3, Midpoint, Ralston, RungeKutta
 
 __all__ = [
+    "BDIA",
     "DDIM",
     "RK4",
     "AdamsBashforth",
@@ -22,6 +24,7 @@ __all__ = [
     "Euler",
     "Heun",
     "Heun3",
+    "InverseOf",
     "Midpoint",
     "Ralston",
     "RungeKutta",

@@ -350,7 +350,7 @@ class EmbeddedRungeKutta(Solver):
                     f"integrating from σ = {s0:.6g} to {s1:.6g}; f may return non-finite values there, "
                     "or the tolerances are below the state's floating-point precision"
                 )
-            keep = grouping.broadcast(accept.to(_F64), xa).bool()
+            keep = accept.to(xa.device).reshape(-1, *([1] * (xa.ndim - 1)))
             x = _put(x, rows, torch.where(keep, x_new, xa))
             k1 = _put(k1, rows, torch.where(keep, k_new, ka))
         run.h, run.k1, run.x_last = h, k1, x

@@ -20,14 +20,22 @@ import torch
 from torch import Tensor
 
 from diffode.field import Sigma, VectorField
-from diffode.solvers.adaptive import DEFAULT_MAX_NFE, Budget, Grouping, check_tolerances, initial_step
+from diffode.solvers.adaptive import (
+    DEFAULT_ATOL,
+    DEFAULT_MAX_NFE,
+    DEFAULT_RTOL,
+    Budget,
+    Grouping,
+    check_tolerances,
+    initial_step,
+)
 from diffode.solvers.base import Solver
 from diffode.validation import require_int
 
 _BATCH = Grouping(per_sample=False)
 
-# evaluations per step of torchdiffeq's fixed-grid methods; the Adams methods restart on every
-# interval (one odeint call each), where they take their RK4 (3/8 rule) start-up step
+# evaluations per step of the torchdiffeq fixed-grid methods offered; the Adams methods restart on
+# every interval (one odeint call each), where they take their RK4 (3/8 rule) start-up step
 _TORCHDIFFEQ_FIXED_EVALS = {
     "euler": 1,
     "midpoint": 2,
@@ -52,12 +60,13 @@ class _BackendRun:
     first_step: Any = None
 
 
-def _torchdiffeq_solvers() -> tuple[dict[str, Any], type, type]:
+def _torchdiffeq_solvers() -> tuple[dict[str, Any], type]:
+    """torchdiffeq's method table and the base class of its adaptive Runge–Kutta methods (neither
+    is public API; both exist since torchdiffeq 0.2)."""
     from torchdiffeq._impl.odeint import SOLVERS
     from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-    from torchdiffeq._impl.solvers import FixedGridODESolver
 
-    return SOLVERS, RKAdaptiveStepsizeODESolver, FixedGridODESolver
+    return SOLVERS, RKAdaptiveStepsizeODESolver
 
 
 class Torchdiffeq(Solver):
@@ -99,8 +108,10 @@ class Torchdiffeq(Solver):
         atol: float | None = None,
         max_nfe: int = DEFAULT_MAX_NFE,
     ) -> None:
-        solvers, adaptive_base, fixed_base = _torchdiffeq_solvers()
-        offered = sorted(m for m, cls in solvers.items() if issubclass(cls, (adaptive_base, fixed_base)))
+        solvers, adaptive_base = _torchdiffeq_solvers()
+        offered = sorted(
+            m for m, cls in solvers.items() if issubclass(cls, adaptive_base) or m in _TORCHDIFFEQ_FIXED_EVALS
+        )
         if method not in offered:
             raise ValueError(
                 f"unknown torchdiffeq method {method!r}; choose one of {', '.join(offered)} "
@@ -133,9 +144,7 @@ class Torchdiffeq(Solver):
     def with_default_tolerances(cls, method: str) -> Torchdiffeq:
         """The solver behind the name ``"torchdiffeq:<method>"``: adaptive methods get
         ``DEFAULT_RTOL``/``DEFAULT_ATOL``, fixed-grid methods no tolerances."""
-        from diffode.solvers.adaptive import DEFAULT_ATOL, DEFAULT_RTOL
-
-        solvers, adaptive_base, _ = _torchdiffeq_solvers()
+        solvers, adaptive_base = _torchdiffeq_solvers()
         if method in solvers and issubclass(solvers[method], adaptive_base):
             return cls(method, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
         return cls(method)

@@ -68,9 +68,12 @@ class AdamsBashforth(Solver):
 
     Start-up: while fewer than ``order - 1`` past evaluations exist, the step uses all that do
     (step 1 is Euler, step 2 second order, …), so any grid of two or more points is valid and
-    no extra evaluations are spent. The start-up steps are less accurate than the method's order;
-    on sampling grids they fall at the largest σ, where the flow contracts perturbations, so the
-    global order is kept in practice (see the order test).
+    every step costs one evaluation. The start-up steps' larger local errors add an O(h²) term
+    to the global error of orders 3 and 4. When sampling it is small (the first steps sit at
+    σ_max, where the flow is nearly linear, and the flow contracts what they leave): measured on
+    the Gaussian oracle, no visible effect up to 1024 Karras steps, and on DDIM grids from
+    t = 990 a local slope of 3.7 instead of 4.0 for order 4 between 445 and 890 steps. When
+    encoding (σ increasing) it is not damped and bounds the order on fine grids by 2.
 
     Args:
         order: 1, 2, 3 or 4 (1 is Euler).

@@ -15,6 +15,7 @@ from diffode.solvers.base import Euler, Solver
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DPMSolverPP
 from diffode.solvers.multistep import AdamsBashforth
+from diffode.solvers.reversible import BDIA
 from diffode.solvers.runge_kutta import RK4, Heun, Heun3, Midpoint, Ralston
 
 _FACTORIES: dict[str, Callable[[], Solver]] = {
@@ -32,6 +33,7 @@ _FACTORIES: dict[str, Callable[[], Solver]] = {
     "dpmpp-2m": partial(DPMSolverPP, 2),
     "dpmpp-3m": partial(DPMSolverPP, 3),
     "dpmpp-2s": partial(DPMSolverPP, 2, multistep=False),
+    "bdia": BDIA,
     "bosh3": partial(Bosh3, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
     "dopri5": partial(Dopri5, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
 }

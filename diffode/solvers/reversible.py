@@ -1,0 +1,340 @@
+"""Running a sampler backwards exactly: an algebraically reversible sampler and implicit inverses.
+
+Two ways to undo sampling steps, both usable as solvers on an increasing σ grid:
+
+- :class:`BDIA` is a sampler whose step is its own inverse: the map from the states at two
+  neighbouring grid points to the next pair can be run backwards with the same formula, so
+  encoding with it and decoding again reproduce the input up to floating-point round-off.
+- :class:`InverseOf` inverts any deterministic single-step solver (Euler/DDIM, Heun, Midpoint,
+  RK4, …) step by step: each step's implicit equation is solved by Anderson-accelerated
+  fixed-point iteration to a tolerance, so decoding with that solver on the same grid
+  reproduces the input to that tolerance.
+
+:func:`diffode.encode` (``method="exact"``) uses both; they are ordinary solvers of
+:func:`diffode.solve` as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffode.field import VectorField
+from diffode.solvers.base import Solver
+from diffode.validation import describe, require_floating, require_int, require_positive
+
+
+class BDIA(Solver):
+    """Bidirectional integration approximation with γ = 1 in data-prediction coordinates.
+    Order 2, 1 evaluation per step.
+
+    BDIA (Zhang, Lewis & Kleijn 2023, "Exact diffusion inversion via bi-directional integration
+    approximation", arXiv 2307.10829) replaces DDIM's one-step update by a two-step one: the state
+    at σ_{k-1} comes from the state at σ_{k+1} and one evaluation at σ_k in between,
+
+        x̂₀ = x̄_k - σ_k f(σ_k, x̄_k),    x̄_{k-1} = x̂₀ + (σ_{k-1}/σ_{k+1}) (x̄_{k+1} - x̂₀),
+
+    i.e. a DDIM step from σ_{k+1} straight to σ_{k-1} that keeps the noise direction of x̄_{k+1}
+    and takes its denoised estimate from x̄_k. Solving it for x̄_{k+1} gives the same formula with
+    σ_{k-1} and σ_{k+1} exchanged, so the step is its own inverse: run on the reversed grid with
+    the same evaluations it retraces a trajectory to round-off, with no iteration. The first
+    step of a solve, which has no earlier state, is a DDIM (Euler) step, unless ``companion``
+    provides the state at the second grid point.
+
+    The published BDIA-DDIM with γ = 1 forms the same two-step difference in x-space; here it
+    is formed in u = x̄/σ against ρ = 1/σ (the exponential-integrator coordinates of DPM-Solver++,
+    where DDIM is Euler's method on du/dρ = x̂₀). The reason is stability: a two-step method
+    like this one carries a parasitic mode that flips sign every step and grows or shrinks with
+    the local Jacobian. In (ρ, u) that Jacobian is σ ∂x̂₀/∂x̄ = Cov[x₀ | x̄]/σ (Tweedie), which is
+    positive semi-definite for an exact denoiser, and there the parasitic mode decays while
+    sampling (as σ decreases) instead of growing like 1/(1 - hJ) per step. On the
+    Gaussian-mixture oracle the float32 round trip stays at about 1e-6 for 2 to 1000 steps,
+    where the same scheme in x̄ loses three to four digits. A network whose Jacobian is far from
+    symmetric (a random MLP) loses that guarantee: see docs/encoding.md for measurements.
+
+    The evaluation point σ_k is the middle of [σ_{k+1}, σ_{k-1}] in ρ only up to O(h²) on a grid
+    whose spacing varies smoothly, which keeps the explicit midpoint rule's second order
+    (measured 2.0 on Karras grids and on DDIM's uniform grid above t = 100, on the Gaussian and
+    mixture oracles); the DDIM start-up step adds one O(h²) local error. Where the ratio of
+    neighbouring σ stays large as S grows (DDIM's uniform grid near t = 0) the order drops there,
+    as it does for every solver. At equal evaluations its error is well below DDIM's on the
+    oracles (docs/encoding.md).
+
+    Args:
+        companion: the x̄ state at the second grid point (shape and dtype of the start state),
+            as returned by :func:`diffode.encode` (``method="exact"``) in x-space; with it the
+            first step costs no evaluation and decoding retraces the encoding exactly. ``None``:
+            start with a DDIM step, as for fresh noise.
+    """
+
+    name = "bdia"
+    order = 2
+    evals_per_step = 1
+
+    def __init__(self, companion: Tensor | None = None) -> None:
+        self.companion = None if companion is None else require_floating("companion", companion)
+
+    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> Any:
+        if self.companion is None:
+            return None
+        if self.companion.shape != x.shape or self.companion.dtype != x.dtype:
+            raise ValueError(
+                f"companion must match the start state: shape {tuple(x.shape)} and dtype {x.dtype}, got "
+                f"shape {tuple(self.companion.shape)} and dtype {self.companion.dtype}"
+            )
+        if sigmas.numel() < 3 or float(sigmas[1]) == 0.0:
+            raise ValueError(
+                f"a companion is the state at the second σ of the grid, but the grid {describe(sigmas)} "
+                "has no positive second σ; pass companion=None"
+            )
+        return None
+
+    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        if state is None:
+            first = self.companion if self.companion is not None else x + (s1 - s0) * f(s0, x)
+            return first, (s0, x)
+        s_prev, x_prev = state
+        x0 = x - s0 * f(s0, x)
+        # x̂₀ + ratio·(x̄_prev - x̂₀) rather than ratio·x̄_prev + (1 - ratio)·x̂₀: no cancellation
+        # between large terms when the ratio is far from 1, so the inverse step loses no digits
+        return x0 + (s1 / s_prev) * (x_prev - x0), (s0, x)
+
+    def __repr__(self) -> str:
+        if self.companion is None:
+            return "BDIA()"
+        return f"BDIA(companion=<tensor of shape {tuple(self.companion.shape)}>)"
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """The fixed-point tolerance used when none is given: 16 units of round-off of ``dtype``
+    (1.9e-6 in float32, 3.6e-15 in float64), a few times above the residual a converged
+    iteration reaches in that precision."""
+    return 16 * torch.finfo(dtype).eps
+
+
+def _residual(g: Tensor, target: Tensor, y: Tensor) -> Tensor:
+    """Per sample ‖g‖∞ / max(1, ‖target‖∞, ‖y‖∞), float64 of shape (batch,): absolute for small
+    states, relative to the magnitudes the step works with for large ones."""
+    scale = torch.maximum(target.abs().amax(1), y.abs().amax(1)).clamp(min=1.0)
+    return (g.abs().amax(1) / scale).to(torch.float64)
+
+
+def _anderson_correction(dy: list[Tensor], dg: list[Tensor], g: Tensor, beta: Tensor) -> Tensor:
+    """Anderson's correction (ΔY + βΔG)γ with γ = argmin ‖g - ΔG γ‖ per sample (type II).
+
+    The small least-squares problems are solved through their normal equations in float64 with
+    a relative ridge; a sample whose history was cleared has zero columns and gets γ = 0.
+    """
+    big_y = torch.stack(dy, -1).to(torch.float64)
+    big_g = torch.stack(dg, -1).to(torch.float64)
+    gram = big_g.mT @ big_g
+    ridge = 1e-12 * gram.diagonal(dim1=-2, dim2=-1).sum(-1) + torch.finfo(torch.float64).tiny
+    eye = torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
+    gamma = torch.linalg.solve(gram + ridge[:, None, None] * eye, big_g.mT @ g.to(torch.float64)[..., None])
+    return ((big_y + beta[:, None, None] * big_g) @ gamma)[..., 0].to(g.dtype)
+
+
+def solve_fixed_point(
+    forward: Callable[[Tensor], Tensor],
+    target: Tensor,
+    guess: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    memory: int = 3,
+) -> tuple[Tensor, int, Tensor]:
+    """Solve ``forward(y) = target`` for y, per sample, by safeguarded Anderson acceleration.
+
+    The underlying iteration is y ← y + β (target - forward(y)), which converges when the map
+    ``forward`` is close to the identity (a sampling step with a small step size). Anderson
+    acceleration (type II, Walker & Ni 2011) with the last ``memory`` differences turns a near
+    linear problem into a few iterations. Safeguard: a sample whose residual does not fall keeps
+    its previous iterate, forgets its history and halves its β; one that improves doubles β
+    back up to 1. Each iteration evaluates ``forward`` once and synchronises with the device to
+    test convergence.
+
+    Args:
+        forward: the map to invert, applied to a batch of shape ``target.shape``.
+        target: the right-hand side, shape ``(batch, ...)``.
+        guess: the starting iterate, shape of ``target``.
+        tol: convergence when every sample's residual (see below) is at most ``tol``.
+        max_iter: iterations allowed after the first evaluation.
+        memory: Anderson history length; 0 gives the damped plain iteration.
+
+    Returns:
+        (y, iterations, residual): the last accepted iterate, the iterations made, and each
+        sample's residual ‖target - forward(y)‖∞ / max(1, ‖target‖∞, ‖y‖∞) as float64 ``(batch,)``.
+        Convergence is not asserted here: compare ``residual`` with ``tol``.
+    """
+    shape, batch = target.shape, target.shape[0]
+    flat_target = target.reshape(batch, -1)
+
+    def evaluate(y: Tensor) -> tuple[Tensor, Tensor]:
+        g = flat_target - forward(y.reshape(shape)).reshape(batch, -1)
+        return g, _residual(g, flat_target, y)
+
+    y = guess.reshape(batch, -1)
+    g, res = evaluate(y)
+    beta = torch.ones(batch, dtype=torch.float64, device=target.device)
+    dy: list[Tensor] = []
+    dg: list[Tensor] = []
+    iterations = 0
+    while iterations < max_iter and not bool((res <= tol).all()):
+        iterations += 1
+        y_new = y + beta[:, None].to(y.dtype) * g
+        if dy:
+            y_new = y_new - _anderson_correction(dy, dg, g, beta)
+        g_new, res_new = evaluate(y_new)
+        better = res_new < res  # False where the new residual is NaN
+        keep = better[:, None]
+        zero = torch.zeros((), dtype=y.dtype, device=y.device)
+        if memory > 0:
+            start = max(0, len(dy) + 1 - memory)
+            dy = [torch.where(keep, d, zero) for d in dy[start:]] + [torch.where(keep, y_new - y, zero)]
+            dg = [torch.where(keep, d, zero) for d in dg[start:]] + [torch.where(keep, g_new - g, zero)]
+        y = torch.where(keep, y_new, y)
+        g = torch.where(keep, g_new, g)
+        res = torch.where(better, res_new, res)
+        beta = torch.where(better, (2 * beta).clamp(max=1.0), 0.5 * beta)
+    return y.reshape(shape), iterations, res
+
+
+@dataclass
+class _InverseRun:
+    """Per-solve state of :class:`InverseOf`: the inner solver's (empty) state and counters."""
+
+    inner: Any
+    iterations: int = 0
+    max_iterations: int = 0
+
+
+def _is_empty(state: Any) -> bool:
+    return state is None or (isinstance(state, (tuple, list, dict)) and len(state) == 0)
+
+
+class InverseOf(Solver):
+    """The exact inverse of a deterministic single-step solver. Order: that of ``solver``;
+    per step 1 evaluation for the starting guess plus ``solver.evals_per_step`` per iteration.
+
+    On an increasing σ grid, the step from s0 up to s1 returns the y that the wrapped solver's
+    step from s1 down to s0 maps onto the given state: ``solver.step(f, s1, s0, y) = x``. Run
+    on the reversed sampling grid it undoes sampling step by step, so decoding the result with
+    ``solver`` on the same grid reproduces the input to the tolerance (plus the round-off of the
+    decoding itself). With s0 = 0 it inverts the step into σ = 0 that :func:`diffode.solve`
+    takes itself, x̂₀ = y - s1 f(s1, y), whatever the wrapped solver (``solve`` never passes
+    s0 = 0; :func:`diffode.encode` calls that step directly).
+
+    Each implicit equation is solved by :func:`solve_fixed_point`, starting from the reverse
+    Euler step y₀ = x + (s1 - s0) f(s0, x) (or y₀ = x when s0 = 0). The iteration converges when
+    the sampling step is a small perturbation of the identity: for Euler its contraction factor
+    is (s1 - s0)‖∂f/∂x̄‖, so fine grids converge in a few iterations and coarse steps through
+    strongly curved regions may not converge at all. Non-convergence raises ``ValueError``
+    naming the step and the residual, never returns silently. Testing convergence synchronises
+    with the device once per iteration.
+
+    Args:
+        solver: a deterministic single-step :class:`Solver` (Euler, DDIM with η = 0, any
+            Runge–Kutta method, singlestep DPM-Solver++). Multistep solvers (their state carries
+            history), adaptive and stochastic ones are refused; :class:`BDIA` is inverted
+            algebraically by running it on the reversed grid instead.
+        tol: per-sample tolerance on ‖solver.step(y) - x‖∞ / max(1, ‖x‖∞, ‖y‖∞);
+            ``None`` uses :func:`default_tolerance` of the state's dtype.
+        max_iter: fixed-point iterations allowed per step.
+        memory: Anderson history length (0: plain damped iteration).
+    """
+
+    name = "inverse"
+
+    def __init__(
+        self, solver: Solver, *, tol: float | None = None, max_iter: int = 100, memory: int = 3
+    ) -> None:
+        if not isinstance(solver, Solver):
+            raise TypeError(
+                f"solver must be a diffode Solver object (use diffode.solvers.get_solver(name) for a "
+                f"name), got {type(solver).__name__}"
+            )
+        if solver.stochastic:
+            raise ValueError(
+                f"{solver!r} is stochastic: its steps add fresh noise and have no inverse; invert a "
+                "deterministic solver (DDIM with eta=0 is Euler)"
+            )
+        if solver.adaptive:
+            raise ValueError(
+                f"{solver!r} is adaptive: its steps depend on its error control, so a step cannot be "
+                "inverted on its own; encode with method='reverse', or invert a fixed-step solver"
+            )
+        if isinstance(solver, (BDIA, InverseOf)):
+            raise ValueError(
+                f"{solver!r} is reversible already: run it on the reversed grid instead of wrapping it"
+            )
+        self.solver = solver
+        self.tol = None if tol is None else require_positive("tol", tol)
+        self.max_iter = require_int("max_iter", max_iter, low=1)
+        self.memory = require_int("memory", memory, low=0)
+        self.order = solver.order
+        self.evals_per_step = solver.evals_per_step
+
+    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _InverseRun:
+        if sigmas.numel() > 1 and float(sigmas[1]) < float(sigmas[0]):
+            raise ValueError(
+                f"{self!r} undoes sampling steps and runs on an increasing σ grid, got the decreasing "
+                f"grid {describe(sigmas)}; pass the sampling grid reversed (sigmas.flip(0))"
+            )
+        inner = self.solver.init(f, sigmas.flip(0), x, None)
+        self._require_single_step(inner)
+        return _InverseRun(inner)
+
+    def sampling_step(
+        self, f: VectorField, s_from: float, s_to: float, y: Tensor, run: _InverseRun
+    ) -> Tensor:
+        """The sampling step being inverted, from σ = ``s_from`` down to ``s_to`` (0: solve's own
+        final step)."""
+        if s_to == 0.0:
+            return y - s_from * f(s_from, y)
+        out, after = self.solver.step(f, s_from, s_to, y, run.inner)
+        self._require_single_step(after)
+        return out
+
+    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
+        guess = x + (s1 - s0) * f(s0, x) if s0 > 0 else x
+        tol = self.tol if self.tol is not None else default_tolerance(x.dtype)
+        y, iterations, residual = solve_fixed_point(
+            lambda y: self.sampling_step(f, s1, s0, y, state),
+            x,
+            guess,
+            tol=tol,
+            max_iter=self.max_iter,
+            memory=self.memory,
+        )
+        state.iterations += iterations
+        state.max_iterations = max(state.max_iterations, iterations)
+        if not bool((residual <= tol).all()):
+            worst = int(residual.argmax())
+            raise ValueError(
+                f"{self!r} did not converge on the step σ {s0:.6g} -> {s1:.6g}: residual "
+                f"{float(residual[worst]):.3g} > tol {tol:.3g} for sample {worst} after {iterations} "
+                "iterations; take more (smaller) steps, raise max_iter, loosen tol, or encode with "
+                "method='reverse'"
+            )
+        return y, state
+
+    def stats(self, state: _InverseRun) -> dict[str, int]:
+        return {"iterations": state.iterations, "max_iterations": state.max_iterations}
+
+    def _require_single_step(self, state: Any) -> None:
+        if not _is_empty(state):
+            raise ValueError(
+                f"{self.solver!r} carries state between steps (a multistep history), so one of its "
+                "steps cannot be inverted on its own; invert a single-step solver (euler, heun, "
+                "midpoint, rk4, dpmpp-2s) or encode with method='reverse'"
+            )
+
+    def __repr__(self) -> str:
+        return f"InverseOf({self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, memory={self.memory})"
+
+
+__all__ = ["BDIA", "InverseOf", "default_tolerance", "solve_fixed_point"]

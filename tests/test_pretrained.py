@@ -1,0 +1,110 @@
+"""The bundled digits model and classifier, and the digits Fréchet distance."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import diffode
+from diffode import pretrained
+from diffode.checkpoint import read_config
+from diffode.metrics import FeatureStats, digits_fd, digits_features, frechet_distance, real_floor
+from diffode.models import UNet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # a second intra-op thread on a busy 2-core machine slows these small networks tenfold
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- Fréchet distance
+
+
+def _stats(mean, cov):
+    return FeatureStats(
+        torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(cov, dtype=torch.float64), 100
+    )
+
+
+def test_frechet_distance_of_commuting_gaussians_is_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    d1, d2 = rng.uniform(0.1, 3, size=5), rng.uniform(0.1, 3, size=5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(d1) - np.sqrt(d2)) ** 2)
+    got = frechet_distance(_stats(mu1, np.diag(d1)), _stats(mu2, np.diag(d2)))
+    assert got == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(_stats(mu1, np.diag(d1)), _stats(mu1, np.diag(d1))) == pytest.approx(0, abs=1e-10)
+
+
+def test_frechet_distance_matches_the_sqrtm_formula_for_general_covariances():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    c1, c2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    cross = scipy.linalg.sqrtm(c1 @ c2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(c1 + c2 - 2 * cross)
+    s1, s2 = _stats(mu1, c1), _stats(mu2, c2)
+    assert frechet_distance(s1, s2) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance(s2, s1) == pytest.approx(expected, rel=1e-8)
+
+
+def test_metric_input_checks():
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        frechet_distance(_stats(np.zeros(2), np.eye(2)), _stats(np.zeros(3), np.eye(3)))
+    with pytest.raises(ValueError, match=r"features must have shape \(n >= 2, D\)"):
+        FeatureStats.of(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"digit images must have shape \(n, 1, 8, 8\)"):
+        digits_features(torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match="split must be one of"):
+        pretrained.digits_feature_stats("valid")
+    with pytest.raises(ValueError, match="unknown bundled model 'cifar'"):
+        pretrained.path("cifar")
+
+
+# ----------------------------------------------------------------------------- bundled files
+
+
+def test_bundled_model_loads_frozen_with_its_schedule_and_provenance():
+    model, schedule = pretrained.digits()
+    assert isinstance(model, UNet) and model.sample_shape == (1, 8, 8)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert schedule.T == 1000 and schedule.sigma_max == pytest.approx(157.4, abs=0.1)
+    config = read_config(pretrained.path("digits"))
+    assert config["command"].startswith("diffode train --dataset digits")
+    assert config["step"] == config["training"]["steps"] and config["training"]["seed"] == 0
+    for name in ("digits", "digits_classifier"):
+        assert (pretrained.path(name) / "model.safetensors").stat().st_size < 3_000_000
+
+
+def test_bundled_classifier_is_accurate_and_reproduces_the_shipped_statistics():
+    from diffode.data import digits
+
+    pytest.importorskip("sklearn")
+    net = pretrained.digits_classifier()
+    images, labels = digits("test")
+    assert (net(images).argmax(1) == labels).double().mean() >= 0.97
+    train_images, _ = digits("train")
+    fresh = FeatureStats.of(digits_features(train_images))
+    shipped = pretrained.digits_feature_stats("train")
+    assert shipped.n == 1500 and pretrained.digits_feature_stats("test").n == 297
+    torch.testing.assert_close(fresh.mean, shipped.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fresh.cov, shipped.cov, rtol=1e-6, atol=1e-6)
+
+
+def test_bundled_model_samples_digits_far_better_than_noise_and_a_bad_sampler():
+    model, schedule = pretrained.digits()
+    noise = torch.randn(500, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    good = diffode.sample(model, schedule, noise, steps=25)
+    bad = diffode.sample(model, schedule, noise, steps=2)
+    fd_good, fd_bad, fd_noise = digits_fd(good), digits_fd(bad), digits_fd(noise.clamp(-1, 1))
+    floor = real_floor()
+    assert 0 < floor < fd_good
+    # measured at n = 500: good ≈ GOOD, 2 Euler steps ≈ BAD, noise ≈ NOISE; the margins are wide
+    # enough for any retraining of the model that still makes recognisable digits
+    assert math.isfinite(fd_good) and fd_good < 0.1 * fd_bad and fd_good < 0.05 * fd_noise
