@@ -16,7 +16,7 @@ Solvers are small stateless objects: one instance can serve many solves at once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ from diffode.field import VectorField
 class Solver(ABC):
     """Base class of all solvers. Subclasses set ``name``, ``order`` and ``evals_per_step``."""
 
-    name: ClassVar[str] = ""
+    name: str = ""
     order: int = 1
     evals_per_step: int = 1
     adaptive: bool = False

@@ -93,8 +93,7 @@ class DPMSolverPP(Solver):
         self.order = order
         self.evals_per_step = 2 if (order == 2 and not self.multistep) else 1
         suffix = "" if order == 1 else ("m" if self.multistep else "s")
-        # Solver.name is declared ClassVar, but each configuration is a registered solver of its own
-        self.name = f"dpmpp-{order}{suffix}"  # type: ignore[misc]
+        self.name = f"dpmpp-{order}{suffix}"
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> History:
         return ()

@@ -89,8 +89,7 @@ class AdamsBashforth(Solver):
         if isinstance(order, bool) or not isinstance(order, int) or order not in self.SUPPORTED_ORDERS:
             raise ValueError(f"AdamsBashforth order must be one of {self.SUPPORTED_ORDERS}, got {order!r}")
         self.order = order
-        # Solver.name is declared ClassVar, but each order is a registered solver of its own
-        self.name = f"ab{order}"  # type: ignore[misc]
+        self.name = f"ab{order}"
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> History:
         return ()
