@@ -1,9 +1,9 @@
 """Convergence studies for notebooks and papers: error against a reference, NFE and empirical
 order, per solver, as plain data.
 
-    rows = study.convergence_study(field, x, ["euler", "heun", "dpmpp-2m"], [10, 20, 40, 80],
-                                   grid=lambda n: diffode.sigma_grid(schedule, n, "karras"))
-    print(rows.to_markdown())
+    result = study.convergence_study(field, x, ["euler", "heun", "dpmpp-2m"], [10, 20, 40, 80],
+                                     grid=lambda n: diffode.sigma_grid(schedule, n, "karras"))
+    print(result.to_markdown())
 
 Every solve goes through :func:`diffode.solve`, so the NFE are the loop's own count. The default
 reference is a tight float64 adaptive solve of the same span (:func:`reference_solution`).
