@@ -28,16 +28,6 @@ MIXTURE = oracles.GaussianMixture.ring()
 NATIVE = (Bosh3, Dopri5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the mixture oracle's softmax runs in parallel even on a 48 × 8 tensor, which costs
-    # milliseconds per call on a busy machine with 2 threads (microseconds with 1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def start():
     noise = torch.randn(48, 2, dtype=F64, generator=torch.Generator().manual_seed(0))

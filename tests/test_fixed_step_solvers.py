@@ -48,16 +48,6 @@ SCHEDULE = Schedule.linear()
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the tensors here are tiny: intra-op threads only add synchronisation, which on a shared
-    # machine costs more than the work itself
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # Runge–Kutta tableaux
 # ---------------------------------------------------------------------------------------------
