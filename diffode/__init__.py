@@ -5,8 +5,9 @@ dx̄/dσ = ε_θ(x̄/√(1+σ²), t(σ)). diffode wraps an ε-network as that ve
 it with interchangeable solvers through one loop, :func:`solve`.
 """
 
-from diffode import oracles, solvers, study
+from diffode import metrics, models, oracles, pretrained, solvers, study, testing
 from diffode.diffusers_interop import DiffusersModel, from_diffusers, load_diffusers
+from diffode.encoding import Encoding, decode, encode
 from diffode.field import (
     PREDICTIONS,
     DenoiserField,
@@ -19,6 +20,7 @@ from diffode.field import (
     field_for,
 )
 from diffode.grids import karras_sigmas, sigma_grid, spaced_timesteps
+from diffode.interpolation import interpolate
 from diffode.sampling import sample
 from diffode.schedule import ContinuousVPSchedule, Schedule
 from diffode.solve import Solution, StepInfo, solve
@@ -30,6 +32,7 @@ __all__ = [
     "ContinuousVPSchedule",
     "DenoiserField",
     "DiffusersModel",
+    "Encoding",
     "EpsField",
     "Euler",
     "ModelField",
@@ -41,16 +44,23 @@ __all__ = [
     "VField",
     "VectorField",
     "X0Field",
+    "decode",
+    "encode",
     "field_for",
     "from_diffusers",
+    "interpolate",
     "karras_sigmas",
     "load_diffusers",
+    "metrics",
+    "models",
     "oracles",
+    "pretrained",
     "sample",
     "sigma_grid",
     "solve",
     "solvers",
     "spaced_timesteps",
     "study",
+    "testing",
 ]
 __version__ = "0.1.0"

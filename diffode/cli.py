@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_grid_options(p: argparse.ArgumentParser, steps: int) -> None:
+def _add_grid_options(p: argparse.ArgumentParser, steps: int, *, eta: bool = True) -> None:
     p.add_argument("--solver", default="euler", help="solver name (default: euler = DDIM)")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default: {steps})")
     p.add_argument(
@@ -48,7 +48,8 @@ def _add_grid_options(p: argparse.ArgumentParser, steps: int) -> None:
         choices=TIMESTEP_SPACINGS,
         help="timestep spacing (default: uniform)",
     )
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta, with --solver ddim (default: 0)")
+    if eta:
+        p.add_argument("--eta", type=float, default=0.0, help="DDIM eta, with --solver ddim (default: 0)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -201,6 +202,13 @@ def load_model(path: str | None, device: torch.device, dtype: torch.dtype) -> Lo
     return LoadedModel(wrapped.model, wrapped.schedule, wrapped.prediction, wrapped.sample_shape, str(folder))
 
 
+def seed_noise(seed: int, shape: Sequence[int]) -> tuple[Tensor, torch.Generator]:
+    """The noise of ``seed``: ``torch.randn(shape)`` from ``torch.Generator().manual_seed(seed)``
+    (float32, CPU, hence the same on every device), and that generator for further draws."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator), generator
+
+
 def sample_seeds(
     loaded: LoadedModel,
     seeds: Sequence[int],
@@ -232,8 +240,8 @@ def sample_seeds(
     for chunk in progress_bar(chunks, len(chunks), desc="sample", enabled=progress and several):
         noise, generators = [], []
         for seed in chunk:
-            g = torch.Generator().manual_seed(seed)
-            noise.append(torch.randn(loaded.sample_shape, generator=g))
+            z, g = seed_noise(seed, loaded.sample_shape)
+            noise.append(z)
             if solver.stochastic:
                 solver_seed = int(torch.randint(0, 2**62, (1,), generator=g))
                 generators.append(torch.Generator(device=device).manual_seed(solver_seed))
@@ -323,8 +331,6 @@ def _train(args: argparse.Namespace) -> int:
     """Train an ε-network with the DDPM objective and write a checkpoint folder."""
     from diffode.train import TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model: dict[str, object] = {}
     if args.channels:
         model["channels"] = _int_list("--channels", args.channels)
@@ -360,8 +366,6 @@ def _train_classifier(args: argparse.Namespace) -> int:
     """Train the digits classifier behind the Fréchet distance and write it with its statistics."""
     from diffode.metrics import frechet_distance, train_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     result = train_classifier(
         args.out, steps=args.steps, seed=args.seed, command=args.command_line, progress=not args.no_progress
     )
@@ -396,8 +400,140 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_images(paths: Sequence[str], shape: Sequence[int]) -> Tensor:
+    """Images for a model whose samples have ``shape`` (C, H, W), as float32 in [-1, 1].
+
+    ``.npz`` files contribute every image under ``arr_0`` (uint8 NHWC, as ``diffode sample``
+    writes them); ``.png`` files one grey image each, of size H×W or an integer multiple of it
+    (such as the enlarged pictures diffode writes), reduced by block averaging.
+    """
+    from diffode.images import from_uint8, read_png
+
+    c, h, w = (int(v) for v in shape)
+    batches = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise UsageError(f"no such image file: {name}")
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if "arr_0" not in archive:
+                    raise UsageError(
+                        f"{name} has no arr_0 array (found {', '.join(archive.files) or 'nothing'})"
+                    )
+                batches.append(from_uint8(archive["arr_0"]))
+        elif path.suffix.lower() == ".png":
+            grey = read_png(path).astype(np.float64)
+            fy, fx = grey.shape[0] // h, grey.shape[1] // w
+            if c != 1 or fy < 1 or grey.shape != (fy * h, fx * w) or fx != fy:
+                raise UsageError(
+                    f"{name} is a {grey.shape[0]}×{grey.shape[1]} grey PNG; the model needs {c}×{h}×{w} "
+                    "images (a grey PNG of that size or a multiple of it, or an .npz)"
+                )
+            small = grey.reshape(h, fy, w, fx).mean(axis=(1, 3))
+            batches.append(from_uint8(np.round(small).astype(np.uint8)[None, :, :, None]))
+        else:
+            raise UsageError(f"images must be .png or .npz files, got {name!r}")
+    images = torch.cat(batches)
+    if tuple(images.shape[1:]) != (c, h, w):
+        raise UsageError(f"the images have shape {tuple(images.shape[1:])}, the model needs {(c, h, w)}")
+    return images
+
+
+def _deterministic(name: str) -> Solver:
+    solver = resolve_sampler(name, 0.0)
+    if solver.stochastic:
+        raise UsageError(f"--solver {name} is stochastic; encoding and decoding need a deterministic solver")
+    return solver
+
+
+def _encode(args: argparse.Namespace) -> int:
+    """Encode images to latents by integrating the ODE backwards; report the round trip."""
+    from diffode.encoding import decode, encode
+
+    if Path(args.out).suffix.lower() != ".npz":
+        raise UsageError(f"--out must be an .npz file (latents under 'latents'), got {args.out!r}")
+    solver = _deterministic(args.solver)
+    device, dtype = _device(args.device), _DTYPES[args.dtype]
+    loaded = load_model(args.model, device, dtype)
+    x0 = load_images(args.images, loaded.sample_shape).to(device, dtype)
+    grid = {
+        "steps": args.steps,
+        "timesteps": args.timesteps,
+        "solver": solver,
+        "prediction": loaded.prediction,
+    }
+    start = time.perf_counter()
+    info = encode(
+        loaded.model, loaded.schedule, x0, method=args.method, tol=args.tol, return_info=True, **grid
+    )
+    wall = time.perf_counter() - start
+    back = decode(loaded.model, loaded.schedule, info.latents, **grid)
+    error = float((back.double() - x0.double()).pow(2).mean())
+    z = info.latents.detach().float().cpu()
+    print(
+        f"encoded {len(x0)} image(s) with {solver!r}, method={args.method}, steps={args.steps}: "
+        f"NFE={info.nfe} wall={wall:.3f}s"
+    )
+    print(f"latents: mean={float(z.mean()):.4f} std={float(z.std()):.4f} (N(0, I) for data the model knows)")
+    print(f"round trip decode(encode(x)): mean squared error per dimension {error:.3g}")
+    np.savez(args.out, latents=z.numpy())
+    print(f"wrote {args.out}")
+    if args.recon:
+        write_samples(args.recon, torch.cat([x0.float().cpu(), back.detach().float().cpu()]), columns=len(x0))
+        print(f"wrote {args.recon} (top: input, bottom: decoded)")
+    return 0
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    """Decode slerp (or lerp) in-betweens of the latents of two seeds or two images."""
+    from diffode.encoding import decode, encode
+    from diffode.interpolation import interpolate
+
+    _check_out(args.out)
+    if args.frames < 2:
+        raise UsageError(f"--frames must be at least 2 (the two endpoints), got {args.frames}")
+    solver = _deterministic(args.solver)
+    device, dtype = _device(args.device), _DTYPES[args.dtype]
+    loaded = load_model(args.model, device, dtype)
+    grid = {
+        "steps": args.steps,
+        "timesteps": args.timesteps,
+        "solver": solver,
+        "prediction": loaded.prediction,
+    }
+    if args.seeds is not None:
+        seeds = parse_seeds(args.seeds)
+        if len(seeds) != 2:
+            raise UsageError(f"--seeds must name exactly two seeds, such as 3,7; got {args.seeds!r}")
+        z = torch.stack([seed_noise(seed, loaded.sample_shape)[0] for seed in seeds]).to(device, dtype)
+        source = f"seeds {seeds[0]} and {seeds[1]}"
+    else:
+        images = load_images(args.images, loaded.sample_shape).to(device, dtype)
+        if len(images) != 2:
+            raise UsageError(f"--images must hold exactly two images, got {len(images)}")
+        z = encode(loaded.model, loaded.schedule, images, **grid)
+        source = f"the encodings of {' and '.join(args.images)}"
+    weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
+    start = time.perf_counter()
+    path = interpolate(z[:1], z[1:], weights, args.method)[:, 0]
+    x = decode(loaded.model, loaded.schedule, path, **grid)
+    wall = time.perf_counter() - start
+    print(f"{args.method} between {source}: {args.frames} frames decoded with {solver!r} in {wall:.3f}s")
+    write_samples(args.out, x.detach().float().cpu(), columns=args.frames, scale=args.scale)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="diffode", description="DDIM sampling as numerical ODE solving.")
+    threads = _Parser(add_help=False)
+    threads.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default: 1, the fastest for small networks; 0: torch's choice)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     demo = sub.add_parser(
         "demo",
@@ -413,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     smp = sub.add_parser(
         "sample",
+        parents=[threads],
         help="sample digits from the bundled model (or a checkpoint) into a PNG grid or an .npz",
         description="Sample one image per seed from the bundled digits ε-network (or --model) and "
         "write a PNG grid or an .npz of uint8 NHWC images under arr_0. Prints NFE and wall time.",
@@ -438,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trn = sub.add_parser(
         "train",
+        parents=[threads],
         help="train an ε-network (DDPM objective) and write a checkpoint folder",
         description="Train an ε-network with L_simple, AdamW and EMA on a dataset that needs no "
         "download; writes model.safetensors and config.json (with this command) to --out.",
@@ -454,13 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument(
         "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)"
     )
-    trn.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     trn.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     trn.add_argument("--no-progress", action="store_true", help="no progress bar")
     trn.set_defaults(run=_train)
 
     cls = sub.add_parser(
         "train-classifier",
+        parents=[threads],
         help="train the digits classifier behind the Fréchet distance",
         description="Train the small digits classifier whose features define the digits Fréchet "
         "distance, and write it with the real train/test feature statistics to --out.",
@@ -468,12 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--out", required=True, help="checkpoint folder")
     cls.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
     cls.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    cls.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     cls.add_argument("--no-progress", action="store_true", help="no progress bar")
     cls.set_defaults(run=_train_classifier)
 
     evl = sub.add_parser(
         "eval",
+        parents=[threads],
         help="digits Fréchet distance of an .npz of samples",
         description="Digits Fréchet distance of uint8 NHWC 8×8 images (arr_0 of an .npz, as written "
         "by 'diffode sample --out x.npz') to the real digits, with the bundled classifier.",
@@ -483,6 +621,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference", default="train", choices=("train", "test"), help="real split (default: train)"
     )
     evl.set_defaults(run=_eval)
+
+    def add_model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model", default=None, help="diffode checkpoint or diffusers folder (default: bundled)"
+        )
+        _add_grid_options(p, steps=50, eta=False)
+        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        p.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
+
+    enc = sub.add_parser(
+        "encode",
+        parents=[threads],
+        help="encode images to latents (the ODE run backwards) and report the round trip",
+        description="Encode images (.png files, or .npz files of uint8 NHWC images under arr_0) to "
+        "latents by integrating the DDIM ODE backwards, decode them again, and report the round-trip "
+        "error. Writes the latents (float32, under 'latents') to an .npz.",
+    )
+    enc.add_argument("images", nargs="+", help=".png or .npz image files")
+    enc.add_argument("--out", default="latents.npz", help="output .npz (default: latents.npz)")
+    enc.add_argument("--method", default="reverse", choices=("reverse", "exact"), help="encoding method")
+    enc.add_argument(
+        "--tol", type=float, default=None, help="--method exact: fixed-point tolerance (default: diffode's)"
+    )
+    enc.add_argument("--recon", default="", help="also write inputs and reconstructions to this .png")
+    add_model_options(enc)
+    enc.set_defaults(run=_encode)
+
+    itp = sub.add_parser(
+        "interpolate",
+        parents=[threads],
+        help="a strip of in-betweens of two seeds or two images (slerp of their latents)",
+        description="Interpolate between the latents of two seeds (their noise) or of two images "
+        "(their encodings) and decode each frame; writes a PNG strip or an .npz.",
+    )
+    ends = itp.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--seeds", default=None, help="two seeds, e.g. 3,7")
+    ends.add_argument("--images", nargs="+", default=None, help="two images (.png or .npz files)")
+    itp.add_argument("--frames", type=int, default=8, help="frames including both ends (default: 8)")
+    itp.add_argument(
+        "--method", default="slerp", choices=("slerp", "lerp"), help="interpolation (default: slerp)"
+    )
+    itp.add_argument("--out", default="interpolation.png", help="output .png strip or .npz")
+    itp.add_argument("--scale", type=int, default=4, help="PNG enlargement factor (default: 4)")
+    add_model_options(itp)
+    itp.set_defaults(run=_interpolate)
     return parser
 
 
@@ -492,6 +675,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         args.command_line = shlex.join(["diffode", *argv])
+        if getattr(args, "threads", 0) < 0:
+            raise UsageError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
+        if getattr(args, "threads", 0):
+            torch.set_num_threads(args.threads)
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
     except (UsageError, ValueError, TypeError, ImportError, FileNotFoundError) as err:

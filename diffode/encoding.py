@@ -213,7 +213,9 @@ def encode(
     if reversible and method == "exact" and up.numel() > 1:
         s_below = float(up[-2])
         companion = trail[0] / math.sqrt(1.0 + s_below * s_below)
-    return Encoding(latents=latents, companion=companion, sigmas=grid, nfe=field.nfe - nfe_before, iterations=iterations)
+    return Encoding(
+        latents=latents, companion=companion, sigmas=grid, nfe=field.nfe - nfe_before, iterations=iterations
+    )
 
 
 def decode(

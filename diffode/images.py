@@ -39,17 +39,18 @@ def from_uint8(images: np.ndarray) -> Tensor:
 
 
 def grid(images: np.ndarray, columns: int, *, scale: int = 1, pad: int = 1) -> np.ndarray:
-    """Tile uint8 images ``(n, H, W, C)`` into one ``(rows·(H·scale+pad)+pad, ..., C)`` picture,
-    ``columns`` per row, each enlarged ``scale`` times (nearest neighbour), on a mid-grey ground."""
+    """Tile uint8 images ``(n, H, W, C)`` into one picture, ``columns`` per row, each enlarged
+    ``scale`` times (nearest neighbour), ``pad`` mid-grey pixels between tiles and none around
+    them (so a one-image grid is that image, enlarged, and reads back with ``diffode encode``)."""
     n, h, w, c = images.shape
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
     big = images.repeat(scale, axis=1).repeat(scale, axis=2)
     hs, ws = h * scale, w * scale
-    out = np.full((rows * (hs + pad) + pad, columns * (ws + pad) + pad, c), 128, dtype=np.uint8)
+    out = np.full((rows * (hs + pad) - pad, columns * (ws + pad) - pad, c), 128, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, columns)
-        top, left = pad + r * (hs + pad), pad + col * (ws + pad)
+        top, left = r * (hs + pad), col * (ws + pad)
         out[top : top + hs, left : left + ws] = big[i]
     return out
 

@@ -250,8 +250,10 @@ def test_png_round_trip_and_grid(tmp_path):
     # uint8 holds x to half a grey level
     assert (from_uint8(images) - x).abs().max() <= 1 / 255 + 1e-6
     picture = grid(images, 3, scale=2, pad=1)
-    assert picture.shape == (2 * 17 + 1, 3 * 17 + 1, 1)
-    assert np.array_equal(picture[1:17, 1:17, 0], images[0, :, :, 0].repeat(2, 0).repeat(2, 1))
+    assert picture.shape == (2 * 17 - 1, 3 * 17 - 1, 1)
+    assert np.array_equal(picture[:16, :16, 0], images[0, :, :, 0].repeat(2, 0).repeat(2, 1))
+    assert np.array_equal(picture[17:, 17:33, 0], images[4, :, :, 0].repeat(2, 0).repeat(2, 1))
+    assert (picture[16, :, 0] == 128).all() and (picture[17:, 34:, 0] == 128).all()
     write_png(tmp_path / "g.png", picture)
     assert np.array_equal(read_png(tmp_path / "g.png"), picture[..., 0])
 

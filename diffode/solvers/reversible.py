@@ -3,8 +3,8 @@
 Two ways to undo sampling steps, both usable as solvers on an increasing σ grid:
 
 - :class:`BDIA` is a sampler whose step is its own inverse: the map from the states at two
-  neighbouring grid points to the next pair can be run backwards with the same formula, so
-  encoding with it and decoding again reproduce the input up to floating-point round-off.
+  neighbouring grid points to the next pair runs backwards with the same formula, so encoding
+  with it and decoding again reproduce the input up to floating-point round-off.
 - :class:`InverseOf` inverts any deterministic single-step solver (Euler/DDIM, Heun, Midpoint,
   RK4, …) step by step: each step's implicit equation is solved by Anderson-accelerated
   fixed-point iteration to a tolerance, so decoding with that solver on the same grid
@@ -16,6 +16,7 @@ Two ways to undo sampling steps, both usable as solvers on an increasing σ grid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,57 +26,57 @@ from torch import Tensor
 
 from diffode.field import VectorField
 from diffode.solvers.base import Solver
-from diffode.validation import describe, require_floating, require_int, require_positive
+from diffode.validation import describe, require_floating, require_int, require_nonnegative, require_positive
 
 
 class BDIA(Solver):
-    """Bidirectional integration approximation with γ = 1 in data-prediction coordinates.
-    Order 2, 1 evaluation per step.
+    """Bidirectional integration approximation (BDIA) with γ = 1. Order 2, 1 evaluation per step.
 
     BDIA (Zhang, Lewis & Kleijn 2023, "Exact diffusion inversion via bi-directional integration
-    approximation", arXiv 2307.10829) replaces DDIM's one-step update by a two-step one: the state
-    at σ_{k-1} comes from the state at σ_{k+1} and one evaluation at σ_k in between,
+    approximation", arXiv 2307.10829) replaces DDIM's one-step update by a two-step one. From the
+    state x̄_k at σ_k, let D_j = x̄_k + (σ_j - σ_k) f(σ_k, x̄_k) be the DDIM prediction at σ_j
+    (one evaluation serves both neighbours). Then
 
-        x̂₀ = x̄_k - σ_k f(σ_k, x̄_k),    x̄_{k-1} = x̂₀ + (σ_{k-1}/σ_{k+1}) (x̄_{k+1} - x̂₀),
+        x̄_{k-1} = D_{k-1} + r (x̄_{k+1} - D_{k+1}),    r = c(σ_{k-1}) / c(σ_{k+1}),
 
-    i.e. a DDIM step from σ_{k+1} straight to σ_{k-1} that keeps the noise direction of x̄_{k+1}
-    and takes its denoised estimate from x̄_k. Solving it for x̄_{k+1} gives the same formula with
-    σ_{k-1} and σ_{k+1} exchanged, so the step is its own inverse: run on the reversed grid with
-    the same evaluations it retraces a trajectory to round-off, with no iteration. The first
-    step of a solve, which has no earlier state, is a DDIM (Euler) step, unless ``companion``
-    provides the state at the second grid point.
+    with c(σ) = √(σ_data² + σ²): the state two grid points up keeps its deviation from the DDIM
+    prediction, rescaled. Solving for x̄_{k+1} gives the same formula with σ_{k-1} and σ_{k+1}
+    exchanged, so the step is its own inverse: run on the reversed grid with the same
+    evaluations, it retraces a trajectory to round-off without any iteration. The first step of
+    a solve has no earlier state and is a DDIM (Euler) step, unless ``companion`` provides the
+    state at the second grid point.
 
-    The published BDIA-DDIM with γ = 1 forms the same two-step difference in x-space; here it
-    is formed in u = x̄/σ against ρ = 1/σ (the exponential-integrator coordinates of DPM-Solver++,
-    where DDIM is Euler's method on du/dρ = x̂₀). The reason is stability: a two-step method
-    like this one carries a parasitic mode that flips sign every step and grows or shrinks with
-    the local Jacobian. In (ρ, u) that Jacobian is σ ∂x̂₀/∂x̄ = Cov[x₀ | x̄]/σ (Tweedie), which is
-    positive semi-definite for an exact denoiser, and there the parasitic mode decays while
-    sampling (as σ decreases) instead of growing like 1/(1 - hJ) per step. On the
-    Gaussian-mixture oracle the float32 round trip stays at about 1e-6 for 2 to 1000 steps,
-    where the same scheme in x̄ loses three to four digits. A network whose Jacobian is far from
-    symmetric (a random MLP) loses that guarantee: see docs/encoding.md for measurements.
+    The choice of c fixes the coordinates v = x̄/c(σ) in which the two-step difference is formed
+    (EDM's input scaling). A two-step method carries a parasitic mode that changes sign every
+    step; with an exact inverse, whatever damps it in one direction amplifies it in the other.
+    In v, Gaussian data of standard deviation σ_data follow a constant linearised flow, so the
+    mode neither grows nor decays in either direction, and both the samples (σ decreasing) and
+    the latents (σ increasing) stay clean. σ_data = 1 forms the difference in x-space, as the
+    published BDIA-DDIM does; σ_data → ∞ in x̄ (the leapfrog rule), which amplifies round-off in
+    sampling; σ_data = 0 in the data-prediction coordinates u = x̄/σ, which damps the mode in
+    sampling (the Jacobian there, Cov[x₀ | x̄]/σ, is positive semi-definite for an exact
+    denoiser) but lets it grow while encoding, so latents are far from N(0, I).
+    docs/encoding.md has the measurements.
 
-    The evaluation point σ_k is the middle of [σ_{k+1}, σ_{k-1}] in ρ only up to O(h²) on a grid
-    whose spacing varies smoothly, which keeps the explicit midpoint rule's second order
-    (measured 2.0 on Karras grids and on DDIM's uniform grid above t = 100, on the Gaussian and
-    mixture oracles); the DDIM start-up step adds one O(h²) local error. Where the ratio of
-    neighbouring σ stays large as S grows (DDIM's uniform grid near t = 0) the order drops there,
-    as it does for every solver. At equal evaluations its error is well below DDIM's on the
-    oracles (docs/encoding.md).
+    Order: σ_k is the middle of [σ_{k+1}, σ_{k-1}] in any smooth time up to O(h²) when the grid
+    spacing varies smoothly, which keeps the explicit midpoint rule's second order (measured
+    2.0 on Karras grids and on DDIM's uniform grid above t = 100, Gaussian and mixture oracles).
 
     Args:
-        companion: the x̄ state at the second grid point (shape and dtype of the start state),
-            as returned by :func:`diffode.encode` (``method="exact"``) in x-space; with it the
-            first step costs no evaluation and decoding retraces the encoding exactly. ``None``:
-            start with a DDIM step, as for fresh noise.
+        sigma_data: the data's standard deviation in the scaling above (0.5, EDM's value for
+            data in [-1, 1]); ≥ 0.
+        companion: the x̄ state at the second grid point (shape and dtype of the start state):
+            :func:`diffode.encode` (``method="exact"``) returns it in x-space and
+            :func:`diffode.decode` passes it here. With it the first step costs no evaluation
+            and decoding retraces the encoding. ``None``: start with a DDIM step (fresh noise).
     """
 
     name = "bdia"
     order = 2
     evals_per_step = 1
 
-    def __init__(self, companion: Tensor | None = None) -> None:
+    def __init__(self, sigma_data: float = 0.5, companion: Tensor | None = None) -> None:
+        self.sigma_data = require_nonnegative("sigma_data", sigma_data)
         self.companion = None if companion is None else require_floating("companion", companion)
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> Any:
@@ -98,15 +99,15 @@ class BDIA(Solver):
             first = self.companion if self.companion is not None else x + (s1 - s0) * f(s0, x)
             return first, (s0, x)
         s_prev, x_prev = state
-        x0 = x - s0 * f(s0, x)
-        # x̂₀ + ratio·(x̄_prev - x̂₀) rather than ratio·x̄_prev + (1 - ratio)·x̂₀: no cancellation
-        # between large terms when the ratio is far from 1, so the inverse step loses no digits
-        return x0 + (s1 / s_prev) * (x_prev - x0), (s0, x)
+        eps = f(s0, x)
+        ratio = math.hypot(self.sigma_data, s1) / math.hypot(self.sigma_data, s_prev)
+        # the deviation x_prev - D_prev is small, so rescaling it and adding it to D_next loses no
+        # digits, and the inverse step recovers x_prev to round-off
+        return x + (s1 - s0) * eps + ratio * (x_prev - (x + (s_prev - s0) * eps)), (s0, x)
 
     def __repr__(self) -> str:
-        if self.companion is None:
-            return "BDIA()"
-        return f"BDIA(companion=<tensor of shape {tuple(self.companion.shape)}>)"
+        companion = "" if self.companion is None else f", companion=<shape {tuple(self.companion.shape)}>"
+        return f"BDIA(sigma_data={self.sigma_data}{companion})"
 
 
 def default_tolerance(dtype: torch.dtype) -> float:
@@ -152,10 +153,12 @@ def solve_fixed_point(
     The underlying iteration is y ← y + β (target - forward(y)), which converges when the map
     ``forward`` is close to the identity (a sampling step with a small step size). Anderson
     acceleration (type II, Walker & Ni 2011) with the last ``memory`` differences turns a near
-    linear problem into a few iterations. Safeguard: a sample whose residual does not fall keeps
-    its previous iterate, forgets its history and halves its β; one that improves doubles β
-    back up to 1. Each iteration evaluates ``forward`` once and synchronises with the device to
-    test convergence.
+    linear problem into a few iterations. Safeguard: a sample whose new residual is not finite
+    or exceeds 4 times the best it has reached keeps its previous iterate, forgets its history
+    and halves its β; otherwise the step is taken and β doubles back up to 1. (Requiring a
+    decrease at every iteration stalls on the Gaussian-mixture oracle, where the residual of a
+    converging iteration is not monotone.) Each iteration evaluates ``forward`` once and
+    synchronises with the device to test convergence.
 
     Args:
         forward: the map to invert, applied to a batch of shape ``target.shape``.
@@ -179,6 +182,7 @@ def solve_fixed_point(
 
     y = guess.reshape(batch, -1)
     g, res = evaluate(y)
+    best = res
     beta = torch.ones(batch, dtype=torch.float64, device=target.device)
     dy: list[Tensor] = []
     dg: list[Tensor] = []
@@ -189,8 +193,8 @@ def solve_fixed_point(
         if dy:
             y_new = y_new - _anderson_correction(dy, dg, g, beta)
         g_new, res_new = evaluate(y_new)
-        better = res_new < res  # False where the new residual is NaN
-        keep = better[:, None]
+        accept = res_new < 4 * best  # False where the new residual is NaN
+        keep = accept[:, None]
         zero = torch.zeros((), dtype=y.dtype, device=y.device)
         if memory > 0:
             start = max(0, len(dy) + 1 - memory)
@@ -198,8 +202,9 @@ def solve_fixed_point(
             dg = [torch.where(keep, d, zero) for d in dg[start:]] + [torch.where(keep, g_new - g, zero)]
         y = torch.where(keep, y_new, y)
         g = torch.where(keep, g_new, g)
-        res = torch.where(better, res_new, res)
-        beta = torch.where(better, (2 * beta).clamp(max=1.0), 0.5 * beta)
+        res = torch.where(accept, res_new, res)
+        best = torch.minimum(best, res)
+        beta = torch.where(accept, (2 * beta).clamp(max=1.0), 0.5 * beta)
     return y.reshape(shape), iterations, res
 
 
