@@ -152,7 +152,7 @@ def encode(
         solver: a deterministic solver name or object; ``"ddim"`` means η = 0.
         method: ``"reverse"`` or ``"exact"``.
         tol: ``method="exact"``: per-step tolerance of the fixed-point iteration (see
-            :class:`~diffode.solvers.InverseOf`); ``None``: 16 units of round-off of x0's dtype.
+            :class:`~diffode.solvers.InverseOf`); ``None``: 4 units of round-off of x0's dtype.
         max_iter: ``method="exact"``: iterations allowed per step.
         prediction: what the network predicts (see :func:`diffode.field_for`).
         progress: draw a progress bar on stderr.
@@ -278,7 +278,7 @@ def decode(
         latents,
         steps=steps,
         timesteps=timesteps,
-        solver=BDIA(companion=companion * math.sqrt(1.0 + s_below * s_below)),
+        solver=BDIA(stepper.sigma_data, companion=companion * math.sqrt(1.0 + s_below * s_below)),
         prediction=prediction,
         callback=callback,
         progress=progress,

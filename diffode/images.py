@@ -155,11 +155,12 @@ def read_png(path: str | os.PathLike[str]) -> np.ndarray:
 
 def scatter_image(points: np.ndarray, size: int = 256, extent: float = 0.0) -> np.ndarray:
     """Render 2-D points ``(n, 2)`` as a uint8 grey ``(size, size)`` density picture (darker =
-    more points, log scale), over the square [-extent, extent]² (0: fitted to the points)."""
+    more points, log scale), over the square [-extent, extent]² (0: fitted to 99.5% of the points,
+    so that a few outliers do not shrink the picture)."""
     xy = np.asarray(points, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise ValueError(f"points must have shape (n, 2), got {xy.shape}")
-    half = extent or 1.05 * float(np.abs(xy).max(initial=1e-9))
+    half = extent or 1.1 * max(float(np.quantile(np.abs(xy), 0.995)), 1e-9)
     counts, _, _ = np.histogram2d(xy[:, 1], xy[:, 0], bins=size, range=[[-half, half], [-half, half]])
     density = np.log1p(counts[::-1]) / max(np.log1p(counts.max()), 1e-12)
     return np.round(255 * (1 - density)).astype(np.uint8)

@@ -14,6 +14,7 @@ biased upwards for small sets; compare numbers computed from equally many sample
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,9 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, batch: int = 2000) -> Tensor:
     """Classifier features of digit images ``(n, 1, 8, 8)`` in [-1, 1] (clipped), float64 ``(n, D)``.
 
-    Uses the bundled classifier unless one is given; computed in float64 on the CPU so the
-    numbers do not depend on the device or batch size.
+    Uses the bundled classifier unless one is given (a float64 CPU copy of it; the argument is
+    left as it is); computed in float64 on the CPU so the numbers do not depend on the device or
+    batch size.
     """
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
         raise ValueError(f"digit images must have shape (n, 1, 8, 8), got {tuple(images.shape)}")
@@ -75,7 +77,7 @@ def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, 
         from diffode.pretrained import digits_classifier
 
         classifier = digits_classifier()
-    net = classifier.to("cpu", _F64)
+    net = copy.deepcopy(classifier).to("cpu", _F64)
     x = images.detach().to("cpu", _F64).clamp(-1, 1)
     return torch.cat([net.features(x[i : i + batch]).detach() for i in range(0, x.shape[0], batch)])
 
@@ -155,7 +157,6 @@ def train_classifier(
     accuracy = float((net(x_test).argmax(1) == y_test).double().mean())
     train_stats = FeatureStats.of(digits_features(x_train, net))
     test_stats = FeatureStats.of(digits_features(x_test, net))
-    net.float()
     if out is not None:
         info = {
             "dataset": "digits",

@@ -167,7 +167,7 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     generator = torch.Generator().manual_seed(config.seed)
-    data_dev, alphas = data.to(device), schedule.alphas_cumprod
+    data_dev = data.to(device)
     losses: list[float] = []
     recent: list[Tensor] = []
     start = time.perf_counter()
@@ -194,7 +194,7 @@ def train(
     model.train()
     for step in progress_bar(range(config.steps), config.steps, desc="train", enabled=progress):
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
-        t = torch.randint(0, len(alphas), (config.batch_size,), generator=generator)
+        t = torch.randint(0, schedule.T, (config.batch_size,), generator=generator)
         noise = torch.randn((config.batch_size, *data.shape[1:]), generator=generator)
         loss = ddpm_loss(model, schedule, data_dev[index.to(device)], t.to(device), noise.to(device))
         optimizer.zero_grad(set_to_none=True)

@@ -179,6 +179,55 @@ def test_sample_a_diffusers_folder(tmp_path, capsys):
         assert archive["arr_0"].shape == (2, 8, 8, 3)
 
 
+def test_encode_writes_latents_and_reports_the_round_trip(tmp_path, capsys):
+    images = tmp_path / "s.npz"
+    run(["sample", "--seeds", "0-1", "--steps", "10", "--out", str(images)], capsys)
+    single = tmp_path / "one.png"
+    run(["sample", "--seeds", "2", "--steps", "10", "--out", str(single)], capsys)
+    out, recon = tmp_path / "z.npz", tmp_path / "recon.png"
+    text = run(
+        ["encode", str(images), str(single), "--steps", "10", "--out", str(out), "--recon", str(recon)],
+        capsys,
+    )
+    assert "encoded 3 image(s) with Euler(), method=reverse, steps=10: NFE=10" in text
+    assert "round trip decode(encode(x)): mean squared error per dimension" in text
+    with np.load(out) as archive:
+        assert archive["latents"].shape == (3, 1, 8, 8) and archive["latents"].dtype == np.float32
+    assert recon.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interpolate_strip_ends_at_the_samples_of_its_seeds(tmp_path, capsys):
+    strip = tmp_path / "strip.npz"
+    text = run(
+        ["interpolate", "--seeds", "3,7", "--frames", "5", "--steps", "8", "--out", str(strip)], capsys
+    )
+    assert "slerp between seeds 3 and 7: 5 frames" in text
+    ends = tmp_path / "ends.npz"
+    run(["sample", "--seeds", "3,7", "--steps", "8", "--out", str(ends)], capsys)
+    with np.load(strip) as a, np.load(ends) as b:
+        frames, samples = a["arr_0"], b["arr_0"]
+    assert frames.shape == (5, 8, 8, 1)
+    assert np.array_equal(frames[[0, -1]], samples)
+    picture = tmp_path / "strip.png"
+    run(["interpolate", "--seeds", "3,7", "--frames", "5", "--steps", "8", "--out", str(picture)], capsys)
+    from diffode.images import read_png
+
+    assert read_png(picture).shape == (32, 5 * 33 - 1)
+
+
+def test_interpolate_between_two_images(tmp_path, capsys):
+    for seed in (1, 2):
+        run(["sample", "--seeds", str(seed), "--steps", "8", "--out", str(tmp_path / f"{seed}.png")], capsys)
+    out = tmp_path / "between.npz"
+    paths = [str(tmp_path / "1.png"), str(tmp_path / "2.png")]
+    text = run(
+        ["interpolate", "--images", *paths, "--frames", "3", "--steps", "8", "--out", str(out)], capsys
+    )
+    assert "slerp between the encodings of" in text
+    with np.load(out) as archive:
+        assert archive["arr_0"].shape == (3, 8, 8, 1)
+
+
 def test_parse_seeds():
     assert parse_seeds("0-3") == [0, 1, 2, 3]
     assert parse_seeds("7") == [7]
@@ -206,6 +255,15 @@ def test_parse_seeds():
         (["train", "--out", "x", "--channels", "8,a"], "--channels must be comma-separated integers"),
         (["train"], "the following arguments are required: --out"),
         (["eval", "missing.npz"], "samples must be an existing .npz file"),
+        (["encode", "missing.png"], "no such image file: missing.png"),
+        (["encode", "x.npz", "--out", "z.png"], "--out must be an .npz file"),
+        (["encode", "x.npz", "--solver", "nope"], "unknown solver 'nope'"),
+        (["interpolate"], "one of the arguments --seeds --images is required"),
+        (["interpolate", "--seeds", "1,2,3"], "--seeds must name exactly two seeds"),
+        (["interpolate", "--seeds", "1,2", "--frames", "1"], "--frames must be at least 2"),
+        (["interpolate", "--seeds", "1,2", "--images", "a.png"], "not allowed with argument --seeds"),
+        (["interpolate", "--seeds", "1,2", "--out", "s.gif"], "--out must end in .png"),
+        (["sample", "--threads", "-1"], "--threads must be >= 0"),
     ],
 )
 def test_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
@@ -215,6 +273,25 @@ def test_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffode: error:") and message in lines[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_exact_encoding_that_does_not_converge_is_one_line(tmp_path, capsys):
+    images = tmp_path / "s.npz"
+    run(["sample", "--seeds", "0", "--steps", "5", "--out", str(images)], capsys)
+    assert (
+        main(["encode", str(images), "--method", "exact", "--steps", "5", "--out", str(tmp_path / "z.npz")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did not converge" in err
+
+
+def test_encode_refuses_pictures_of_the_wrong_size(tmp_path, capsys):
+    from diffode.images import write_png
+
+    write_png(tmp_path / "odd.png", np.zeros((9, 9), np.uint8))
+    assert main(["encode", str(tmp_path / "odd.png"), "--out", str(tmp_path / "z.npz")]) == 2
+    assert "odd.png is a 9×9 grey PNG; the model needs 1×8×8 images" in capsys.readouterr().err
 
 
 def test_eval_refuses_npz_that_are_not_digits(tmp_path, capsys):

@@ -2,9 +2,9 @@
 tensor in training-step units: :class:`UNet` for small images, :class:`MLP` for low-dimensional
 data. :class:`DigitsClassifier` provides the features of the digits Fréchet distance.
 
-Each model reports its constructor arguments through ``config()`` and the shape of one sample
-through ``sample_shape``; :func:`build_model` rebuilds a model from a name and such a config,
-which is how checkpoints are loaded without pickling.
+Each model reports its constructor arguments through ``config()`` (the ε-networks also the
+shape of one sample through ``sample_shape``); :func:`build_model` rebuilds a model from a name
+and such a config, which is how checkpoints are loaded without pickling.
 """
 
 from __future__ import annotations

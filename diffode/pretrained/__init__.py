@@ -40,14 +40,16 @@ def digits(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float3
     images in [-1, 1].
     """
     checkpoint = load_checkpoint(path(DIGITS), device=device, dtype=dtype)
-    assert isinstance(checkpoint.model, UNet) and checkpoint.schedule is not None
+    if not isinstance(checkpoint.model, UNet) or checkpoint.schedule is None:
+        raise ValueError(f"{path(DIGITS)} does not hold a UNet with a schedule; reinstall diffode")
     return checkpoint.model, checkpoint.schedule
 
 
 def digits_classifier() -> DigitsClassifier:
     """The bundled digits classifier (CPU, float32, eval mode, frozen)."""
     model = load_checkpoint(path(DIGITS_CLASSIFIER)).model
-    assert isinstance(model, DigitsClassifier)
+    if not isinstance(model, DigitsClassifier):
+        raise ValueError(f"{path(DIGITS_CLASSIFIER)} does not hold a DigitsClassifier; reinstall diffode")
     return model
 
 
