@@ -4,6 +4,7 @@ automatically. Register a new fixed-step solver here (and its name in the regist
 from __future__ import annotations
 
 from diffode.solvers import (
+    BDIA,
     DDIM,
     RK4,
     AdamsBashforth,
@@ -31,6 +32,7 @@ FIXED_STEP_SOLVERS: list[Solver] = [
     DPMSolverPP(2),
     DPMSolverPP(3),
     DPMSolverPP(2, multistep=False),
+    BDIA(),
 ]
 """One default-configured instance of each deterministic fixed-step solver; each one's ``name``
 is its registry string."""
@@ -43,6 +45,8 @@ def solver_id(solver: Solver) -> str:
 
 def is_multistep(solver: Solver) -> bool:
     """Whether ``solver`` reuses past evaluations (one evaluation per step, history in its state)."""
+    if isinstance(solver, BDIA):
+        return True
     if isinstance(solver, AdamsBashforth):
         return solver.order > 1
     return isinstance(solver, DPMSolverPP) and solver.multistep and solver.order > 1

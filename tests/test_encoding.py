@@ -38,15 +38,6 @@ MIXTURE = oracles.GaussianMixture.ring()
 NET = RandomEpsNet((2, 3), lipschitz=0.5, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: intra-op threads only add synchronisation on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def data(name: str, n: int = 128) -> tuple[object, torch.Tensor]:
     """(model, float64 data x0) for an oracle or the random network."""
     g = torch.Generator().manual_seed(0)

@@ -28,14 +28,6 @@ SCHEDULE = Schedule.linear()
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class LateEuler(Solver):
     """A deliberately broken Euler: evaluates the field at the end of the step."""
 
