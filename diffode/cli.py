@@ -468,7 +468,8 @@ def _encode(args: argparse.Namespace) -> int:
         loaded.model, loaded.schedule, x0, method=args.method, tol=args.tol, return_info=True, **grid
     )
     wall = time.perf_counter() - start
-    back = decode(loaded.model, loaded.schedule, info.latents, **grid)
+    # BDIA's exact encoding ends in a pair of states; decoding retraces it only from both
+    back = decode(loaded.model, loaded.schedule, info.latents, companion=info.companion, **grid)
     error = float((back.double() - x0.double()).pow(2).mean())
     z = info.latents.detach().float().cpu()
     print(
@@ -477,7 +478,10 @@ def _encode(args: argparse.Namespace) -> int:
     )
     print(f"latents: mean={float(z.mean()):.4f} std={float(z.std()):.4f} (N(0, I) for data the model knows)")
     print(f"round trip decode(encode(x)): mean squared error per dimension {error:.3g}")
-    np.savez(args.out, latents=z.numpy())
+    if info.companion is None:
+        np.savez(args.out, latents=z.numpy())
+    else:
+        np.savez(args.out, latents=z.numpy(), companion=info.companion.detach().float().cpu().numpy())
     print(f"wrote {args.out}")
     if args.recon:
         write_samples(args.recon, torch.cat([x0.float().cpu(), back.detach().float().cpu()]), columns=len(x0))
@@ -636,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode images to latents (the ODE run backwards) and report the round trip",
         description="Encode images (.png files, or .npz files of uint8 NHWC images under arr_0) to "
         "latents by integrating the DDIM ODE backwards, decode them again, and report the round-trip "
-        "error. Writes the latents (float32, under 'latents') to an .npz.",
+        "error. Writes the latents (float32, under 'latents'; with --solver bdia --method exact also "
+        "the 'companion' state that decoding needs) to an .npz.",
     )
     enc.add_argument("images", nargs="+", help=".png or .npz image files")
     enc.add_argument("--out", default="latents.npz", help="output .npz (default: latents.npz)")

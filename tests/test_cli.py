@@ -196,6 +196,21 @@ def test_encode_writes_latents_and_reports_the_round_trip(tmp_path, capsys):
     assert recon.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_encode_with_the_reversible_sampler_keeps_its_companion(tmp_path, capsys):
+    images = tmp_path / "s.npz"
+    run(["sample", "--seeds", "0-1", "--steps", "5", "--out", str(images)], capsys)
+    out = tmp_path / "z.npz"
+    text = run(
+        ["encode", str(images), "--solver", "bdia", "--method", "exact", "--steps", "10", "--out", str(out)],
+        capsys,
+    )
+    # decoding from latents and companion retraces the encoding to float32 round-off
+    error = float(text.split("mean squared error per dimension ")[1].split()[0])
+    assert error < 1e-9
+    with np.load(out) as archive:
+        assert archive.files == ["latents", "companion"] and archive["companion"].shape == (2, 1, 8, 8)
+
+
 def test_interpolate_strip_ends_at_the_samples_of_its_seeds(tmp_path, capsys):
     strip = tmp_path / "strip.npz"
     text = run(
