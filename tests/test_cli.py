@@ -50,15 +50,6 @@ from diffode.cli import parse_seeds  # noqa: E402
 COMMANDS = ("demo", "sample", "encode", "interpolate", "train", "train-classifier", "eval")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # a second intra-op thread on a busy 2-core machine slows these small networks tenfold
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run(argv, capsys):
     code = main([*argv, "--no-progress"] if argv[0] in ("sample", "train", "train-classifier") else argv)
     captured = capsys.readouterr()

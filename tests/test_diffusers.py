@@ -13,15 +13,6 @@ diffusers = pytest.importorskip("diffusers")
 T = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the network is tiny: extra threads add only synchronisation, which stalls on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def unet():
     torch.manual_seed(0)

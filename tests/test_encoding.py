@@ -178,7 +178,7 @@ def test_inverse_of_serves_any_ode_through_solve():
 
     x = torch.linspace(-2, 2, 12, dtype=F64).reshape(6, 2)
     up = torch.linspace(0.5, 2.0, 7, dtype=F64)
-    y = solve(f, x, up, InverseOf(Heun())).x
+    y = solve(f, x, up, InverseOf(Heun(), tol=1e-14)).x
     back = solve(f, y, up.flip(0), Heun()).x
     torch.testing.assert_close(back, x, rtol=0, atol=1e-13)
     assert y.dtype == F64
@@ -186,7 +186,7 @@ def test_inverse_of_serves_any_ode_through_solve():
 
 def test_default_tolerance_follows_the_dtype():
     assert default_tolerance(F32) == 4 * EPS32
-    assert default_tolerance(F64) == 4 * torch.finfo(F64).eps
+    assert default_tolerance(F64) == 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +322,9 @@ def test_encode_returns_latents_alone_by_default():
 
 def test_one_step_grid_round_trips_through_the_final_step_alone():
     model, x0 = data("network", 8)
-    assert round_trip(model, x0, steps=1, method="exact") <= 1e-13
+    # one inverted step: the round trip is the fixed-point residual, relative to max(1, |x|)
+    bound = default_tolerance(F64) * max(1.0, float(x0.abs().max()))
+    assert round_trip(model, x0, steps=1, method="exact") <= bound
     info = encode(model, SCHEDULE, x0, steps=1, solver="bdia", method="exact", return_info=True)
     assert info.companion is None
 

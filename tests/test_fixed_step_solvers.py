@@ -591,6 +591,7 @@ def test_names_and_reprs():
         "dpmpp-2m",
         "dpmpp-3m",
         "dpmpp-2s",
+        "bdia",
     ]
     assert repr(get_solver("dpmpp-2s")) == "DPMSolverPP(order=2, multistep=False)"
     assert repr(get_solver("ab3")) == "AdamsBashforth(order=3)"

@@ -13,16 +13,6 @@ from diffode.checkpoint import read_config
 from diffode.metrics import FeatureStats, digits_fd, digits_features, frechet_distance, real_floor
 from diffode.models import UNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # a second intra-op thread on a busy 2-core machine slows these small networks tenfold
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- Fréchet distance
 
 

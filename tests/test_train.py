@@ -19,16 +19,6 @@ from diffode.models import MLP, UNet
 from diffode.schedule import Schedule
 from diffode.train import TrainConfig, eval_loss, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # a second intra-op thread on a busy 2-core machine slows these small networks tenfold
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- datasets
 
 
