@@ -1,8 +1,10 @@
+import itertools
 import math
 
 import pytest
 import torch
 
+import diffode
 from diffode import EpsField, Euler, StepInfo, oracles, sample, solve
 from diffode.solvers import get_solver, solver_names
 from tests.helpers import slope, wavy_model
@@ -153,3 +155,19 @@ def test_euler_order_on_mixture_against_fine_solution(linear):
             )
         )
     assert abs(-slope(steps, errors) - 1.0) <= 0.15, errors
+
+
+def test_gradients_flow_through_the_sampler(linear):
+    # on the Gaussian oracle each Euler step scales x̄ - μ by 1 + hσ₀/(c² + σ₀²), so the Jacobian
+    # of sample() with respect to the noise is a known scalar
+    c = 0.5
+    oracle = oracles.Gaussian(torch.tensor([0.3, -0.2]), c)
+    noise = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    x = sample(oracle.model(linear), linear, noise, steps=7, timesteps="trailing")
+    x.sum().backward()
+    grid = diffode.sigma_grid(linear, 7, "trailing").tolist()
+    expected = math.sqrt(1 + grid[0] ** 2)
+    for s0, s1 in itertools.pairwise(grid):
+        expected *= 1 + (s1 - s0) * s0 / (c * c + s0 * s0)
+    assert noise.grad is not None
+    torch.testing.assert_close(noise.grad, torch.full_like(noise, expected), rtol=1e-12, atol=0)
