@@ -39,6 +39,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_grid_options(p: argparse.ArgumentParser, steps: int, *, eta: bool = True) -> None:
     p.add_argument("--solver", default="euler", help="solver name (default: euler = DDIM)")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default: {steps})")
@@ -546,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         "wall time and how close the sample statistics are to the data.",
     )
     _add_grid_options(demo, steps=20)
-    demo.add_argument("--n", type=int, default=4000, help="number of samples (default: 4000)")
+    demo.add_argument("--n", type=_at_least(2), default=4000, help="number of samples (default: 4000)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--out", default="gmm.png", help="scatter plot PNG ('' to skip; default: gmm.png)")
     demo.set_defaults(run=_demo)
@@ -571,9 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
     smp.add_argument("--out", default="digits.png", help="output .png grid or .npz (default: digits.png)")
     smp.add_argument(
-        "--columns", type=int, default=0, help="images per row of the PNG grid (default: square)"
+        "--columns", type=_at_least(0), default=0, help="images per row of the PNG grid (default: square)"
     )
-    smp.add_argument("--scale", type=int, default=4, help="PNG enlargement factor (default: 4)")
+    smp.add_argument("--scale", type=_at_least(1), default=4, help="PNG enlargement factor (default: 4)")
     smp.add_argument("--no-progress", action="store_true", help="no progress bar")
     smp.set_defaults(run=_sample)
 
@@ -668,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", default="slerp", choices=("slerp", "lerp"), help="interpolation (default: slerp)"
     )
     itp.add_argument("--out", default="interpolation.png", help="output .png strip or .npz")
-    itp.add_argument("--scale", type=int, default=4, help="PNG enlargement factor (default: 4)")
+    itp.add_argument("--scale", type=_at_least(1), default=4, help="PNG enlargement factor (default: 4)")
     add_model_options(itp)
     itp.set_defaults(run=_interpolate)
     return parser

@@ -184,12 +184,6 @@ class ScheduleField(ModelField):
         # a Python scalar keeps the default path free of host-device copies and syncs
         return _per_sample(float(self.schedule.t(float(sigma))), like)
 
-    def network_inputs(self, sigma: Sigma, xbar: Tensor) -> tuple[Tensor, Tensor]:
-        """The network's inputs (x, t) at (σ, x̄): x = x̄/√(1+σ²) and t = t(σ) of shape ``(batch,)``."""
-        alpha, _ = signal_and_noise(sigma, xbar)
-        x = xbar * alpha
-        return x, self._time(sigma, x)
-
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
         return self.model(x, self._time(sigma, x))
 

@@ -117,6 +117,8 @@ def sigma_grid(
         rho: the Karras ρ.
     """
     if isinstance(timesteps, Tensor):
+        if timesteps.ndim != 1 or timesteps.numel() == 0:
+            raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(timesteps.shape)}")
         n = timesteps.numel() - int(timesteps.is_floating_point() and float(timesteps[-1]) == 0.0)
         if steps is not None and steps != n:
             raise ValueError(

@@ -129,14 +129,6 @@ class Schedule:
         """σ at the last training step (∞ for zero terminal SNR)."""
         return float(self.sigmas[-1])
 
-    @property
-    def t_min(self) -> float:
-        return 0.0
-
-    @property
-    def t_max(self) -> float:
-        return float(self.T - 1)
-
     def sigma(self, t: float | Tensor) -> Tensor:
         """σ(t) in float64, same shape as ``t``; exact table values at integer t, log-σ
         interpolation in between. t must lie in [0, T-1]."""
@@ -163,11 +155,6 @@ class Schedule:
         # hi is +inf for zero terminal SNR: everything above the last finite entry maps to T-1
         w = torch.where(torch.isinf(hi) & (log_s > lo), torch.ones_like(w), w)
         return low.to(_F64) + w
-
-    def alpha_bar(self, sigma: float | Tensor) -> Tensor:
-        """ᾱ = 1/(1+σ²) in float64."""
-        s = _as_f64(sigma)
-        return 1 / (1 + s * s)
 
     def __repr__(self) -> str:
         return f"Schedule(T={self.T}, sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g})"
@@ -197,14 +184,6 @@ class ContinuousVPSchedule(Schedule):
 
     def _alpha_bar_t(self, t: Tensor) -> Tensor:
         return torch.exp(-0.5 * t * t * (self.beta_max - self.beta_min) - t * self.beta_min)
-
-    @property
-    def t_min(self) -> float:
-        return self.eps * self.time_scale
-
-    @property
-    def t_max(self) -> float:
-        return self.time_scale
 
     def sigma(self, t: float | Tensor) -> Tensor:
         """σ in float64 for network time ``t`` (in units of ``time_scale``)."""

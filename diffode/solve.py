@@ -16,7 +16,7 @@ from torch import Tensor
 
 from diffode.field import Sigma
 from diffode.progress import progress as progress_bar
-from diffode.solvers.base import Solver
+from diffode.solvers.base import Solver, step_to_zero
 from diffode.solvers.registry import get_solver
 from diffode.validation import check_sigma_grid, require_finite, require_floating
 
@@ -69,18 +69,10 @@ class _Counted:
         self.nfe += 1
         return self.f(sigma, x)
 
-    def step_to_zero(self, sigma: float, x: Tensor) -> Tensor:
-        """The first-order step into σ = 0, x̂₀ = x̄ - σ f(σ, x̄), evaluating f at ``sigma`` only.
-
-        A network field returns its own x̂₀ (``denoised``): for x̂₀-, v- and EDM models that
-        avoids the cancellation in x̄ - σε, and for ε-models it is the reference code's
-        x̂₀ = (x - √(1-ᾱ) ε)/√ᾱ.
-        """
+    def denoised(self, sigma: float, x: Tensor) -> Tensor:
+        """The step into σ = 0 (:func:`~diffode.solvers.base.step_to_zero`), counted once."""
         self.nfe += 1
-        denoised = getattr(self.f, "denoised", None)
-        if callable(denoised):
-            return denoised(sigma, x)
-        return x - sigma * self.f(sigma, x)
+        return step_to_zero(self.f, sigma, x)
 
 
 def solve(
@@ -133,7 +125,7 @@ def solve(
     for i in progress_bar(range(n_steps), n_steps, desc=stepper.name or "solve", enabled=progress):
         s0, s1 = values[i], values[i + 1]
         if s1 == 0.0:
-            x = counted.step_to_zero(s0, x)
+            x = step_to_zero(counted, s0, x)
         else:
             x, state = stepper.step(counted, s0, s1, x, state)
         finite_flags.append(torch.isfinite(x).all())

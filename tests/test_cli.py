@@ -22,6 +22,8 @@ def test_demo_runs_and_writes_png(tmp_path, capsys):
         (["demo", "--steps", "ten"], "invalid int value"),
         (["frobnicate"], "invalid choice"),
         ([], "required"),
+        (["demo", "--n", "1", "--out", ""], "argument --n: must be at least 2, got 1"),
+        (["sample", "--scale", "0"], "argument --scale: must be at least 1, got 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message):

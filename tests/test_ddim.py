@@ -164,13 +164,39 @@ def test_per_sample_generators_make_samples_independent_of_batch(linear):
     torch.testing.assert_close(batch[1:2], alone, rtol=1e-6, atol=1e-6)
 
 
-def test_sigma_hat_noise_is_larger_than_eta_one():
-    s0, s1 = 3.0, 1.0
-    d1 = 1.0 * s1 * math.sqrt(s0**2 - s1**2) / s0
-    d_hat = math.sqrt((s0**2 - s1**2) * (1 + s1**2) / (1 + s0**2))
-    assert d_hat > d1
-    # both share the η = 1 mean, c = σ₁²/σ₀
-    assert math.isclose(math.sqrt(s1**2 - d1**2), s1**2 / s0)
+@pytest.mark.parametrize(
+    "solver, noise_scale",
+    [
+        # d = η σ₁ √(σ₀² - σ₁²)/σ₀ and, for σ̂, d = √((σ₀² - σ₁²)(1 + σ₁²)/(1 + σ₀²)) (reference §5)
+        (DDIM(0.5), lambda s0, s1: 0.5 * s1 * math.sqrt(s0**2 - s1**2) / s0),
+        (DDIM(1.0), lambda s0, s1: s1 * math.sqrt(s0**2 - s1**2) / s0),
+        (DDIM(sigma_hat=True), lambda s0, s1: math.sqrt((s0**2 - s1**2) * (1 + s1**2) / (1 + s0**2))),
+    ],
+)
+def test_stochastic_step_adds_the_papers_noise(solver, noise_scale):
+    # with ε = 0 the step leaves x̄ unchanged apart from the noise term d·z
+    s0, s1 = 3.0, 1.2
+    x = torch.randn(4, 3, dtype=torch.float64)
+    state = solver.init(
+        lambda s, y: torch.zeros_like(y), torch.tensor([s0, s1]), x, torch.Generator().manual_seed(5)
+    )
+    out, _ = solver.step(lambda s, y: torch.zeros_like(y), s0, s1, x, state)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    torch.testing.assert_close(out - x, noise_scale(s0, s1) * z, rtol=1e-14, atol=1e-14)
+
+
+def test_generator_list_must_match_the_batch(linear):
+    oracle = oracles.Gaussian(torch.zeros(2), 1.0)
+    with pytest.raises(ValueError, match="list of 1 generators for a batch of 3"):
+        sample(
+            oracle.model(linear),
+            linear,
+            torch.randn(3, 2),
+            steps=5,
+            solver="ddim",
+            eta=1.0,
+            generator=[torch.Generator().manual_seed(0)],
+        )
 
 
 def test_single_step_and_one_point_grid(linear):

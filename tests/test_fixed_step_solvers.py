@@ -146,6 +146,10 @@ def test_stages_at_c_equal_one_hit_the_grid_point_exactly():
         (dict(a=((0, 0), (math.inf, 0)), b=(0.5, 0.5), c=(0, math.inf), order=1), "must be finite"),
         (dict(a=((0, 0), ("x", 0)), b=(0.5, 0.5), c=(0, 1), order=1), "must hold real numbers"),
         (dict(a=(), b=(), c=(), order=1), "at least one weight"),
+        (
+            dict(a=((0, 0), (2, 0)), b=(0.75, 0.25), c=(0, 2), order=2),
+            "every node c_i must lie in \\[0, 1\\]",
+        ),
     ],
 )
 def test_inconsistent_tableau_is_refused(kwargs, match):

@@ -96,5 +96,7 @@ def test_bad_steps_and_spacing(linear):
         sigma_grid(linear, 5, torch.tensor([999, 500]))
     with pytest.raises(ValueError, match="must decrease for sampling"):
         sigma_grid(linear, None, torch.tensor([0.5, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="timesteps must be a non-empty 1-D tensor"):
+        sigma_grid(linear, None, torch.tensor([], dtype=torch.float64))
     with pytest.raises(ValueError, match="needs a discrete schedule"):
         sigma_grid(Schedule.vp(), 10, "uniform")

@@ -63,6 +63,17 @@ class Euler(Solver):
         return x + (s1 - s0) * f(s0, x), state
 
 
+def step_to_zero(f: VectorField, sigma: float, x: Tensor) -> Tensor:
+    """The first-order step from σ = ``sigma`` into σ = 0: x̂₀ = x̄ - σ f(σ, x̄), evaluating f at
+    ``sigma`` only. A network field returns its own x̂₀ (``f.denoised``): for x̂₀-, v- and EDM
+    models that avoids the cancellation in x̄ - σε, and for ε-models it is the reference code's
+    x̂₀ = (x - √(1-ᾱ) ε)/√ᾱ."""
+    denoised = getattr(f, "denoised", None)
+    if callable(denoised):
+        return denoised(sigma, x)
+    return x - sigma * f(sigma, x)
+
+
 def gaussian_noise(x: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
     """Standard normal noise shaped like ``x``; one generator for the batch or one per sample."""
     if isinstance(generator, (list, tuple)):

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from diffode.field import VectorField
-from diffode.solvers.base import Solver
+from diffode.solvers.base import Solver, step_to_zero
 from diffode.validation import describe, require_floating, require_int, require_nonnegative, require_positive
 
 
@@ -283,6 +283,8 @@ class InverseOf(Solver):
         self.max_iter = require_int("max_iter", max_iter, low=1)
         self.memory = require_int("memory", memory, low=0)
         self.order = solver.order
+        # per fixed-point iteration; a step costs 1 + evals_per_step × iterations (``stats``-free:
+        # the iteration count is data-dependent, so NFE is only known after the solve)
         self.evals_per_step = solver.evals_per_step
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _InverseRun:
@@ -301,7 +303,7 @@ class InverseOf(Solver):
         """The sampling step being inverted, from σ = ``s_from`` down to ``s_to`` (0: solve's own
         final step)."""
         if s_to == 0.0:
-            return y - s_from * f(s_from, y)
+            return step_to_zero(f, s_from, y)
         out, after = self.solver.step(f, s_from, s_to, y, run.inner)
         self._require_single_step(after)
         return out

@@ -82,6 +82,11 @@ class ButcherTableau:
             )
         if not all(math.isfinite(v) for v in (*b, *c, *(v for row in a for v in row))):
             raise ValueError(f"{label}: coefficients must be finite")
+        if any(not 0.0 <= v <= 1.0 for v in c):
+            raise ValueError(
+                f"{label}: every node c_i must lie in [0, 1], got c = {list(c)}; a node outside the "
+                "step would evaluate the field beyond its end (below σ = 0 on the last step)"
+            )
         for i, row in enumerate(a):
             if any(v != 0.0 for v in row[i:]):
                 raise ValueError(
