@@ -69,7 +69,19 @@ def _torchdiffeq_solvers() -> tuple[dict[str, Any], type]:
     return SOLVERS, RKAdaptiveStepsizeODESolver
 
 
-class Torchdiffeq(Solver):
+class _Backend(Solver):
+    """What the torchdiffeq and scipy backends share: one evaluation budget per solve."""
+
+    max_nfe: int
+
+    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _BackendRun:
+        return _BackendRun(Budget(self.max_nfe, repr(self)))
+
+    def _budget_repr(self) -> str:
+        return "" if self.max_nfe == DEFAULT_MAX_NFE else f", max_nfe={self.max_nfe}"
+
+
+class Torchdiffeq(_Backend):
     """torchdiffeq's ``odeint`` with any of its methods; order and evaluations per step are the method's.
 
     Args:
@@ -149,9 +161,6 @@ class Torchdiffeq(Solver):
             return cls(method, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
         return cls(method)
 
-    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _BackendRun:
-        return _BackendRun(Budget(self.max_nfe, repr(self)))
-
     def step(
         self, f: VectorField, s0: float, s1: float, x: Tensor, state: _BackendRun
     ) -> tuple[Tensor, _BackendRun]:
@@ -185,8 +194,7 @@ class Torchdiffeq(Solver):
     def __repr__(self) -> str:
         tol = self.tolerances
         tolerances = "" if tol is None else f", rtol={tol[0]:g}, atol={tol[1]:g}"
-        budget = "" if self.max_nfe == DEFAULT_MAX_NFE else f", max_nfe={self.max_nfe}"
-        return f"Torchdiffeq({self.method!r}{tolerances}{budget})"
+        return f"Torchdiffeq({self.method!r}{tolerances}{self._budget_repr()})"
 
 
 class _OdeintField:
@@ -246,7 +254,7 @@ class NumpyBridge:
         )
 
 
-class Scipy(Solver):
+class Scipy(_Backend):
     """scipy's ``solve_ivp`` with one of its methods; order and evaluations per step are the method's
     (see :data:`SCIPY_METHODS`).
 
@@ -273,9 +281,6 @@ class Scipy(Solver):
         self.order, self.evals_per_step = SCIPY_METHODS[method]
         self.rtol, self.atol = check_tolerances(rtol, atol)
         self.max_nfe = require_int("max_nfe", max_nfe, low=1)
-
-    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _BackendRun:
-        return _BackendRun(Budget(self.max_nfe, repr(self)))
 
     def step(
         self, f: VectorField, s0: float, s1: float, x: Tensor, state: _BackendRun
@@ -314,8 +319,7 @@ class Scipy(Solver):
         return {"accepted": run.accepted, "njev": run.njev, "nlu": run.nlu}
 
     def __repr__(self) -> str:
-        budget = "" if self.max_nfe == DEFAULT_MAX_NFE else f", max_nfe={self.max_nfe}"
-        return f"Scipy({self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}{budget})"
+        return f"Scipy({self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}{self._budget_repr()})"
 
 
 __all__ = ["SCIPY_METHODS", "NumpyBridge", "Scipy", "Torchdiffeq"]
