@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -462,22 +463,31 @@ def _deterministic(name: str) -> Solver:
     return solver
 
 
+def _model_and_grid(
+    args: argparse.Namespace,
+) -> tuple[LoadedModel, dict[str, Any], torch.device, torch.dtype]:
+    """The model of ``--model/--device/--dtype``, the keyword arguments that fix the grid and
+    solver of ``encode``/``decode`` (deterministic solvers only), the device and the dtype."""
+    device, dtype = _device(args.device), _DTYPES[args.dtype]
+    loaded = load_model(args.model, device, dtype)
+    grid = {
+        "steps": args.steps,
+        "timesteps": args.timesteps,
+        "solver": _deterministic(args.solver),
+        "prediction": loaded.prediction,
+    }
+    return loaded, grid, device, dtype
+
+
 def _encode(args: argparse.Namespace) -> int:
     """Encode images to latents by integrating the ODE backwards; report the round trip."""
     from diffode.encoding import decode, encode
 
     if Path(args.out).suffix.lower() != ".npz":
         raise UsageError(f"--out must be an .npz file (latents under 'latents'), got {args.out!r}")
-    solver = _deterministic(args.solver)
-    device, dtype = _device(args.device), _DTYPES[args.dtype]
-    loaded = load_model(args.model, device, dtype)
+    loaded, grid, device, dtype = _model_and_grid(args)
+    solver = grid["solver"]
     x0 = load_images(args.images, loaded.sample_shape).to(device, dtype)
-    grid = {
-        "steps": args.steps,
-        "timesteps": args.timesteps,
-        "solver": solver,
-        "prediction": loaded.prediction,
-    }
     start = time.perf_counter()
     info = encode(
         loaded.model, loaded.schedule, x0, method=args.method, tol=args.tol, return_info=True, **grid
@@ -512,15 +522,8 @@ def _interpolate(args: argparse.Namespace) -> int:
     _check_out(args.out)
     if args.frames < 2:
         raise UsageError(f"--frames must be at least 2 (the two endpoints), got {args.frames}")
-    solver = _deterministic(args.solver)
-    device, dtype = _device(args.device), _DTYPES[args.dtype]
-    loaded = load_model(args.model, device, dtype)
-    grid = {
-        "steps": args.steps,
-        "timesteps": args.timesteps,
-        "solver": solver,
-        "prediction": loaded.prediction,
-    }
+    loaded, grid, device, dtype = _model_and_grid(args)
+    solver = grid["solver"]
     if args.seeds is not None:
         seeds = parse_seeds(args.seeds)
         if len(seeds) != 2:
