@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
 import torch
+from docs_block import write_block
 
 from diffode.cli import load_model, sample_seeds
 from diffode.images import from_uint8, to_uint8
@@ -41,7 +41,6 @@ from diffode.solvers import DDIM
 DOC = Path(__file__).resolve().parents[1] / "docs" / "digits.md"
 RESULTS = Path(__file__).resolve().with_suffix(".json")
 SPREAD_SETS = 5
-START, END = "<!-- ddim_vs_ddpm:start -->", "<!-- ddim_vs_ddpm:end -->"
 VARIANTS = {"0": DDIM(0.0), "0.2": DDIM(0.2), "0.5": DDIM(0.5), "1": DDIM(1.0), "σ̂": DDIM(sigma_hat=True)}
 
 Cell = tuple[float, float]  # (FD, wall seconds)
@@ -145,7 +144,6 @@ def main() -> None:
     mean = sum(spread) / len(spread)
     std = (sum((v - mean) ** 2 for v in spread) / (len(spread) - 1)) ** 0.5
     lines = [
-        START,
         f"Digits FD (lower is better) and wall time to draw {args.samples} samples, bundled model, "
         f"{args.threads} CPU thread(s), batch {args.batch}, torch {torch.__version__}, "
         f"{platform.machine()} (`python benchmarks/ddim_vs_ddpm.py`).",
@@ -165,15 +163,11 @@ def main() -> None:
         f"{args.samples} images of clipped Gaussian noise FD {fd_noise:.1f}.",
         "",
         *speedup(cells, steps),
-        END,
     ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        doc = DOC.read_text()
-        if START not in doc or END not in doc:
-            raise SystemExit(f"{DOC} lacks the {START} … {END} markers")
-        DOC.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: text, doc, flags=re.S))
+        write_block(DOC, "ddim_vs_ddpm", text)
         print(f"wrote {DOC}")
 
 

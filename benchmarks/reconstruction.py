@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from docs_block import write_block
 from torch import Tensor
 
 from diffode import EpsField, Schedule, decode, encode, oracles, sample, sigma_grid, study
@@ -43,7 +44,6 @@ STEPS = (10, 20, 50, 100, 200, 500, 1000)
 PAPER = (0.014, 0.0065, 0.0023, 0.0009, 0.0004, 0.0001, 0.0001)
 MODES = {"reverse": ("euler", "reverse"), "exact": ("euler", "exact"), "bdia": ("bdia", "exact")}
 DOC = Path(__file__).resolve().parents[1] / "docs" / "encoding.md"
-START, END = "<!-- reconstruction:start -->", "<!-- reconstruction:end -->"
 
 
 def reconstruction_error(
@@ -165,17 +165,6 @@ def near_a_mode(mixture: oracles.GaussianMixture, x: Tensor) -> float:
     return 100 * float(near.double().mean())
 
 
-def write_between_markers(path: Path, text: str) -> None:
-    """Replace the text between the benchmark's markers in ``path`` (or append the block)."""
-    block = f"{START}\n{text}\n{END}"
-    doc = path.read_text() if path.exists() else ""
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{coordinates}"
     )
     if not args.no_write:
-        write_between_markers(DOC, text)
+        write_block(DOC, "reconstruction", text)
     print(f"\n{seconds:.0f} s; reproduce with: {COMMAND}", file=sys.stderr)
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from docs_block import write_block
 from torch import Tensor
 
 from diffode import EpsField, Schedule, oracles, sigma_grid, solve, study
@@ -41,7 +42,6 @@ ADAPTIVE = {
     "scipy:RK45": lambda tol: Scipy("RK45", rtol=tol, atol=tol),
 }
 DOC = Path(__file__).resolve().parents[1] / "docs" / "solvers.md"
-START, END = "<!-- solvers_error_vs_nfe:start -->", "<!-- solvers_error_vs_nfe:end -->"
 
 
 def fixed_step_solvers() -> list[str]:
@@ -172,19 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n\n".join(parts)
     print(text)
     if not args.no_write:
-        write_between_markers(DOC, text)
+        write_block(DOC, "solvers_error_vs_nfe", text)
         print(f"\nwrote {DOC.relative_to(DOC.parents[1])}", file=sys.stderr)
-
-
-def write_between_markers(path: Path, text: str) -> None:
-    """Replace what lies between the benchmark's markers in ``path`` (appended when absent)."""
-    block = f"{START}\n{text}\n{END}"
-    doc = path.read_text() if path.exists() else ""
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + block + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + ("\n\n" if doc else "") + block + "\n"
-    path.write_text(doc)
 
 
 if __name__ == "__main__":
