@@ -45,3 +45,18 @@ def reference_quad(T: int, S: int) -> list[int]:
 def slope(steps, errors) -> float:
     """Least-squares slope of log(error) against log(steps)."""
     return float(np.polyfit(np.log(np.asarray(steps, float)), np.log(np.asarray(errors, float)), 1)[0])
+
+
+def tiny_unet(diffusers, seed: int = 0):
+    """A randomly initialised 8×8, 3-channel diffusers ``UNet2DModel`` small enough for CPU tests."""
+    torch.manual_seed(seed)
+    return diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )

@@ -1,9 +1,13 @@
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
-from diffode.cli import main
+from diffode.cli import main, parse_seeds
+from tests.helpers import tiny_unet
 
 
 def test_demo_runs_and_writes_png(tmp_path, capsys):
@@ -41,13 +45,6 @@ def test_help_for_every_command():
 
 
 # ----------------------------------------------------------------------------- sample, train, eval
-
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from diffode.cli import parse_seeds  # noqa: E402
 
 COMMANDS = ("demo", "sample", "encode", "interpolate", "train", "train-classifier", "eval")
 
@@ -154,16 +151,7 @@ def test_train_a_tiny_digits_unet_and_the_classifier(tmp_path, capsys):
 
 def test_sample_a_diffusers_folder(tmp_path, capsys):
     diffusers = pytest.importorskip("diffusers")
-    unet = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    unet = tiny_unet(diffusers)
     unet.save_pretrained(tmp_path / "unet")
     diffusers.DDIMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
     out = tmp_path / "rgb.npz"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import diffode
+from tests.helpers import tiny_unet
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -15,18 +16,7 @@ T = 1000
 
 @pytest.fixture(scope="module")
 def unet():
-    torch.manual_seed(0)
-    net = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
-    return net.eval().requires_grad_(False)
+    return tiny_unet(diffusers).eval().requires_grad_(False)
 
 
 def make_scheduler(**config):
