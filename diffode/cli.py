@@ -23,7 +23,7 @@ from diffode.data import DATASETS
 from diffode.field import Model
 from diffode.grids import TIMESTEP_SPACINGS
 from diffode.oracles import GaussianMixture
-from diffode.progress import progress as progress_bar
+from tqdm import tqdm
 from diffode.sampling import resolve_sampler, sample
 from diffode.schedule import Schedule
 from diffode.solve import StepInfo
@@ -253,7 +253,7 @@ def sample_seeds(
 
     chunks = [list(seeds[i : i + batch]) for i in range(0, len(seeds), batch)]
     several = len(chunks) > 1
-    for chunk in progress_bar(chunks, len(chunks), desc="sample", enabled=progress and several):
+    for chunk in tqdm(chunks, desc="sample", disable=not (progress and several)):
         noise, generators = [], []
         for seed in chunk:
             z, g = seed_noise(seed, loaded.sample_shape)

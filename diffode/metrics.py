@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from diffode.checkpoint import load_tensors, save_checkpoint, save_tensors
 from diffode.data import digits
 from diffode.models import DigitsClassifier
-from diffode.progress import progress as progress_bar
+from tqdm import tqdm
 
 _F64 = torch.float64
 
@@ -146,7 +146,7 @@ def train_classifier(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in progress_bar(range(steps), steps, desc="train-classifier", enabled=progress):
+    for _ in tqdm(range(steps), desc="train-classifier", disable=not progress):
         index = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
         loss = F.cross_entropy(net(_shift(x_train[index], generator)), y_train[index])
         optimizer.zero_grad(set_to_none=True)

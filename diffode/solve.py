@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from diffode.field import Sigma
-from diffode.progress import progress as progress_bar
+from tqdm import tqdm
 from diffode.solvers.base import Solver, step_to_zero
 from diffode.solvers.registry import get_solver
 from diffode.validation import check_sigma_grid, require_finite, require_floating
@@ -59,13 +59,23 @@ class Solution:
 
 
 class _Counted:
-    """Wraps ``f`` to count its evaluations for this solve alone."""
+    """Wraps ``f`` to count its evaluations for this solve alone: the one evaluation counter of
+    diffode. It enforces the solver's ``max_nfe`` budget (adaptive solvers), raising ``ValueError``
+    on the evaluation past it."""
 
-    def __init__(self, f: Callable[[Sigma, Tensor], Tensor]) -> None:
+    def __init__(self, f: Callable[[Sigma, Tensor], Tensor], solver: Solver) -> None:
         self.f = f
         self.nfe = 0
+        self.solver = solver
+        self.limit = solver.max_nfe
 
     def __call__(self, sigma: Sigma, x: Tensor) -> Tensor:
+        if self.limit is not None and self.nfe >= self.limit:
+            where = sigma if isinstance(sigma, float) else float(torch.as_tensor(sigma).max())
+            raise ValueError(
+                f"{self.solver!r} used its max_nfe={self.limit} evaluations before reaching the end of "
+                f"the grid (next evaluation at σ = {where:.6g}); loosen rtol/atol or raise max_nfe"
+            )
         self.nfe += 1
         return self.f(sigma, x)
 
@@ -116,13 +126,13 @@ def solve(
             "sigmas starts at 0 and increases, which would evaluate f at σ = 0; start the encoding "
             "grid at a positive σ such as schedule.sigma_min"
         )
-    counted = _Counted(f)
+    counted = _Counted(f, stepper)
     state = stepper.init(counted, grid, x, generator)
     values = grid.tolist()
     saved = [x] if save else []
     finite_flags: list[Tensor] = []
     n_steps = len(values) - 1
-    for i in progress_bar(range(n_steps), n_steps, desc=stepper.name or "solve", enabled=progress):
+    for i in tqdm(range(n_steps), desc=stepper.name or "solve", disable=not progress):
         s0, s1 = values[i], values[i + 1]
         if s1 == 0.0:
             x = step_to_zero(counted, s0, x)

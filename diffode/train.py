@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from diffode.checkpoint import save_checkpoint, schedule_from_config
 from diffode.data import DATASETS, load_dataset
 from diffode.models import build_model
-from diffode.progress import progress as progress_bar
+from tqdm import tqdm
 from diffode.schedule import Schedule
 from diffode.validation import require_int, require_nonnegative, require_positive
 
@@ -192,7 +192,7 @@ def train(
         save_checkpoint(out, ema, info)
 
     model.train()
-    for step in progress_bar(range(config.steps), config.steps, desc="train", enabled=progress):
+    for step in tqdm(range(config.steps), desc="train", disable=not progress):
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
         t = torch.randint(0, schedule.T, (config.batch_size,), generator=generator)
         noise = torch.randn((config.batch_size, *data.shape[1:]), generator=generator)

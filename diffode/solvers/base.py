@@ -32,6 +32,9 @@ class Solver(ABC):
     evals_per_step: int = 1
     adaptive: bool = False
     stochastic: bool = False
+    max_nfe: int | None = None
+    """Evaluation budget of a whole solve (``None``: unlimited); :func:`diffode.solve` counts the
+    evaluations and raises ``ValueError`` on the one past the budget."""
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> Any:
         """Prepare the per-solve state for the grid ``sigmas`` (float64, checked) and start ``x``."""
