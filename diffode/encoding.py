@@ -2,9 +2,9 @@
 
 Decoding is deterministic sampling: :func:`decode` integrates the DDIM ODE from latents at the
 top of the sampling grid [σ_S > … > σ_1, 0] down to σ = 0. Encoding runs the same loop,
-:func:`diffode.solve`, up the reversed positive grid [σ_1 < … < σ_S]; only the step between
-σ = 0 and σ_1, which :func:`diffode.solve` takes itself when sampling, is handled here, and the
-field is never evaluated at σ = 0. Two methods:
+:func:`diffode.solve`, up the reversed grid [0, σ_1 < … < σ_S]; the step out of σ = 0 is the
+solver's :meth:`~diffode.solvers.Solver.leave_zero` (:mod:`diffode.boundary`), and the field is
+never evaluated at σ = 0. Two methods:
 
 - ``"reverse"``: integrate the ODE upwards with the chosen solver (with Euler, the usual DDIM
   inversion). Cheap; the round trip is accurate to the solver's discretisation error.
@@ -23,11 +23,11 @@ from typing import Literal, overload
 from torch import Tensor
 
 from diffode.field import Model, ModelField, field_for
-from diffode.grids import GridSpec
-from diffode.sampling import sample, sampling_grid
-from diffode.schedule import Schedule
+from diffode.grids import GridSpec, sigma_grid
+from diffode.sampling import sample
+from diffode.schedule import NoiseSchedule
 from diffode.solve import Callback, solve
-from diffode.solvers.base import Euler, Solver
+from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
 from diffode.solvers.reversible import BDIA, InverseOf
 from diffode.validation import describe, require_finite, require_floating
@@ -47,8 +47,8 @@ class Encoding:
             the encoding exactly; ``None`` otherwise.
         sigmas: the sampling grid [σ_S, …, σ_1, 0] (float64) that decoding must follow.
         nfe: network evaluations spent on encoding.
-        iterations: fixed-point iterations of ``method="exact"`` in total (0 for ``"reverse"``
-            and for BDIA, whose inverse is explicit).
+        iterations: fixed-point iterations of ``method="exact"`` in total (0 for ``"reverse"``;
+            for BDIA only those of the step out of σ = 0, its other steps being explicit).
     """
 
     latents: Tensor
@@ -61,7 +61,7 @@ class Encoding:
 @overload
 def encode(
     model: Model | ModelField,
-    schedule: Schedule,
+    schedule: NoiseSchedule,
     x0: Tensor,
     *,
     steps: int | None = ...,
@@ -79,7 +79,7 @@ def encode(
 @overload
 def encode(
     model: Model | ModelField,
-    schedule: Schedule,
+    schedule: NoiseSchedule,
     x0: Tensor,
     *,
     steps: int | None = ...,
@@ -96,7 +96,7 @@ def encode(
 
 def encode(
     model: Model | ModelField,
-    schedule: Schedule,
+    schedule: NoiseSchedule,
     x0: Tensor,
     *,
     steps: int | None = None,
@@ -174,53 +174,44 @@ def encode(
             f"solver {stepper!r} is stochastic: sampling with it adds fresh noise, which encoding "
             "cannot undo; encode with a deterministic solver (solver='ddim' means eta=0, i.e. Euler)"
         )
-    reversible = isinstance(stepper, BDIA)
+    reversible = stepper.reversible
     if method == "exact" and reversible and not return_info:
         raise ValueError(
-            "solver='bdia' with method='exact' retraces exactly only from the latents together with "
+            f"solver={stepper!r} with method='exact' retraces exactly only from the latents together with "
             "their companion state; pass return_info=True and give Encoding.companion to decode()"
         )
-    grid = _sampling_grid(schedule, steps, timesteps, stepper)
+    grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive, direction="encode")
     field = field_for(model, schedule, prediction)
-    nfe_before = field.nfe
-    up = grid[:-1].flip(0)
-    s1 = float(up[0])
     # the last two states of the upward solve: BDIA's latents and companion
     trail: deque[Tensor] = deque(maxlen=2)
-    iterations = 0
-    if method == "reverse":
-        xbar = x0 + s1 * field(s1, x0)
-        out = solve(field, xbar, up, stepper, progress=progress)
-    else:
-        inverse = InverseOf(Euler() if reversible else stepper, tol=tol, max_iter=max_iter)
-        run = inverse.init(field, up, x0)
-        xbar, _ = inverse.step(field, 0.0, s1, x0, run)
-        trail.append(xbar)
-        out = solve(
-            field,
-            xbar,
-            up,
-            stepper if reversible else inverse,
-            callback=(lambda info: trail.append(info.x)) if reversible else None,
-            progress=progress,
-        )
-        iterations = run.iterations + out.stats.get("iterations", 0)
-    s_top = float(up[-1])
+    out = solve(
+        field,
+        x0,
+        grid,
+        InverseOf(stepper, tol=tol, max_iter=max_iter) if method == "exact" else stepper,
+        callback=(lambda info: trail.append(info.x)) if reversible else None,
+        progress=progress,
+    )
+    s_top = float(grid[-1])
     latents = out.x / math.sqrt(1.0 + s_top * s_top)
     if not return_info:
         return latents
     companion = None
-    if reversible and method == "exact" and up.numel() > 1:
-        s_below = float(up[-2])
+    if reversible and method == "exact" and grid.numel() > 2:
+        s_below = float(grid[-2])
         companion = trail[0] / math.sqrt(1.0 + s_below * s_below)
     return Encoding(
-        latents=latents, companion=companion, sigmas=grid, nfe=field.nfe - nfe_before, iterations=iterations
+        latents=latents,
+        companion=companion,
+        sigmas=grid.flip(0),
+        nfe=out.nfe,
+        iterations=out.stats.get("iterations", 0),
     )
 
 
 def decode(
     model: Model | ModelField,
-    schedule: Schedule,
+    schedule: NoiseSchedule,
     latents: Tensor,
     *,
     steps: int | None = None,
@@ -265,13 +256,13 @@ def decode(
             "pass solver='bdia' or leave companion out"
         )
     companion = require_finite("companion", require_floating("companion", companion))
-    grid = _sampling_grid(schedule, steps, timesteps, stepper)
+    grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive, direction="encode")
     if grid.numel() < 3:
         raise ValueError(
             f"a companion needs a grid with at least two positive σ, got {describe(grid)}; pass "
             "companion=None"
         )
-    s_below = float(grid[1])
+    s_below = float(grid[-2])
     return sample(
         model,
         schedule,
@@ -283,24 +274,6 @@ def decode(
         callback=callback,
         progress=progress,
     )
-
-
-def _sampling_grid(schedule: Schedule, steps: int | None, timesteps: GridSpec, solver: Solver) -> Tensor:
-    """The sampling grid of :func:`diffode.sample`, checked for encoding: explicit timesteps
-    must describe the decreasing sampling grid, and σ_S must be finite."""
-    if isinstance(timesteps, Tensor) and timesteps.numel() > 1 and bool(timesteps[-1] > timesteps[0]):
-        raise ValueError(
-            f"timesteps must describe the sampling grid, decreasing, got an increasing tensor "
-            f"{describe(timesteps)}; encode runs the grid upwards itself, so pass timesteps.flip(0)"
-        )
-    grid = sampling_grid(schedule, steps, timesteps, solver)
-    if math.isinf(float(grid[0])):
-        raise ValueError(
-            "the sampling grid starts at sigma = inf (zero terminal SNR), where latents are not "
-            "reachable by integrating upwards; use timesteps='uniform' (or 'leading') or a grid "
-            "that starts at a finite σ"
-        )
-    return grid
 
 
 __all__ = ["METHODS", "Encoding", "decode", "encode"]

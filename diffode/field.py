@@ -32,7 +32,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from diffode.schedule import Schedule
+from diffode.schedule import NoiseSchedule
 
 Sigma = float | Tensor
 """σ as a Python float, a 0-d float tensor, or a ``(batch,)`` tensor (one σ per sample)."""
@@ -50,6 +50,20 @@ class VectorField(Protocol):
     """Anything callable as ``f(sigma, x) -> dx/dsigma`` with the shape and dtype of ``x``."""
 
     def __call__(self, sigma: Sigma, x: Tensor, /) -> Tensor: ...
+
+
+class PredictingField(VectorField, Protocol):
+    """A field that also gives its denoised estimate: ``predict(σ, x̄) -> (f(σ, x̄), x̂₀)``, and
+    ``predict_x(σ, x)``, the same from the x-space state (the only reading at σ = ∞).
+
+    :func:`diffode.solve` hands every stepper its field in this form (a plain callable gets
+    x̂₀ = x̄ - σ f and cannot be read at σ = ∞), so the boundary steps of :mod:`diffode.boundary`
+    use a network's own x̂₀.
+    """
+
+    def predict(self, sigma: Sigma, x: Tensor, /) -> tuple[Tensor, Tensor]: ...
+
+    def predict_x(self, sigma: Sigma, x: Tensor, /) -> tuple[Tensor, Tensor]: ...
 
 
 def signal_and_noise(sigma: Sigma, like: Tensor) -> tuple[Coefficient, Coefficient]:
@@ -90,8 +104,8 @@ class ModelField(ABC):
     """Base class of the fields of a network: f(σ, x̄) = ε, with x̂₀ = x̄ - σε on request.
 
     A subclass says how its network is called (:meth:`_run`) and how the output becomes
-    (ε, x̂₀) (:meth:`_split`); this class counts evaluations in :attr:`nfe`, checks the output
-    shape and provides the three ways to read the field. Calls take σ as a Python float, a 0-d
+    (ε, x̂₀) (:meth:`_split`); this class checks the output shape and provides the three ways to
+    read the field (:func:`diffode.solve` counts the evaluations). Calls take σ as a Python float, a 0-d
     tensor or one σ per sample (``(batch,)``) and a state of shape ``(batch, ...)`` in any
     floating dtype; results have the state's shape and dtype.
     """
@@ -106,7 +120,6 @@ class ModelField(ABC):
         if not callable(model):
             raise TypeError(f"model must be callable as {self.call_convention}, got {type(model).__name__}")
         self.model = model
-        self.nfe = 0
 
     @abstractmethod
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
@@ -118,7 +131,6 @@ class ModelField(ABC):
 
     def _predict(self, sigma: Sigma, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
         out = self._run(sigma, x, alpha)
-        self.nfe += 1
         if not isinstance(out, Tensor) or out.shape != x.shape:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(
@@ -166,10 +178,12 @@ class ScheduleField(ModelField):
         schedule: the schedule the model was trained with.
     """
 
-    def __init__(self, model: Model, schedule: Schedule) -> None:
+    def __init__(self, model: Model, schedule: NoiseSchedule) -> None:
         super().__init__(model)
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be a diffode.Schedule, got {type(schedule).__name__}")
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(
+                f"schedule must be a diffode.Schedule or another NoiseSchedule, got {type(schedule).__name__}"
+            )
         if math.isinf(schedule.sigma_max) and not self.finite_at_infinity:
             raise ValueError(
                 f"schedule has zero terminal SNR (sigma_max = inf), where a {self.prediction} model "
@@ -193,7 +207,7 @@ class EpsField(ScheduleField):
 
     See :class:`ScheduleField` for ``model`` and ``schedule``. Calling the field with σ (a float,
     a 0-d tensor or one σ per sample, ``(batch,)``) and x̄ (``(batch, ...)``, any floating dtype)
-    returns ε with the shape and dtype of x̄. Every call is counted in :attr:`nfe`. A schedule
+    returns ε with the shape and dtype of x̄. A schedule
     with zero terminal SNR is refused: ε alone does not determine x̂₀ at σ = ∞.
     """
 
@@ -274,7 +288,7 @@ PREDICTIONS = tuple(_SCHEDULE_FIELDS)
 ``"score"``)."""
 
 
-def field_for(model: Model | ModelField, schedule: Schedule, prediction: str = "epsilon") -> ModelField:
+def field_for(model: Model | ModelField, schedule: NoiseSchedule, prediction: str = "epsilon") -> ModelField:
     """The field of ``model`` trained on ``schedule`` with the given ``prediction`` type.
 
     Args:
@@ -297,9 +311,7 @@ def field_for(model: Model | ModelField, schedule: Schedule, prediction: str = "
             f"prediction={prediction!r} contradicts the {type(model).__name__} passed as model, which "
             f"predicts {model.prediction!r}; leave prediction out when passing a field"
         )
-    if isinstance(model, ScheduleField) and not torch.equal(
-        model.schedule.alphas_cumprod, schedule.alphas_cumprod
-    ):
+    if isinstance(model, ScheduleField) and model.schedule != schedule:
         raise ValueError(
             f"the {type(model).__name__} was built on {model.schedule!r}, not on schedule={schedule!r}; "
             "build the field on the schedule you sample with"

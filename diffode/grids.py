@@ -9,12 +9,13 @@ Timestep spacings follow the DDIM reference code and diffusers (reference §6), 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffode.schedule import ContinuousVPSchedule, Schedule
+from diffode.schedule import NoiseSchedule, require_discrete
 from diffode.validation import check_sigma_grid, describe, require_int, require_positive
 
 TIMESTEP_SPACINGS = ("uniform", "leading", "quadratic", "trailing", "linspace", "karras")
@@ -22,7 +23,7 @@ TIMESTEP_SPACINGS = ("uniform", "leading", "quadratic", "trailing", "linspace", 
 GridSpec = str | Tensor
 
 
-def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -> Tensor:
+def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "uniform") -> Tensor:
     """Integer training timesteps for ``steps`` sampling steps, descending, int64 of shape ``(S,)``.
 
     Spacings (T = ``schedule.T``, S = ``steps``):
@@ -36,12 +37,11 @@ def spaced_timesteps(schedule: Schedule, steps: int, spacing: str = "uniform") -
     - ``"trailing"``: ``round(T - i T/S) - 1`` for i = 0 … S-1 (diffusers).
     - ``"linspace"``: ``round(linspace(0, T-1, S))`` (diffusers).
     """
-    if isinstance(schedule, ContinuousVPSchedule):
-        raise ValueError(
-            f"timesteps={spacing!r} needs a discrete schedule; for a continuous VP schedule pass "
-            "timesteps='karras' or an explicit float tensor of σ values"
-        )
-    T = schedule.T
+    T = require_discrete(
+        schedule,
+        f"timesteps={spacing!r} needs a discrete schedule; for a continuous VP schedule pass "
+        "timesteps='karras' or an explicit float tensor of σ values",
+    ).T
     require_int("steps", steps, low=1, high=T)
     if spacing in ("uniform", "leading"):
         ts = np.arange(steps, dtype=np.int64) * (T // steps)
@@ -74,22 +74,23 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho
 
 
-def sigmas_from_timesteps(schedule: Schedule, ts: Tensor) -> Tensor:
+def sigmas_from_timesteps(schedule: NoiseSchedule, ts: Tensor) -> Tensor:
     """σ grid (float64, ``(S+1,)``) for descending integer timesteps, with the final σ = 0 appended."""
     ts = check_timesteps(schedule, ts)
     zero = torch.zeros(1, dtype=torch.float64)
-    return torch.cat([schedule.sigmas[ts], zero])
+    return torch.cat([schedule.sigma(ts), zero])
 
 
-def check_timesteps(schedule: Schedule, ts: Tensor) -> Tensor:
+def check_timesteps(schedule: NoiseSchedule, ts: Tensor) -> Tensor:
     """Validate explicit integer timesteps: 1-D, strictly decreasing, each in 0 … T-1."""
-    if isinstance(schedule, ContinuousVPSchedule):
-        raise ValueError("integer timesteps need a discrete schedule; pass σ values as a float tensor")
+    T = require_discrete(
+        schedule, "integer timesteps need a discrete schedule; pass σ values as a float tensor"
+    ).T
     if ts.ndim != 1 or ts.numel() == 0:
         raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
     ts = ts.to("cpu", torch.int64)
-    if (ts < 0).any() or (ts > schedule.T - 1).any():
-        raise ValueError(f"timesteps must lie in 0 … {schedule.T - 1}, got {describe(ts)}")
+    if (ts < 0).any() or (ts > T - 1).any():
+        raise ValueError(f"timesteps must lie in 0 … {T - 1}, got {describe(ts)}")
     if ts.numel() > 1 and not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(
             f"timesteps must be strictly decreasing with no duplicates, got {describe(ts)}; "
@@ -98,24 +99,74 @@ def check_timesteps(schedule: Schedule, ts: Tensor) -> Tensor:
     return ts
 
 
+DEFAULT_STEPS = 50
+"""Steps of a fixed-step solver when none are given (at most T for a discrete schedule)."""
+
+Direction = Literal["sample", "encode"]
+
+
 def sigma_grid(
-    schedule: Schedule,
+    schedule: NoiseSchedule,
     steps: int | None = None,
     timesteps: GridSpec = "uniform",
     *,
     rho: float = 7.0,
+    adaptive: bool = False,
+    direction: Direction = "sample",
 ) -> Tensor:
-    """The decreasing σ grid for sampling, float64 ``(S+1,)``, ending with σ = 0.
+    """The σ grid of a sampling run or of the encoding that inverts it, float64.
+
+    The sampling grid decreases and ends with σ = 0: [σ_S > … > σ_1, 0] (σ_S may be ∞ for a
+    zero-terminal-SNR schedule). The encoding grid is the same grid run upwards,
+    [0, σ_1 < … < σ_S], and needs a finite σ_S.
 
     Args:
         schedule: the noise schedule.
-        steps: number of network-evaluating steps S; required for string spacings, must be
-            ``None`` or equal to the length of an explicit tensor.
+        steps: number of network-evaluating steps S; must be ``None`` or equal to the length of
+            an explicit tensor. ``None`` with a spacing name: :data:`DEFAULT_STEPS` (at most T),
+            or for an adaptive solver (``adaptive=True``) the grid [σ_max, σ_min, 0], whose
+            intervals the solver subdivides itself.
         timesteps: a spacing name (see :func:`spaced_timesteps`, plus ``"karras"``), a strictly
             decreasing integer tensor of training timesteps, or a strictly decreasing float
-            tensor of σ values (a trailing 0 is appended when absent).
+            tensor of σ values (a trailing 0 is appended when absent). Explicit tensors always
+            describe the sampling grid, also for ``direction="encode"``.
         rho: the Karras ρ.
+        adaptive: whether the grid is for an adaptive solver (only changes the default above).
+        direction: ``"sample"`` (decreasing) or ``"encode"`` (increasing).
     """
+    if direction not in ("sample", "encode"):
+        raise ValueError(f"direction must be 'sample' or 'encode', got {direction!r}")
+    increasing = (
+        isinstance(timesteps, Tensor) and timesteps.numel() > 1 and bool(timesteps[-1] > timesteps[0])
+    )
+    if direction == "encode" and increasing:
+        raise ValueError(
+            f"timesteps must describe the sampling grid, decreasing, got an increasing tensor "
+            f"{describe(timesteps)}; encoding runs the grid upwards itself, so pass timesteps.flip(0)"
+        )
+    if steps is None and isinstance(timesteps, str) and timesteps in TIMESTEP_SPACINGS:
+        if adaptive:
+            # with zero terminal SNR the x̂0 step out of σ = ∞ lands on the largest finite σ
+            top = [schedule.sigma_max, schedule.sigma_max_finite][: 1 + math.isinf(schedule.sigma_max)]
+            grid = torch.tensor([*top, schedule.sigma_min, 0.0], dtype=torch.float64)
+        else:
+            steps = min(DEFAULT_STEPS, require_discrete(schedule).T) if schedule.discrete else DEFAULT_STEPS
+            grid = _sampling_grid(schedule, steps, timesteps, rho)
+    else:
+        grid = _sampling_grid(schedule, steps, timesteps, rho)
+    if direction == "sample":
+        return grid
+    if math.isinf(float(grid[0])):
+        raise ValueError(
+            "the sampling grid starts at sigma = inf (zero terminal SNR), where latents are not "
+            "reachable by integrating upwards; use timesteps='uniform' (or 'leading') or a grid "
+            "that starts at a finite σ"
+        )
+    return grid.flip(0)
+
+
+def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSpec, rho: float) -> Tensor:
+    """The decreasing σ grid ending with 0 for ``steps`` steps of ``timesteps``."""
     if isinstance(timesteps, Tensor):
         if timesteps.ndim != 1 or timesteps.numel() == 0:
             raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(timesteps.shape)}")
@@ -138,13 +189,8 @@ def sigma_grid(
     if steps is None:
         raise ValueError(f"steps is required with timesteps={timesteps!r}; pass steps=S")
     if timesteps == "karras":
-        sig = karras_sigmas(schedule.sigma_min, _finite_sigma_max(schedule), steps, rho)
+        sig = karras_sigmas(schedule.sigma_min, schedule.sigma_max_finite, steps, rho)
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
     if timesteps not in TIMESTEP_SPACINGS:
         raise ValueError(f"timesteps must be one of {TIMESTEP_SPACINGS} or a tensor, got {timesteps!r}")
     return sigmas_from_timesteps(schedule, spaced_timesteps(schedule, steps, timesteps))
-
-
-def _finite_sigma_max(schedule: Schedule) -> float:
-    finite = schedule.sigmas[torch.isfinite(schedule.sigmas)]
-    return float(finite[-1])

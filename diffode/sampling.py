@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-import torch
 from torch import Tensor
 
 from diffode.field import Model, ModelField, field_for
 from diffode.grids import GridSpec, sigma_grid
-from diffode.schedule import Schedule
-from diffode.solve import Callback, Generator, StepInfo, solve
+from diffode.schedule import NoiseSchedule
+from diffode.solve import Callback, Generator, solve
 from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.registry import get_solver
 from diffode.validation import require_finite, require_floating, require_nonnegative
-
-DEFAULT_STEPS = 50
 
 
 def resolve_sampler(solver: str | Solver, eta: float) -> Solver:
@@ -33,50 +29,9 @@ def resolve_sampler(solver: str | Solver, eta: float) -> Solver:
     return get_solver(solver)
 
 
-def sampling_grid(schedule: Schedule, steps: int | None, timesteps: GridSpec, solver: Solver) -> Tensor:
-    """The σ grid ``sample`` follows: adaptive solvers default to [σ_max, σ_min, 0]; fixed-step
-    solvers to ``DEFAULT_STEPS`` (at most T) steps of the named spacing."""
-    if steps is None and isinstance(timesteps, str):
-        if solver.adaptive:
-            # with zero terminal SNR the x̂0 step out of σ = ∞ lands on the largest finite σ
-            top = schedule.sigmas[-2:].flip(0) if math.isinf(schedule.sigma_max) else schedule.sigmas[-1:]
-            return torch.cat([top, torch.tensor([schedule.sigma_min, 0.0], dtype=torch.float64)])
-        steps = min(DEFAULT_STEPS, schedule.T) if schedule.T else DEFAULT_STEPS
-    return sigma_grid(schedule, steps, timesteps)
-
-
-def _leave_infinity(
-    field: ModelField, noise: Tensor, grid: Tensor, stepper: Solver, callback: Callback | None
-) -> tuple[Tensor, Tensor, Callback | None]:
-    """The first step of a grid that starts at σ = ∞ (zero terminal SNR), reference §7.
-
-    x̄ is infinite at σ = ∞, so the step is taken from x = ``noise``: the model's x̂0 and ε there
-    give x̄₁ = x̂0 + σ₁ ε, the DDIM update (the Euler step in its x̂0 form). Returns x̄ at σ₁, the
-    rest of the grid, and a callback that reports this step and numbers the later ones after it.
-    """
-    if stepper.stochastic:
-        raise ValueError(
-            f"solver {stepper!r} is stochastic, but the first step out of sigma = inf (zero terminal SNR) "
-            "is taken deterministically; use eta=0 or a deterministic solver, or start the grid at a "
-            "finite σ (for example timesteps='leading')"
-        )
-    s1 = float(grid[1])
-    eps, x0 = field.predict_x(math.inf, noise)
-    xbar = x0 + s1 * eps
-    if callback is None:
-        return xbar, grid[1:], None
-    callback(StepInfo(0, math.inf, s1, xbar, 1))
-    outer = callback
-
-    def shifted(info: StepInfo) -> None:
-        outer(dataclasses.replace(info, index=info.index + 1, nfe=info.nfe + 1))
-
-    return xbar, grid[1:], shifted
-
-
 def sample(
     model: Model | ModelField,
-    schedule: Schedule,
+    schedule: NoiseSchedule,
     noise: Tensor,
     *,
     steps: int | None = None,
@@ -118,12 +73,10 @@ def sample(
     """
     noise = require_finite("noise", require_floating("noise", noise))
     stepper = resolve_sampler(solver, eta)
-    grid = sampling_grid(schedule, steps, timesteps, stepper)
+    grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive)
     field = field_for(model, schedule, prediction)
     s_start, s_end = float(grid[0]), float(grid[-1])
-    if math.isinf(s_start):
-        xbar, grid, callback = _leave_infinity(field, noise, grid, stepper, callback)
-    else:
-        xbar = noise * math.sqrt(1.0 + s_start * s_start)
+    # at σ = ∞ x̄ is infinite: solve starts from the x-space noise there
+    xbar = noise if math.isinf(s_start) else noise * math.sqrt(1.0 + s_start * s_start)
     out = solve(field, xbar, grid, stepper, generator=generator, callback=callback, progress=progress)
     return out.x / math.sqrt(1.0 + s_end * s_end)

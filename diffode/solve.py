@@ -1,22 +1,24 @@
 """``solve``: the one integration loop of diffode.
 
 Every front door (sampling, encoding, studies, the CLI) and every fixed-step or adaptive solver
-runs through this loop. It validates its inputs once, walks the σ grid, takes the step into
-σ = 0 itself (first order, x̄ → x̂₀, so the field is never evaluated at σ = 0), counts evaluations and
-reports through a typed callback.
+runs through this loop. It validates its inputs once, walks the σ grid, takes the steps at the
+ends of the σ axis through :mod:`diffode.boundary` (into σ = 0, out of σ = 0, out of σ = ∞, so
+the field is never evaluated at σ = 0), counts evaluations and reports through a typed callback.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-
-from diffode.field import Sigma
 from tqdm import tqdm
-from diffode.solvers.base import Solver, step_to_zero
+
+from diffode import boundary
+from diffode.field import ModelField, Sigma
+from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
 from diffode.validation import check_sigma_grid, require_finite, require_floating
 
@@ -27,13 +29,16 @@ Generator = torch.Generator | list[torch.Generator] | None
 class StepInfo:
     """What a callback sees after each step: step ``index`` took the state from σ = ``sigma`` to
     σ = ``sigma_next``; ``x`` is the new state (x̄ on the DDIM ODE, caller's dtype); ``nfe`` the
-    evaluations so far."""
+    evaluations so far; ``denoised`` the field's x̂₀ at the step's start (shape and dtype of
+    ``x``), or ``None`` for a plain callable field and for steps that made no evaluation at
+    their start (per-sample adaptive control, a reversible solver's given companion)."""
 
     index: int
     sigma: float
     sigma_next: float
     x: Tensor
     nfe: int
+    denoised: Tensor | None = None
 
 
 Callback = Callable[[StepInfo], None]
@@ -59,17 +64,28 @@ class Solution:
 
 
 class _Counted:
-    """Wraps ``f`` to count its evaluations for this solve alone: the one evaluation counter of
-    diffode. It enforces the solver's ``max_nfe`` budget (adaptive solvers), raising ``ValueError``
-    on the evaluation past it."""
+    """The field as steppers see it in one solve (a :class:`~diffode.field.PredictingField`).
 
-    def __init__(self, f: Callable[[Sigma, Tensor], Tensor], solver: Solver) -> None:
+    It is diffode's one evaluation counter, enforces the solver's ``max_nfe`` budget, checks that
+    a plain callable returns the state's shape and dtype, and, when a callback listens, keeps the
+    x̂₀ of the evaluation at each step's start for :attr:`StepInfo.denoised`.
+    """
+
+    def __init__(self, f: Callable[[Sigma, Tensor], Tensor], solver: Solver, watch: bool) -> None:
         self.f = f
-        self.nfe = 0
+        self.model = f if isinstance(f, ModelField) else None
         self.solver = solver
         self.limit = solver.max_nfe
+        self.nfe = 0
+        self.watch = watch and self.model is not None
+        # x̂₀ bookkeeping for the callback: the newest evaluation at a scalar σ, and the first one
+        # at the current step's start
+        self._last: tuple[float, Tensor] | None = None
+        self._start = math.nan
+        self._fresh: Tensor | None = None
+        self._carried: Tensor | None = None
 
-    def __call__(self, sigma: Sigma, x: Tensor) -> Tensor:
+    def _count(self, sigma: Sigma) -> None:
         if self.limit is not None and self.nfe >= self.limit:
             where = sigma if isinstance(sigma, float) else float(torch.as_tensor(sigma).max())
             raise ValueError(
@@ -77,12 +93,59 @@ class _Counted:
                 f"the grid (next evaluation at σ = {where:.6g}); loosen rtol/atol or raise max_nfe"
             )
         self.nfe += 1
-        return self.f(sigma, x)
 
-    def denoised(self, sigma: float, x: Tensor) -> Tensor:
-        """The step into σ = 0 (:func:`~diffode.solvers.base.step_to_zero`), counted once."""
-        self.nfe += 1
-        return step_to_zero(self.f, sigma, x)
+    def _plain(self, sigma: Sigma, x: Tensor) -> Tensor:
+        out = self.f(sigma, x)
+        if not isinstance(out, Tensor) or out.shape != x.shape or out.dtype != x.dtype:
+            got = (
+                f"shape {tuple(out.shape)}, dtype {out.dtype}"
+                if isinstance(out, Tensor)
+                else type(out).__name__
+            )
+            raise ValueError(
+                f"the field must return dx/dσ with the state's shape {tuple(x.shape)} and dtype {x.dtype}, "
+                f"got {got}; return one value per state element (cast with .to(x.dtype))"
+            )
+        return out
+
+    def __call__(self, sigma: Sigma, x: Tensor) -> Tensor:
+        if self.model is None:
+            self._count(sigma)
+            return self._plain(sigma, x)
+        return self.predict(sigma, x)[0]
+
+    def predict(self, sigma: Sigma, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._count(sigma)
+        if self.model is None:
+            value = self._plain(sigma, x)
+            scale = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x) if isinstance(sigma, Tensor) else sigma
+            return value, x - scale * value
+        value, x0 = self.model.predict(sigma, x)
+        if self.watch and isinstance(sigma, float):
+            if sigma == self._start and self._fresh is None:
+                self._fresh = x0
+            self._last = (sigma, x0)
+        return value, x0
+
+    def predict_x(self, sigma: Sigma, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.model is None:
+            raise ValueError(
+                "a grid that starts at sigma = inf needs a network field that can be read there "
+                "(diffode.field_for(model, schedule, 'v_prediction' or 'sample')), got a plain callable"
+            )
+        self._count(sigma)
+        return self.model.predict_x(sigma, x)
+
+    def begin(self, sigma: float) -> None:
+        """A step starts at ``sigma``: an FSAL solver may not evaluate there, so the newest
+        evaluation at that σ (the end of the previous step) is carried as its x̂₀."""
+        self._start, self._fresh = sigma, None
+        last = self._last
+        self._carried = last[1] if last is not None and last[0] == sigma else None
+
+    def denoised(self) -> Tensor | None:
+        """x̂₀ at the current step's start, if the field gives one and it was evaluated there."""
+        return self._fresh if self._fresh is not None else self._carried
 
 
 def solve(
@@ -98,14 +161,21 @@ def solve(
 ) -> Solution:
     """Integrate ``dx/dσ = f(σ, x)`` along the σ grid ``sigmas``.
 
+    ``solve`` builds whatever autograd graph ``f`` and ``x`` call for: gradients flow through it
+    (the front doors ``sample``/``encode``/``decode`` switch that off unless asked).
+
     Args:
         f: any callable ``f(sigma, x)`` returning a tensor shaped like ``x``; σ arrives as a
             Python float (or a ``(batch,)`` float64 tensor from per-sample adaptive solvers).
         x: the state at ``sigmas[0]``, a floating tensor of shape ``(batch, ...)``; its dtype
             and device are kept throughout.
         sigmas: strictly monotone σ grid (converted to float64): decreasing to sample, increasing
-            to encode. A step into σ = 0 is taken as x̄ - σ f(σ, x̄) (first order), so ``f`` is
-            never evaluated at σ = 0; an increasing grid must start above 0.
+            to encode. The steps at the ends of the σ axis are :mod:`diffode.boundary`'s, so ``f``
+            is never evaluated at σ = 0: a decreasing grid ending at 0 ends with the step x̄ → x̂₀;
+            an increasing grid starting at 0 starts with the solver's
+            :meth:`~diffode.solvers.Solver.leave_zero` (x is then the data); a decreasing grid
+            starting at σ = ∞ (zero terminal SNR) starts from x-space noise ``x`` through the
+            network's x̂₀ (a field that supports ``predict_x``, and a deterministic solver).
         solver: a :class:`~diffode.solvers.Solver` or its name (see ``diffode.solvers.solver_names()``).
         generator: randomness for stochastic solvers: a ``torch.Generator`` or one per sample.
         callback: called with a :class:`StepInfo` after every step.
@@ -121,28 +191,34 @@ def solve(
         raise ValueError("x must have a leading batch dimension, got a 0-d tensor")
     grid = check_sigma_grid(sigmas)
     stepper = get_solver(solver)
-    if grid.numel() > 1 and grid[1] > grid[0] and grid[0] == 0:
-        raise ValueError(
-            "sigmas starts at 0 and increases, which would evaluate f at σ = 0; start the encoding "
-            "grid at a positive σ such as schedule.sigma_min"
-        )
-    counted = _Counted(f, stepper)
-    state = stepper.init(counted, grid, x, generator)
     values = grid.tolist()
+    if math.isinf(values[0]) and stepper.stochastic:
+        raise ValueError(
+            f"solver {stepper!r} is stochastic, but the first step out of sigma = inf (zero terminal SNR) "
+            "is taken deterministically; use eta=0 or a deterministic solver, or start the grid at a "
+            "finite σ (for example timesteps='leading')"
+        )
+    counted = _Counted(f, stepper, watch=callback is not None)
+    state = stepper.init(counted, grid, x, generator)
     saved = [x] if save else []
     finite_flags: list[Tensor] = []
     n_steps = len(values) - 1
     for i in tqdm(range(n_steps), desc=stepper.name or "solve", disable=not progress):
         s0, s1 = values[i], values[i + 1]
-        if s1 == 0.0:
-            x = step_to_zero(counted, s0, x)
+        counted.begin(s0)
+        if math.isinf(s0):
+            x = boundary.out_of_infinity(counted, s1, x)
+        elif s1 == 0.0:
+            x = boundary.into_zero(counted, s0, x)
+        elif s0 == 0.0:
+            x, state = stepper.leave_zero(counted, s1, x, state)
         else:
             x, state = stepper.step(counted, s0, s1, x, state)
         finite_flags.append(torch.isfinite(x).all())
         if save:
             saved.append(x)
         if callback is not None:
-            callback(StepInfo(i, s0, s1, x, counted.nfe))
+            callback(StepInfo(i, s0, s1, x, counted.nfe, counted.denoised()))
     if finite_flags:
         flags = torch.stack(finite_flags).cpu()
         if not bool(flags.all()):

@@ -22,6 +22,21 @@ def test_solve_serves_any_ode_and_runs_in_both_directions():
     torch.testing.assert_close(back.x, x0 * 0.9**10, rtol=1e-13, atol=0)
 
 
+def test_an_increasing_grid_leaves_zero_without_evaluating_there():
+    # the first step of [0, σ1, …] is the explicit lift x̄1 = x0 + σ1 f(σ1, x0), then the solver
+    seen = []
+
+    def f(s, x):
+        seen.append(s)
+        return -x
+
+    x0 = torch.ones(1, 2, dtype=torch.float64)
+    out = solve(f, x0, torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64), "euler")
+    assert seen == [0.5, 0.5] and out.nfe == 2
+    lifted = x0 * (1 - 0.5)
+    torch.testing.assert_close(out.x, lifted * (1 - 1.0), rtol=0, atol=0)
+
+
 def test_final_step_never_evaluates_at_zero(linear):
     seen = []
 
@@ -53,7 +68,28 @@ def test_callback_and_saved_states(linear):
         and torch.equal(out.xs[-1], out.x)
         and torch.equal(infos[1].x, out.xs[2])
     )
-    assert field.nfe == 3 and out.nfe == 3
+    assert out.nfe == 3
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp-2m", "bosh3", "dopri5"])
+def test_callback_sees_the_denoised_estimate_at_each_step_start(linear, solver):
+    # StepInfo.denoised is the field's own x̂0 at (σ_i, x_i): from the step's first evaluation, or
+    # carried over from the previous step's last one when an FSAL solver evaluates nothing there
+    field = EpsField(wavy_model(), linear)
+    infos: list[StepInfo] = []
+    noise = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grid = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    out = solve(field, noise, grid, solver, callback=infos.append, save=True)
+    assert out.xs is not None
+    for info, start in zip(infos, out.xs[:-1], strict=True):
+        assert info.denoised is not None
+        torch.testing.assert_close(info.denoised, field.denoised(info.sigma, start), rtol=1e-12, atol=1e-12)
+
+
+def test_callback_denoised_is_none_for_a_plain_callable():
+    infos: list[StepInfo] = []
+    solve(lambda s, x: -x, torch.ones(1, 2), torch.tensor([2.0, 1.0, 0.0]), callback=infos.append)
+    assert [i.denoised for i in infos] == [None, None]
 
 
 def test_state_keeps_dtype_and_float64_grid(linear):

@@ -5,10 +5,18 @@ A solver advances the state over one interval of the σ grid:
 1. ``init(f, sigmas, x, generator)`` is called once per solve and returns the solver's state
    (multistep history, adaptive step size, random generator; ``None`` when there is none).
 2. ``step(f, s0, s1, x, state) -> (x, state)`` advances x from σ = s0 to σ = s1 (Python floats,
-   s1 > 0, either direction). It may call ``f`` several times and may take internal sub-steps
-   (adaptive solvers) but never evaluates ``f`` at σ = 0.
-3. ``order`` and ``evals_per_step`` are declared facts, checked by the test suite.
-4. ``stats(state)`` reports solver counters (accepted and rejected steps) at the end.
+   both positive and finite, either direction). It may call ``f`` several times and may take
+   internal sub-steps (adaptive solvers) but never evaluates ``f`` at σ = 0. The x it receives is
+   the x its previous step returned.
+3. ``leave_zero(f, s1, x, state)`` takes the first step of an encoding grid, from the data at
+   σ = 0 up to s1; by default the explicit :func:`diffode.boundary.out_of_zero`. The steps into
+   σ = 0 and out of σ = ∞ are :func:`diffode.solve`'s own (:mod:`diffode.boundary`).
+4. ``order`` and ``evals_per_step`` are declared facts, checked by the test suite; ``max_nfe``
+   (``None``: unlimited) is the evaluation budget that ``solve`` enforces.
+5. ``stats(state)`` reports solver counters (accepted and rejected steps) at the end.
+
+``f`` is the field as :func:`diffode.solve` hands it over (a
+:class:`~diffode.field.PredictingField`, counted).
 
 Solvers are small stateless objects: one instance can serve many solves at once.
 """
@@ -21,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffode.field import VectorField
+from diffode.boundary import out_of_zero
+from diffode.field import PredictingField, VectorField
 
 
 class Solver(ABC):
@@ -32,6 +41,8 @@ class Solver(ABC):
     evals_per_step: int = 1
     adaptive: bool = False
     stochastic: bool = False
+    reversible: bool = False
+    """Whether the step is algebraically its own inverse when run on the reversed grid (BDIA)."""
     max_nfe: int | None = None
     """Evaluation budget of a whole solve (``None``: unlimited); :func:`diffode.solve` counts the
     evaluations and raises ``ValueError`` on the one past the budget."""
@@ -43,6 +54,12 @@ class Solver(ABC):
     @abstractmethod
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         """Advance ``x`` from σ = ``s0`` to σ = ``s1``; return the new state and solver state."""
+
+    def leave_zero(self, f: PredictingField, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """The first step of an increasing grid [0, s1, …]: from the data ``x`` at σ = 0 to
+        x̄ at ``s1``. Default: the explicit lift of :func:`diffode.boundary.out_of_zero` (one
+        evaluation); solvers that invert sampling exactly override it."""
+        return out_of_zero(f, s1, x), state
 
     def stats(self, state: Any) -> dict[str, int]:
         """Counters to report in :class:`~diffode.solve.Solution` (empty for fixed-step solvers)."""
@@ -64,17 +81,6 @@ class Euler(Solver):
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         return x + (s1 - s0) * f(s0, x), state
-
-
-def step_to_zero(f: VectorField, sigma: float, x: Tensor) -> Tensor:
-    """The first-order step from σ = ``sigma`` into σ = 0: x̂₀ = x̄ - σ f(σ, x̄), evaluating f at
-    ``sigma`` only. A network field returns its own x̂₀ (``f.denoised``): for x̂₀-, v- and EDM
-    models that avoids the cancellation in x̄ - σε, and for ε-models it is the reference code's
-    x̂₀ = (x - √(1-ᾱ) ε)/√ᾱ."""
-    denoised = getattr(f, "denoised", None)
-    if callable(denoised):
-        return denoised(sigma, x)
-    return x - sigma * f(sigma, x)
 
 
 def gaussian_noise(x: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:

@@ -8,7 +8,8 @@ Two ways to undo sampling steps, both usable as solvers on an increasing σ grid
 - :class:`InverseOf` inverts any deterministic single-step solver (Euler/DDIM, Heun, Midpoint,
   RK4, …) step by step: each step's implicit equation is solved by Anderson-accelerated
   fixed-point iteration to a tolerance, so decoding with that solver on the same grid
-  reproduces the input to that tolerance.
+  reproduces the input to that tolerance. Wrapping a reversible solver, it only inverts the
+  step out of σ = 0.
 
 :func:`diffode.encode` (``method="exact"``) uses both; they are ordinary solvers of
 :func:`diffode.solve` as well.
@@ -17,15 +18,15 @@ Two ways to undo sampling steps, both usable as solvers on an increasing σ grid
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from diffode.field import VectorField
-from diffode.solvers.base import Solver, step_to_zero
+from diffode.boundary import invert_into_zero
+from diffode.field import PredictingField, VectorField
+from diffode.fixed_point import default_tolerance, solve_fixed_point
+from diffode.solvers.base import Solver
 from diffode.validation import describe, require_floating, require_int, require_nonnegative, require_positive
 
 
@@ -74,6 +75,7 @@ class BDIA(Solver):
     name = "bdia"
     order = 2
     evals_per_step = 1
+    reversible = True
 
     def __init__(self, sigma_data: float = 0.5, companion: Tensor | None = None) -> None:
         self.sigma_data = require_nonnegative("sigma_data", sigma_data)
@@ -110,109 +112,9 @@ class BDIA(Solver):
         return f"BDIA(sigma_data={self.sigma_data}{companion})"
 
 
-def default_tolerance(dtype: torch.dtype) -> float:
-    """The fixed-point tolerance used when none is given: 4 units of round-off of ``dtype``
-    (4.8e-7 in float32), but 1e-12 in float64.
-
-    Converged iterations reach 4 ulps on the oracles and random networks of the test suite
-    (below about 2 the residual's own round-off stalls the iteration). A real network's float64
-    evaluation carries more round-off than that: the bundled digits UNet stalls at a residual of
-    about 4e-14 (180 ulps), so float64 gets a fixed 1e-12, still far below any sampling error."""
-    if dtype == torch.float64:
-        return 1e-12
-    return 4 * torch.finfo(dtype).eps
-
-
-def _anderson_correction(dy: list[Tensor], dg: list[Tensor], g: Tensor, beta: Tensor) -> Tensor:
-    """Anderson's correction (ΔY + βΔG)γ with γ = argmin ‖g - ΔG γ‖ per sample (type II).
-
-    The small least-squares problems are solved through their normal equations in float64 with
-    a relative ridge; a sample whose history was cleared has zero columns and gets γ = 0.
-    """
-    big_y = torch.stack(dy, -1).to(torch.float64)
-    big_g = torch.stack(dg, -1).to(torch.float64)
-    gram = big_g.mT @ big_g
-    ridge = 1e-12 * gram.diagonal(dim1=-2, dim2=-1).sum(-1) + torch.finfo(torch.float64).tiny
-    eye = torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
-    gamma = torch.linalg.solve(gram + ridge[:, None, None] * eye, big_g.mT @ g.to(torch.float64)[..., None])
-    return ((big_y + beta[:, None, None] * big_g) @ gamma)[..., 0].to(g.dtype)
-
-
-def solve_fixed_point(
-    forward: Callable[[Tensor], Tensor],
-    target: Tensor,
-    guess: Tensor,
-    *,
-    tol: float,
-    max_iter: int,
-    memory: int = 3,
-) -> tuple[Tensor, int, Tensor]:
-    """Solve ``forward(y) = target`` for y, per sample, by safeguarded Anderson acceleration.
-
-    The underlying iteration is y ← y + β (target - forward(y)), which converges when the map
-    ``forward`` is close to the identity (a sampling step with a small step size). Anderson
-    acceleration (type II, Walker & Ni 2011) with the last ``memory`` differences turns a near
-    linear problem into a few iterations. Safeguard: a sample whose new residual is not finite
-    or exceeds 4 times the best it has reached keeps its previous iterate, forgets its history
-    and halves its β; otherwise the step is taken and β doubles back up to 1. (Requiring a
-    decrease at every iteration stalls on the Gaussian-mixture oracle, where the residual of a
-    converging iteration is not monotone.) Each iteration evaluates ``forward`` once and
-    synchronises with the device to test convergence.
-
-    Args:
-        forward: the map to invert, applied to a batch of shape ``target.shape``.
-        target: the right-hand side, shape ``(batch, ...)``.
-        guess: the starting iterate, shape of ``target``.
-        tol: convergence when every sample's residual (see below) is at most ``tol``.
-        max_iter: iterations allowed after the first evaluation.
-        memory: Anderson history length; 0 gives the damped plain iteration.
-
-    Returns:
-        (y, iterations, residual): the last accepted iterate, the iterations made, and each
-        sample's residual ‖target - forward(y)‖∞ / max(1, ‖target‖∞, ‖guess‖∞) as float64
-        ``(batch,)``: absolute for small states, relative to the magnitudes the step works with for
-        large ones (the guess stands for y, whose own size must not excuse a runaway iterate).
-        Convergence is not asserted here: compare ``residual`` with ``tol``.
-    """
-    shape, batch = target.shape, target.shape[0]
-    flat_target = target.reshape(batch, -1)
-    y = guess.reshape(batch, -1)
-    scale = torch.maximum(flat_target.abs().amax(1), y.abs().amax(1)).clamp(min=1.0).to(torch.float64)
-
-    def evaluate(y: Tensor) -> tuple[Tensor, Tensor]:
-        g = flat_target - forward(y.reshape(shape)).reshape(batch, -1)
-        return g, g.abs().amax(1).to(torch.float64) / scale
-
-    g, res = evaluate(y)
-    best = res
-    beta = torch.ones(batch, dtype=torch.float64, device=target.device)
-    dy: list[Tensor] = []
-    dg: list[Tensor] = []
-    iterations = 0
-    while iterations < max_iter and not bool((res <= tol).all()):
-        iterations += 1
-        y_new = y + beta[:, None].to(y.dtype) * g
-        if dy:
-            y_new = y_new - _anderson_correction(dy, dg, g, beta)
-        g_new, res_new = evaluate(y_new)
-        accept = res_new < 4 * best  # False where the new residual is NaN
-        keep = accept[:, None]
-        zero = torch.zeros((), dtype=y.dtype, device=y.device)
-        if memory > 0:
-            start = max(0, len(dy) + 1 - memory)
-            dy = [torch.where(keep, d, zero) for d in dy[start:]] + [torch.where(keep, y_new - y, zero)]
-            dg = [torch.where(keep, d, zero) for d in dg[start:]] + [torch.where(keep, g_new - g, zero)]
-        y = torch.where(keep, y_new, y)
-        g = torch.where(keep, g_new, g)
-        res = torch.where(accept, res_new, res)
-        best = torch.minimum(best, res)
-        beta = torch.where(accept, (2 * beta).clamp(max=1.0), 0.5 * beta)
-    return y.reshape(shape), iterations, res
-
-
 @dataclass
 class _InverseRun:
-    """Per-solve state of :class:`InverseOf`: the inner solver's (empty) state and counters."""
+    """Per-solve state of :class:`InverseOf`: the inner solver's state and counters."""
 
     inner: Any
     iterations: int = 0
@@ -224,32 +126,35 @@ def _is_empty(state: Any) -> bool:
 
 
 class InverseOf(Solver):
-    """The exact inverse of a deterministic single-step solver. Order: that of ``solver``;
-    per step 1 evaluation for the starting guess plus ``solver.evals_per_step`` per iteration.
+    """The exact inverse of sampling with a deterministic single-step or reversible solver.
+    Order: that of ``solver``; per step 1 evaluation for the starting guess plus
+    ``solver.evals_per_step`` per iteration (a reversible solver: its own evaluations, no
+    iteration).
 
     On an increasing σ grid, the step from s0 up to s1 returns the y that the wrapped solver's
     step from s1 down to s0 maps onto the given state: ``solver.step(f, s1, s0, y) = x``. Run
-    on the reversed sampling grid it undoes sampling step by step, so decoding the result with
-    ``solver`` on the same grid reproduces the input to the tolerance (plus the round-off of the
-    decoding itself). With s0 = 0 it inverts the step into σ = 0 that :func:`diffode.solve`
-    takes itself, x̂₀ = y - s1 f(s1, y), whatever the wrapped solver (``solve`` never passes
-    s0 = 0; :func:`diffode.encode` calls that step directly).
+    on the reversed sampling grid [0, σ₁, …, σ_S] it undoes sampling step by step, so decoding
+    the result with ``solver`` on the same grid reproduces the input to the tolerance (plus the
+    round-off of the decoding itself). Its first step, out of σ = 0, inverts the step into σ = 0
+    that :func:`diffode.solve` takes itself (:func:`diffode.boundary.invert_into_zero`), whatever
+    the wrapped solver. An algebraically reversible solver (``solver.reversible``, e.g.
+    :class:`BDIA`) is its own inverse: its steps are taken as they are, upwards.
 
-    Each implicit equation is solved by :func:`solve_fixed_point`, starting from the reverse
-    Euler step y₀ = x + (s1 - s0) f(s0, x) (or y₀ = x when s0 = 0). The iteration converges when
-    the sampling step is a small perturbation of the identity: for Euler its contraction factor
-    is (s1 - s0)‖∂f/∂x̄‖, so fine grids converge in a few iterations and coarse steps through
+    Each implicit equation is solved by :func:`~diffode.fixed_point.solve_fixed_point`, starting
+    from the reverse Euler step y₀ = x + (s1 - s0) f(s0, x). The iteration converges when the
+    sampling step is a small perturbation of the identity: for Euler its contraction factor is
+    (s1 - s0)‖∂f/∂x̄‖, so fine grids converge in a few iterations and coarse steps through
     strongly curved regions may not converge at all. Non-convergence raises ``ValueError``
     naming the step and the residual, never returns silently. Testing convergence synchronises
     with the device once per iteration.
 
     Args:
         solver: a deterministic single-step :class:`Solver` (Euler, DDIM with η = 0, any
-            Runge–Kutta method, singlestep DPM-Solver++). Multistep solvers (their state carries
-            history), adaptive and stochastic ones are refused; :class:`BDIA` is inverted
-            algebraically by running it on the reversed grid instead.
+            Runge–Kutta method, singlestep DPM-Solver++) or a reversible one (:class:`BDIA`).
+            Multistep solvers (their state carries history), adaptive and stochastic ones are
+            refused.
         tol: per-sample tolerance on ‖solver.step(y) - x‖∞ / max(1, ‖x‖∞, ‖y₀‖∞) (y₀ the guess);
-            ``None`` uses :func:`default_tolerance` of the state's dtype.
+            ``None`` uses :func:`~diffode.fixed_point.default_tolerance` of the state's dtype.
         max_iter: fixed-point iterations allowed per step.
         memory: Anderson history length (0: plain damped iteration).
     """
@@ -274,17 +179,15 @@ class InverseOf(Solver):
                 f"{solver!r} is adaptive: its steps depend on its error control, so a step cannot be "
                 "inverted on its own; encode with method='reverse', or invert a fixed-step solver"
             )
-        if isinstance(solver, (BDIA, InverseOf)):
-            raise ValueError(
-                f"{solver!r} is reversible already: run it on the reversed grid instead of wrapping it"
-            )
+        if isinstance(solver, InverseOf):
+            raise ValueError(f"{solver!r} is an inverse already; invert the sampler itself")
         self.solver = solver
         self.tol = None if tol is None else require_positive("tol", tol)
         self.max_iter = require_int("max_iter", max_iter, low=1)
         self.memory = require_int("memory", memory, low=0)
         self.order = solver.order
-        # per fixed-point iteration; a step costs 1 + evals_per_step × iterations (``stats``-free:
-        # the iteration count is data-dependent, so NFE is only known after the solve)
+        # per fixed-point iteration; a step costs 1 + evals_per_step × iterations (the iteration
+        # count is data-dependent, so NFE is only known after the solve)
         self.evals_per_step = solver.evals_per_step
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _InverseRun:
@@ -293,32 +196,44 @@ class InverseOf(Solver):
                 f"{self!r} undoes sampling steps and runs on an increasing σ grid, got the decreasing "
                 f"grid {describe(sigmas)}; pass the sampling grid reversed (sigmas.flip(0))"
             )
+        if self.solver.reversible:
+            return _InverseRun(self.solver.init(f, sigmas, x, None))
         inner = self.solver.init(f, sigmas.flip(0), x, None)
         self._require_single_step(inner)
         return _InverseRun(inner)
 
-    def sampling_step(
-        self, f: VectorField, s_from: float, s_to: float, y: Tensor, run: _InverseRun
-    ) -> Tensor:
-        """The sampling step being inverted, from σ = ``s_from`` down to ``s_to`` (0: solve's own
-        final step)."""
-        if s_to == 0.0:
-            return step_to_zero(f, s_from, y)
-        out, after = self.solver.step(f, s_from, s_to, y, run.inner)
-        self._require_single_step(after)
-        return out
+    def leave_zero(self, f: PredictingField, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
+        tol = self._tolerance(x)
+        y, iterations, residual = invert_into_zero(
+            f, s1, x, tol=tol, max_iter=self.max_iter, memory=self.memory
+        )
+        self._check(state, 0.0, s1, tol, iterations, residual)
+        return y, state
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
-        guess = x + (s1 - s0) * f(s0, x) if s0 > 0 else x
-        tol = self.tol if self.tol is not None else default_tolerance(x.dtype)
+        if self.solver.reversible:
+            y, state.inner = self.solver.step(f, s0, s1, x, state.inner)
+            return y, state
+
+        def sampling_step(y: Tensor) -> Tensor:
+            out, after = self.solver.step(f, s1, s0, y, state.inner)
+            self._require_single_step(after)
+            return out
+
+        tol = self._tolerance(x)
         y, iterations, residual = solve_fixed_point(
-            lambda y: self.sampling_step(f, s1, s0, y, state),
-            x,
-            guess,
-            tol=tol,
-            max_iter=self.max_iter,
-            memory=self.memory,
+            sampling_step, x, x + (s1 - s0) * f(s0, x), tol=tol, max_iter=self.max_iter, memory=self.memory
         )
+        self._check(state, s0, s1, tol, iterations, residual)
+        return y, state
+
+    def _tolerance(self, x: Tensor) -> float:
+        return self.tol if self.tol is not None else default_tolerance(x.dtype)
+
+    def _check(
+        self, state: _InverseRun, s0: float, s1: float, tol: float, iterations: int, residual: Tensor
+    ) -> None:
+        """Record the iterations of the step σ ``s0`` → ``s1``; raise if a sample missed ``tol``."""
         state.iterations += iterations
         state.max_iterations = max(state.max_iterations, iterations)
         if not bool((residual <= tol).all()):
@@ -329,7 +244,6 @@ class InverseOf(Solver):
                 "iterations; take more (smaller) steps, raise max_iter, loosen tol, or encode with "
                 "method='reverse'"
             )
-        return y, state
 
     def stats(self, state: _InverseRun) -> dict[str, int]:
         return {"iterations": state.iterations, "max_iterations": state.max_iterations}
