@@ -1,25 +1,34 @@
 """Checkpoints: a folder with ``model.safetensors`` (weights) and ``config.json`` (everything else).
 
-``config.json`` names the architecture and its constructor arguments, the noise schedule, and
-how the weights were made (dataset, seed, steps, the exact command). Loading rebuilds the model
-from that description and fills in the weights from the safetensors file; nothing is ever
-unpickled, so a checkpoint from an untrusted source cannot run code. Files in pickle-based
-formats (``torch.save``, ``.pt``, ``.ckpt``, ``.bin``) are refused with a clear error.
+``config.json`` names the architecture and its constructor arguments, the noise schedule, what
+the network predicts, and how the weights were made (dataset, seed, steps, the exact command).
+Loading rebuilds the model from that description and fills in the weights from the safetensors
+file; nothing is ever unpickled, so a checkpoint from an untrusted source cannot run code. Files
+in pickle-based formats (``torch.save``, ``.pt``, ``.ckpt``, ``.bin``) are refused with a clear
+error. A training run adds ``training_state.safetensors`` (see :class:`TrainingState`).
+
+Every file is written through :func:`diffode.atomic.atomic_write` (a temporary file in its folder,
+renamed into place), so a crash or a full disk never leaves a half-written file where a good one
+was.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 
+from diffode.atomic import atomic_write
+from diffode.field import PREDICTIONS
 from diffode.models import architecture_name, build_model
 from diffode.schedule import Schedule
 
@@ -27,15 +36,19 @@ FORMAT = "diffode-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+TRAINING_STATE = "training_state.safetensors"
+_STATE_KEY = "diffode_training_state"
 _SCHEDULES = {"linear": Schedule.linear, "scaled_linear": Schedule.scaled_linear, "cosine": Schedule.cosine}
 # a JSON header larger than this is not a checkpoint of ours (guards against reading a huge
 # length field out of a file in some other format)
 _MAX_HEADER = 100_000_000
 
 
-def schedule_from_config(config: dict[str, Any]) -> Schedule:
-    """The schedule described by ``{"name": "linear" | "scaled_linear" | "cosine", **arguments}``,
-    e.g. ``{"name": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02}``."""
+def schedule_from_checkpoint_config(config: dict[str, Any]) -> Schedule:
+    """The schedule a diffode checkpoint's ``"schedule"`` field describes:
+    ``{"name": "linear" | "scaled_linear" | "cosine", **arguments}``, e.g.
+    ``{"name": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02}``. (A diffusers
+    scheduler config is read by :func:`diffode.diffusers_interop.schedule_from_diffusers_config`.)"""
     if not isinstance(config, dict) or config.get("name") not in _SCHEDULES:
         raise ValueError(
             f"schedule config must be a dict with 'name' in {sorted(_SCHEDULES)}, got {config!r}"
@@ -82,25 +95,53 @@ def load_tensors(path: str | os.PathLike[str], device: str | torch.device = "cpu
         raise ValueError(f"{path} is not a valid safetensors file: {err}") from None
 
 
-def save_tensors(path: str | os.PathLike[str], tensors: dict[str, Tensor]) -> None:
-    """Write tensors to a safetensors file atomically (a crash never leaves a half-written file)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
-    os.replace(tmp, path)
+def save_tensors(
+    path: str | os.PathLike[str], tensors: dict[str, Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors (and string ``metadata``) to a safetensors file atomically (a crash never
+    leaves a half-written file)."""
+    payload = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_write(path) as fh:
+        fh.write(save(payload, metadata=metadata))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as fh:
+        fh.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (``what`` it is, for messages); ``ValueError`` naming the
+    file when it is not valid JSON or not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it should hold the {what}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file; it should hold the {what} as JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object (the {what}), got a {type(data).__name__}")
+    return data
+
+
+def _field(config: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    """``config[key]``, checked to be present and of type ``kind``; ``ValueError`` naming the file
+    and the field otherwise."""
+    if key not in config:
+        raise ValueError(f"{where} has no {key!r} field; was it written by diffode?")
+    value = config[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ValueError(f"{where}: field {key!r} must be {names}, got {value!r}")
+    return value
 
 
 def save_checkpoint(folder: str | os.PathLike[str], model: nn.Module, info: dict[str, Any]) -> Path:
     """Write ``model`` (a built-in architecture) to ``folder``; returns the folder.
 
     ``info`` is merged into ``config.json`` beside the architecture and its constructor
-    arguments; put the schedule there as ``info["schedule"]`` (see :func:`schedule_from_config`)
+    arguments; put the schedule there as ``info["schedule"]`` (see :func:`schedule_from_checkpoint_config`)
     for ε-networks, along with provenance (dataset, seed, steps, command). Existing files are
     replaced atomically, so periodic checkpoints can overwrite each other safely.
     """
@@ -124,11 +165,14 @@ def save_checkpoint(folder: str | os.PathLike[str], model: nn.Module, info: dict
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the model (eval mode, parameters frozen), its config, its schedule
-    (``None`` for networks that are not ε-networks, such as the digits classifier)."""
+    (``None`` for networks that are not ε-networks, such as the digits classifier) and what the
+    network predicts (the config's ``"prediction"``, one of :data:`diffode.PREDICTIONS`,
+    ``"epsilon"`` when absent; sample with ``prediction=checkpoint.prediction``)."""
 
     model: nn.Module
     config: dict[str, Any]
     schedule: Schedule | None
+    prediction: str = "epsilon"
 
 
 def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
@@ -136,12 +180,13 @@ def read_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise ValueError(f"{folder} is not a diffode checkpoint folder: it has no {CONFIG}")
-    config = json.loads(path.read_text())
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    config = read_json_object(path, "diffode checkpoint config")
+    if config.get("format") != FORMAT:
         raise ValueError(f'{path} is not a diffode checkpoint config (expected "format": "{FORMAT}")')
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = _field(config, "format_version", int, path)
+    if version > FORMAT_VERSION:
         raise ValueError(
-            f"{path} has format_version {config['format_version']}, newer than this diffode reads "
+            f"{path} has format_version {version}, newer than this diffode reads "
             f"({FORMAT_VERSION}); upgrade diffode"
         )
     return config
@@ -160,13 +205,171 @@ def load_checkpoint(
     (``requires_grad=False``, so sampling builds no autograd graph; unfreeze to fine-tune).
     """
     config = read_config(folder)
-    model = build_model(config["architecture"], config["model"])
-    tensors = load_tensors(Path(folder) / WEIGHTS)
+    where = Path(folder) / CONFIG
     try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(f"weights in {folder} do not fit the architecture in its config: {first}") from None
+        model = build_model(_field(config, "architecture", str, where), _field(config, "model", dict, where))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    prediction = _field(config, "prediction", str, where) if "prediction" in config else "epsilon"
+    if prediction not in PREDICTIONS:
+        raise ValueError(
+            f"{where}: field 'prediction' must be one of {', '.join(map(repr, PREDICTIONS))}, "
+            f"got {prediction!r}"
+        )
+    tensors = load_tensors(Path(folder) / WEIGHTS)
+    _load_weights(model, tensors, f"the weights in {Path(folder) / WEIGHTS}", f"the architecture in {where}")
     model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    schedule = schedule_from_config(config["schedule"]) if "schedule" in config else None
-    return Checkpoint(model=model, config=config, schedule=schedule)
+    schedule = None
+    if "schedule" in config:
+        try:
+            schedule = schedule_from_checkpoint_config(config["schedule"])
+        except ValueError as err:
+            raise ValueError(f"{where}: field 'schedule': {err}") from None
+    return Checkpoint(model=model, config=config, schedule=schedule, prediction=prediction)
+
+
+def _load_weights(module: nn.Module, tensors: Mapping[str, Tensor], what: str, target: str) -> None:
+    """``module.load_state_dict(tensors, strict=True)``, a mismatch reported in full as ValueError."""
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        # torch lists every missing, unexpected and mis-shaped key; keep all of it
+        raise ValueError(f"{what} do not fit {target}: {err}") from None
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return (folder / CONFIG).is_file() or (folder / TRAINING_STATE).is_file()
+
+
+def prepare_run_folder(out: str | os.PathLike[str], *, resume: bool, overwrite: bool) -> Path:
+    """Check (and create) the output folder of a training run before any work starts.
+
+    A new run needs a missing or empty folder; ``overwrite`` starts one in a folder that holds a
+    checkpoint or other files (removing the old checkpoint's files, leaving the others);
+    ``resume`` needs a folder holding the training state of a run. ``ValueError`` otherwise.
+    """
+    if resume and overwrite:
+        raise ValueError(
+            "resume and overwrite exclude each other: resume continues the run in out, "
+            "overwrite starts a new one; pass one of them"
+        )
+    if not str(out).strip():
+        raise ValueError(f"out must name a folder for the checkpoint, got {str(out)!r}")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out={str(folder)!r} is a file, not a folder; pass a folder for the checkpoint")
+    if resume:
+        if not (folder / TRAINING_STATE).is_file():
+            raise ValueError(
+                f"out={str(folder)!r} holds no training state ({TRAINING_STATE}) to resume; "
+                "drop --resume to start a new run"
+            )
+        return folder
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        what = "a checkpoint" if _has_checkpoint(folder) else "other files"
+        raise ValueError(
+            f"out={str(folder)!r} already holds {what}; pass --resume to continue that run, "
+            "--overwrite to start a new one there, or another folder"
+        )
+    if overwrite:
+        for name in (TRAINING_STATE, WEIGHTS, CONFIG):
+            (folder / name).unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@dataclass
+class TrainingState:
+    """What resuming a training run needs, as tensors plus JSON-able ``info``.
+
+    ``tensors`` hold the raw weights (``model/…``), the EMA (``ema/…``), the optimiser's state
+    tensors (``optimizer/<param>/<name>``) and the random generator states (``rng/…``, uint8);
+    ``info`` holds the optimiser's scalars and parameter groups, the learning-rate scheduler's
+    state and whatever the training loop adds (step, losses, config). Saved as one safetensors
+    file with ``info`` as JSON in its header, so tensors and scalars are replaced together by a
+    single atomic rename and can never come from different steps.
+    """
+
+    tensors: dict[str, Tensor]
+    info: dict[str, Any]
+
+    @classmethod
+    def capture(
+        cls,
+        *,
+        model: nn.Module,
+        ema: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler,
+        generator: torch.Generator,
+        info: dict[str, Any],
+    ) -> TrainingState:
+        """The state of a run now; ``info`` (JSON-able) is stored alongside."""
+        tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"ema/{k}": v for k, v in ema.state_dict().items()})
+        opt = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, param_state in opt["state"].items():
+            for name, value in param_state.items():
+                if isinstance(value, Tensor):
+                    tensors[f"optimizer/{index}/{name}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[name] = value
+        tensors["rng/torch"] = torch.get_rng_state()
+        tensors["rng/generator"] = generator.get_state()
+        optimizer_info = {"param_groups": opt["param_groups"], "scalars": scalars}
+        return cls(tensors, {**info, "optimizer": optimizer_info, "scheduler": scheduler.state_dict()})
+
+    def restore(
+        self,
+        *,
+        model: nn.Module,
+        ema: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: LRScheduler,
+        generator: torch.Generator,
+    ) -> None:
+        """Put the captured state back into freshly built objects of the same run."""
+
+        def part(prefix: str) -> dict[str, Tensor]:
+            return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+        _load_weights(model, part("model/"), "the raw weights of the training state", "the model")
+        _load_weights(ema, part("ema/"), "the EMA weights of the training state", "the model")
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in part("optimizer/").items():
+            index, name = key.split("/", 1)
+            state.setdefault(int(index), {})[name] = value
+        for index, values in self.info["optimizer"]["scalars"].items():
+            state.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": state, "param_groups": self.info["optimizer"]["param_groups"]})
+        scheduler.load_state_dict(self.info["scheduler"])
+        torch.set_rng_state(self.tensors["rng/torch"])
+        generator.set_state(self.tensors["rng/generator"])
+
+
+def save_training_state(folder: str | os.PathLike[str], state: TrainingState) -> None:
+    """Write ``state`` to ``folder/training_state.safetensors`` (atomically)."""
+    save_tensors(Path(folder) / TRAINING_STATE, state.tensors, {_STATE_KEY: json.dumps(state.info)})
+
+
+def load_training_state(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> TrainingState:
+    """Read the training state that :func:`save_training_state` wrote to ``folder``."""
+    path = Path(folder) / TRAINING_STATE
+    tensors = load_tensors(path)
+    with safe_open(path, framework="pt") as fh:
+        metadata = fh.metadata() or {}
+    if _STATE_KEY not in metadata:
+        raise ValueError(f"{path} has no {_STATE_KEY!r} header entry; it is not a diffode training state")
+    try:
+        info = json.loads(metadata[_STATE_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: header entry {_STATE_KEY!r} is not valid JSON ({err})") from None
+    for key in ("step", "optimizer", "scheduler"):
+        _field(info, key, (int, dict), path)
+    # the generator states stay on the CPU; everything else follows the model
+    moved = {k: v if k.startswith("rng/") else v.to(device) for k, v in tensors.items()}
+    return TrainingState(moved, info)

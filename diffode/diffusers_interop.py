@@ -23,7 +23,6 @@ What diffode takes from a scheduler config, and what it leaves:
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffode.checkpoint import read_json_object
 from diffode.field import ModelField, field_for
 from diffode.schedule import Schedule
 
@@ -96,7 +96,7 @@ class DiffusersModel:
         return field_for(self.model, self.schedule, self.prediction)
 
 
-def schedule_from_config(config: Mapping[str, Any]) -> tuple[Schedule, str]:
+def schedule_from_diffusers_config(config: Mapping[str, Any]) -> tuple[Schedule, str]:
     """The schedule and prediction type of a diffusers scheduler config (see the module notes)."""
     if not isinstance(config, Mapping):
         raise TypeError(
@@ -151,7 +151,7 @@ def from_diffusers(unet: Any, scheduler: Any) -> DiffusersModel:
         ``diffode.sample(m.model, m.schedule, noise, prediction=m.prediction)``.
     """
     config = getattr(scheduler, "config", scheduler)
-    schedule, prediction = schedule_from_config(config)
+    schedule, prediction = schedule_from_diffusers_config(config)
     return DiffusersModel(UNetAdapter(unet), schedule, prediction, _sample_shape(unet))
 
 
@@ -189,8 +189,14 @@ def load_diffusers(path: str | Path) -> DiffusersModel:
         "scheduler config",
         "save the scheduler with scheduler.save_pretrained(path / 'scheduler')",
     )
-    scheduler_config = json.loads(scheduler_file.read_text())
-    class_name = json.loads(config_file.read_text()).get("_class_name", "UNet2DModel")
+    scheduler_config = read_json_object(scheduler_file, "diffusers scheduler config")
+    class_name = read_json_object(config_file, "diffusers network config").get("_class_name", "UNet2DModel")
+    if not isinstance(class_name, str):
+        raise ValueError(f"{config_file}: field '_class_name' must be a string, got {class_name!r}")
+    try:
+        schedule, prediction = schedule_from_diffusers_config(scheduler_config)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{scheduler_file}: {err}") from None
     diffusers = _import_diffusers()
     model_class: Any = getattr(diffusers, class_name, None)
     is_model = inspect.isclass(model_class) and issubclass(model_class, diffusers.ModelMixin)
@@ -202,4 +208,4 @@ def load_diffusers(path: str | Path) -> DiffusersModel:
         )
     except OSError as err:
         raise ValueError(f"could not load the network from {unet_dir}: {err}") from err
-    return from_diffusers(unet, scheduler_config)
+    return DiffusersModel(UNetAdapter(unet), schedule, prediction, _sample_shape(unet))

@@ -1,9 +1,10 @@
-"""The digits Fréchet distance: FID's recipe on scikit-learn's 8×8 digits.
+"""The Fréchet distance maths: FID's recipe, applied to scikit-learn's 8×8 digits.
 
-Features are the penultimate-layer activations of a small digits classifier that diffode trains
-(:func:`train_classifier`, command ``diffode train-classifier``) and ships with its feature
-statistics on the real train and test splits. The distance between two sets is the Fréchet
-distance between Gaussian fits of their features (Heusel et al., 2017):
+Features are the penultimate-layer activations of a digits classifier
+(:func:`diffode.train.train_classifier`, command ``diffode train-classifier``). This module
+holds only the maths and file reading; the bundled classifier, its shipped feature statistics
+and the digits distance built on them live in :mod:`diffode.pretrained`. The distance between
+two sets is the Fréchet distance between Gaussian fits of their features (Heusel et al., 2017):
 
     FD = ‖μ₁ - μ₂‖² + Tr(C₁ + C₂ - 2 (C₁^{1/2} C₂ C₁^{1/2})^{1/2})
 
@@ -15,18 +16,14 @@ biased upwards for small sets; compare numbers computed from equally many sample
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from diffode.checkpoint import load_tensors, save_checkpoint, save_tensors
-from diffode.data import digits
+from diffode.checkpoint import load_tensors, save_tensors
 from diffode.models import DigitsClassifier
-from tqdm import tqdm
 
 _F64 = torch.float64
 
@@ -64,122 +61,32 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     return max(float(value), 0.0)
 
 
-def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, batch: int = 2000) -> Tensor:
+def digits_features(images: Tensor, classifier: DigitsClassifier, batch: int = 2000) -> Tensor:
     """Classifier features of digit images ``(n, 1, 8, 8)`` in [-1, 1] (clipped), float64 ``(n, D)``.
 
-    Uses the bundled classifier unless one is given (a float64 CPU copy of it; the argument is
-    left as it is); computed in float64 on the CPU so the numbers do not depend on the device or
-    batch size.
+    Computed with a float64 CPU copy of ``classifier`` (the argument is left as it is), so the
+    numbers do not depend on the device or batch size. The bundled classifier is
+    :func:`diffode.pretrained.digits_classifier`.
     """
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
         raise ValueError(f"digit images must have shape (n, 1, 8, 8), got {tuple(images.shape)}")
-    if classifier is None:
-        from diffode.pretrained import digits_classifier
-
-        classifier = digits_classifier()
     net = copy.deepcopy(classifier).to("cpu", _F64)
     x = images.detach().to("cpu", _F64).clamp(-1, 1)
     return torch.cat([net.features(x[i : i + batch]).detach() for i in range(0, x.shape[0], batch)])
 
 
-def digits_fd(images: Tensor, reference: str = "train") -> float:
-    """Digits Fréchet distance of images ``(n, 1, 8, 8)`` in [-1, 1] to the real ``reference``
-    split (``"train"``: the data the bundled models were trained on, or ``"test"``), using the
-    bundled classifier and the shipped real-data statistics (no scikit-learn needed)."""
-    from diffode.pretrained import digits_feature_stats
-
-    return frechet_distance(FeatureStats.of(digits_features(images)), digits_feature_stats(reference))
-
-
-def real_floor() -> float:
-    """The digits Fréchet distance of the real test split (297 images) to the train split (1500):
-    the value a perfect generator reaches with 297 samples."""
-    from diffode.pretrained import digits_feature_stats
-
-    return frechet_distance(digits_feature_stats("test"), digits_feature_stats("train"))
-
-
-def _shift(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Translate each image by -1, 0 or +1 pixel in each direction, filling with background (-1)."""
-    n, _, h, w = x.shape
-    padded = F.pad(x, (1, 1, 1, 1), value=-1.0)
-    dy = torch.randint(0, 3, (n,), generator=generator)
-    dx = torch.randint(0, 3, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, :, None]
-    cols = (dx[:, None] + torch.arange(w))[:, None, :]
-    return padded[torch.arange(n)[:, None, None], 0, rows, cols][:, None]
-
-
-@dataclass
-class ClassifierResult:
-    """What :func:`train_classifier` returns: the classifier (eval mode), its test accuracy,
-    the real-data feature statistics of both splits, and the wall time."""
-
-    classifier: DigitsClassifier
-    test_accuracy: float
-    train_stats: FeatureStats
-    test_stats: FeatureStats
-    seconds: float
-
-
-def train_classifier(
-    out: str | Path | None = None,
-    *,
-    steps: int = 3000,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    seed: int = 0,
-    command: str = "",
-    progress: bool = True,
-) -> ClassifierResult:
-    """Train the digits classifier on the train split (cross-entropy, AdamW with cosine decay,
-    random ±1-pixel shifts), seeded; with ``out``, write it as a checkpoint folder plus
-    ``features.safetensors`` holding the real feature statistics (``{split}_mean``,
-    ``{split}_cov``, ``{split}_n`` for ``split`` in train, test). Needs scikit-learn."""
-    start = time.perf_counter()
-    x_train, y_train = digits("train")
-    x_test, y_test = digits("test")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = DigitsClassifier()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in tqdm(range(steps), desc="train-classifier", disable=not progress):
-        index = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
-        loss = F.cross_entropy(net(_shift(x_train[index], generator)), y_train[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    net.eval().requires_grad_(False)
-    accuracy = float((net(x_test).argmax(1) == y_test).double().mean())
-    train_stats = FeatureStats.of(digits_features(x_train, net))
-    test_stats = FeatureStats.of(digits_features(x_test, net))
-    if out is not None:
-        info = {
-            "dataset": "digits",
-            "test_accuracy": accuracy,
-            "training": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed},
-            "feature_stats": {"train": train_stats.n, "test": test_stats.n},
-            "floor_test_vs_train": frechet_distance(test_stats, train_stats),
-            "command": command,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        }
-        save_checkpoint(out, net, info)
-        tensors = {}
-        for split, stats in (("train", train_stats), ("test", test_stats)):
-            tensors[f"{split}_mean"], tensors[f"{split}_cov"] = stats.mean, stats.cov
-            tensors[f"{split}_n"] = torch.tensor([stats.n])
-        save_tensors(Path(out) / "features.safetensors", tensors)
-    return ClassifierResult(net, accuracy, train_stats, test_stats, time.perf_counter() - start)
+def save_feature_stats(path: str | Path, stats: dict[str, FeatureStats]) -> None:
+    """Write feature statistics by split name to a safetensors file (``{split}_mean`` ``(D,)``,
+    ``{split}_cov`` ``(D, D)`` float64, ``{split}_n`` int64 ``(1,)``)."""
+    tensors = {}
+    for split, s in stats.items():
+        tensors[f"{split}_mean"], tensors[f"{split}_cov"] = s.mean, s.cov
+        tensors[f"{split}_n"] = torch.tensor([s.n])
+    save_tensors(path, tensors)
 
 
 def load_feature_stats(path: str | Path, split: str) -> FeatureStats:
-    """Feature statistics of ``split`` from a ``features.safetensors`` file written by
-    :func:`train_classifier`."""
+    """Feature statistics of ``split`` from a file written by :func:`save_feature_stats`."""
     tensors = load_tensors(path)
     if f"{split}_mean" not in tensors:
         splits = sorted({k.rsplit("_", 1)[0] for k in tensors})

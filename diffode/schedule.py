@@ -4,11 +4,18 @@
 the convention of diffusers and of the DDIM reference code) maps σ back to t by linear
 interpolation in log σ between neighbouring table entries, returning the exact integer on a
 table entry. The continuous VP schedule of score-SDE models has closed forms both ways.
+
+Both implement :class:`NoiseSchedule`, the small interface the rest of diffode relies on: σ(t),
+t(σ), the σ range and whether the schedule is a discrete table. Code that needs the table
+(integer timesteps, the training loss) checks ``schedule.discrete`` and gets the table through
+:func:`require_discrete`.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -24,7 +31,59 @@ def _as_f64(value: float | Tensor) -> Tensor:
     return torch.tensor(value, dtype=_F64)
 
 
-class Schedule:
+class NoiseSchedule(ABC):
+    """What diffode needs of a noise schedule: the maps between network time t and σ.
+
+    Attributes:
+        discrete: ``True`` for a table of training steps t = 0 … T-1 (a :class:`Schedule`),
+            ``False`` for a continuous time range (:class:`ContinuousVPSchedule`).
+    """
+
+    discrete: ClassVar[bool]
+
+    @property
+    @abstractmethod
+    def sigma_min(self) -> float:
+        """The smallest noise level the network was trained on."""
+
+    @property
+    @abstractmethod
+    def sigma_max(self) -> float:
+        """The largest noise level the network was trained on (∞ for zero terminal SNR)."""
+
+    @property
+    def sigma_max_finite(self) -> float:
+        """The largest finite σ the network was trained on (σ_max unless it is ∞)."""
+        return self.sigma_max
+
+    @abstractmethod
+    def sigma(self, t: float | Tensor) -> Tensor:
+        """σ(t) in float64, same shape as ``t`` (network time units)."""
+
+    @abstractmethod
+    def t(self, sigma: float | Tensor) -> Tensor:
+        """Network time t(σ) in float64, same shape as ``sigma``, clamped to the time range."""
+
+
+def require_discrete(
+    schedule: NoiseSchedule, need: str = "this needs a discrete schedule (a table of training steps)"
+) -> Schedule:
+    """``schedule`` as the discrete table it is; ``ValueError(need)`` for a continuous one.
+
+    ``need`` says what needs the table and what to do instead (the error message).
+    """
+    if not schedule.discrete:
+        raise ValueError(need)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            "a discrete schedule must be a diffode.Schedule (a table of ᾱ_t), "
+            f"got {type(schedule).__name__}; "
+            "build it with Schedule.from_alphas_cumprod"
+        )
+    return schedule
+
+
+class Schedule(NoiseSchedule):
     """A discrete DDPM schedule given by its cumulative products ᾱ_t, t = 0 … T-1 (float64).
 
     Build one with a constructor: :meth:`linear`, :meth:`scaled_linear`, :meth:`cosine`,
@@ -36,6 +95,8 @@ class Schedule:
         sigmas: σ_t = √((1-ᾱ_t)/ᾱ_t), float64 tensor of shape ``(T,)``, strictly increasing.
         T: number of training steps; the network is called with t in 0 … T-1.
     """
+
+    discrete = True
 
     def __init__(self, alphas_cumprod: Tensor) -> None:
         ac = torch.as_tensor(alphas_cumprod).detach().to("cpu", _F64)
@@ -129,6 +190,12 @@ class Schedule:
         """σ at the last training step (∞ for zero terminal SNR)."""
         return float(self.sigmas[-1])
 
+    @property
+    def sigma_max_finite(self) -> float:
+        """The largest finite table entry: σ_max, or σ at T-2 with zero terminal SNR."""
+        finite = self.sigmas[torch.isfinite(self.sigmas)]
+        return float(finite[-1])
+
     def sigma(self, t: float | Tensor) -> Tensor:
         """σ(t) in float64, same shape as ``t``; exact table values at integer t, log-σ
         interpolation in between. t must lie in [0, T-1]."""
@@ -156,15 +223,27 @@ class Schedule:
         w = torch.where(torch.isinf(hi) & (log_s > lo), torch.ones_like(w), w)
         return low.to(_F64) + w
 
+    def __eq__(self, other: object) -> bool:
+        """Equal when both are discrete tables with identical ᾱ."""
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return torch.equal(self.alphas_cumprod, other.alphas_cumprod)
+
+    def __hash__(self) -> int:
+        return hash((self.T, self.sigma_min, self.sigma_max))
+
     def __repr__(self) -> str:
         return f"Schedule(T={self.T}, sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g})"
 
 
-class ContinuousVPSchedule(Schedule):
+class ContinuousVPSchedule(NoiseSchedule):
     """The continuous VP schedule of score-SDE models, t ∈ [eps, 1] (see :meth:`Schedule.vp`).
 
-    σ(t)² = exp(½t²Δ + tβ_min) - 1 with Δ = β_max - β_min, inverted in closed form.
+    σ(t)² = exp(½t²Δ + tβ_min) - 1 with Δ = β_max - β_min, inverted in closed form. The
+    network is called with ``t * time_scale``.
     """
+
+    discrete = False
 
     def __init__(self, beta_min: float, beta_max: float, eps: float, time_scale: float) -> None:
         require_positive("beta_min", beta_min)
@@ -176,14 +255,16 @@ class ContinuousVPSchedule(Schedule):
         if eps >= 1:
             raise ValueError(f"eps must lie in (0, 1), got {eps}")
         self.beta_min, self.beta_max, self.eps, self.time_scale = beta_min, beta_max, eps, time_scale
-        self.T = 0
-        grid = torch.linspace(eps, 1.0, 1000, dtype=_F64)
-        self.alphas_cumprod = self._alpha_bar_t(grid)
-        self.sigmas = torch.sqrt((1 - self.alphas_cumprod) / self.alphas_cumprod)
-        self._log_sigmas = torch.log(self.sigmas)
 
-    def _alpha_bar_t(self, t: Tensor) -> Tensor:
-        return torch.exp(-0.5 * t * t * (self.beta_max - self.beta_min) - t * self.beta_min)
+    @property
+    def sigma_min(self) -> float:
+        """σ(eps), the smallest noise level of the time range."""
+        return float(self.sigma(self.eps * self.time_scale))
+
+    @property
+    def sigma_max(self) -> float:
+        """σ(1), the largest noise level of the time range (finite)."""
+        return float(self.sigma(self.time_scale))
 
     def sigma(self, t: float | Tensor) -> Tensor:
         """σ in float64 for network time ``t`` (in units of ``time_scale``)."""
@@ -199,6 +280,18 @@ class ContinuousVPSchedule(Schedule):
         log1p_s2 = torch.log1p(s * s)
         tt = (torch.sqrt(self.beta_min**2 + 2 * delta * log1p_s2) - self.beta_min) / delta
         return torch.clamp(tt, self.eps, 1.0) * self.time_scale
+
+    def _key(self) -> tuple[float, float, float, float]:
+        return (self.beta_min, self.beta_max, self.eps, self.time_scale)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when both are continuous VP schedules with the same parameters."""
+        if not isinstance(other, ContinuousVPSchedule):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def __repr__(self) -> str:
         return (

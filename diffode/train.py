@@ -1,29 +1,45 @@
-"""Training an ε-network with the DDPM objective (Ho et al., 2020, "L_simple").
+"""Training: an ε-network with the DDPM objective (Ho et al., 2020, "L_simple"), and the digits
+classifier behind the Fréchet distance (:func:`train_classifier`).
 
-Each step draws a batch x₀ of training data, integer times t uniform in 0 … T-1 and noise ε,
-forms x_t = √ᾱ_t x₀ + √(1-ᾱ_t) ε and minimises ‖ε_θ(x_t, t) - ε‖² with AdamW (linear warm-up,
-cosine decay). An exponential moving average (EMA) of the weights is what gets saved and
-sampled. All randomness (initial weights, batches, times, noise) comes from ``seed``, so a
-config reproduces its run on the same hardware and thread count.
+Each DDPM step draws a batch x₀ of training data, integer times t uniform in 0 … T-1 and noise
+ε, forms x_t = √ᾱ_t x₀ + √(1-ᾱ_t) ε and minimises ‖ε_θ(x_t, t) - ε‖² with AdamW (linear warm-up,
+cosine decay: torch's ``LinearLR`` then ``CosineAnnealingLR``). An exponential moving average
+(EMA, torch's ``AveragedModel``) of the weights is what gets saved and sampled. All randomness
+(initial weights, batches, times, noise) comes from ``seed``, so a config reproduces its run on
+the same hardware and thread count.
+
+Runs resume: every checkpoint also writes ``training_state.safetensors`` (raw and EMA weights,
+optimiser and learning-rate scheduler state, the random generator that orders the data, the
+losses so far), and ``train(config, out, resume=True)`` continues from it to the same weights
+an uninterrupted run reaches.
 """
 
 from __future__ import annotations
 
-import copy
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-from diffode.checkpoint import save_checkpoint, schedule_from_config
-from diffode.data import DATASETS, load_dataset
-from diffode.models import build_model
+from torch.nn import functional as F
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
+
+from diffode.checkpoint import (
+    TrainingState,
+    load_training_state,
+    prepare_run_folder,
+    save_checkpoint,
+    save_training_state,
+    schedule_from_checkpoint_config,
+)
+from diffode.data import DATASETS, digits, load_dataset
+from diffode.metrics import FeatureStats, digits_features, frechet_distance, save_feature_stats
+from diffode.models import DigitsClassifier, build_model
 from diffode.schedule import Schedule
 from diffode.validation import require_int, require_nonnegative, require_positive
 
@@ -43,7 +59,7 @@ class TrainConfig:
 
     Attributes:
         dataset: one of :data:`diffode.data.DATASETS`.
-        steps: optimiser steps.
+        steps: optimiser steps in total (a resumed run stops at the same total).
         batch_size: training examples per step.
         lr: peak AdamW learning rate (reached after ``warmup`` steps, then cosine decay to 0).
         weight_decay: AdamW weight decay.
@@ -51,7 +67,7 @@ class TrainConfig:
         warmup: linear learning-rate warm-up steps (at most a fifth of ``steps``, so that short
             runs reach the peak rate).
         seed: seeds the initial weights and every random draw of the run.
-        schedule: the noise schedule, as for :func:`diffode.checkpoint.schedule_from_config`.
+        schedule: the noise schedule, as for :func:`diffode.checkpoint.schedule_from_checkpoint_config`.
         architecture: ``"unet"`` or ``"mlp"``; empty for the dataset's default.
         model: constructor arguments; empty for the dataset's default.
         n_points: size of the generated training set for the 2-D datasets.
@@ -130,22 +146,67 @@ def eval_loss(
     return float(ddpm_loss(model, schedule, x0.to(device), t.to(device), noise.to(device)).detach())
 
 
-def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
-    warmup = min(config.warmup, config.steps // 5)
+def _optimizer(
+    params: Iterable[nn.Parameter], *, lr: float, weight_decay: float, steps: int, warmup: int
+) -> tuple[torch.optim.AdamW, LRScheduler]:
+    """AdamW with the learning rate ramped linearly from lr/warmup to lr over ``warmup`` steps,
+    then cosine-decayed to 0 at ``steps`` (no ramp when ``warmup`` is 0)."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    cosine = CosineAnnealingLR(optimizer, T_max=max(steps - warmup, 1))
+    if warmup == 0:
+        return optimizer, cosine
+    # step k of the ramp has factor (k+1)/warmup, so the peak is reached at step warmup-1
+    ramp = LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return optimizer, SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(config.steps - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-    return factor
+def _step(optimizer: torch.optim.Optimizer, scheduler: LRScheduler, loss: Tensor) -> None:
+    """One optimiser step on ``loss`` and one learning-rate scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
+def _ema(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s parameters, started at its current weights.
+
+    The decay is warmed up as min(decay, (1+k)/(10+k)) at step k, so early averages are not
+    dominated by the random initial weights.
+    """
+
+    def average(averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
+        # num_averaged counts the updates so far; the first update (the initial weights) is a copy
+        k = float(num_averaged) - 1
+        return torch.lerp(averaged, current, 1 - min(decay, (1 + k) / (10 + k)))
+
+    ema = AveragedModel(model, avg_fn=average)
+    ema.update_parameters(model)
+    return ema.requires_grad_(False)
+
+
+def _resumable_fields(config: TrainConfig) -> dict[str, Any]:
+    """The config fields a resumed run must share with the run it continues."""
+    return {f.name: getattr(config, f.name) for f in fields(config) if f.name != "checkpoint_every"}
+
+
+def _check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
+    given = _resumable_fields(config)
+    differ = [k for k in given if saved.get(k) != given[k]]
+    if differ:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, given {given[k]!r}" for k in differ)
+        raise ValueError(
+            f"cannot resume {where}: the run was started with other settings ({details}); pass the "
+            "settings of the original run, or --overwrite to start a new one"
+        )
 
 
 def train(
     config: TrainConfig,
     out: str | Path | None = None,
     *,
+    resume: bool = False,
+    overwrite: bool = False,
     command: str = "",
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -155,26 +216,73 @@ def train(
 
     The checkpoint (see :mod:`diffode.checkpoint`) holds the EMA weights and a config with the
     architecture, schedule, the whole ``config``, the step reached, the recent training loss,
-    the test loss, the ``command`` that started the run, torch's version and thread count.
+    the test loss, the ``command`` that started the run, torch's version and thread count; and
+    the training state that ``resume`` continues from.
+
+    Args:
+        resume: continue the run checkpointed in ``out`` (same ``config``; ``config.steps`` is
+            the total) instead of starting one.
+        overwrite: start a new run in ``out`` even if it holds a checkpoint or other files.
+
+    Raises:
+        ValueError: ``out`` is empty, a file, or a folder that holds a checkpoint or other files
+            (without ``resume`` or ``overwrite``); ``resume`` without a checkpoint to continue, or
+            with a config that differs from the checkpointed run's.
     """
-    schedule = schedule_from_config(config.schedule)
+    folder = prepare_run_folder(out, resume=resume, overwrite=overwrite) if out is not None else None
+    schedule = schedule_from_checkpoint_config(config.schedule)
     data = load_dataset(config.dataset, split="train", n=config.n_points, seed=config.seed)
     test = load_dataset(config.dataset, split="test", n=min(config.n_points, 2000), seed=config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.architecture, config.model).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    ema = _ema(model, config.ema_decay)
+    optimizer, scheduler = _optimizer(
+        model.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        steps=config.steps,
+        warmup=min(config.warmup, config.steps // 5),
+    )
     generator = torch.Generator().manual_seed(config.seed)
     data_dev = data.to(device)
     losses: list[float] = []
     recent: list[Tensor] = []
+    first, seconds_before = 0, 0.0
+    if resume and folder is not None:
+        state = load_training_state(folder, device=device)
+        _check_resumable(config, state.info["config"], folder)
+        state.restore(model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, generator=generator)
+        first, seconds_before = state.info["step"], state.info["seconds"]
+        losses = list(state.info["losses"])
+        recent = [torch.tensor(v, device=device) for v in state.info["recent"]]
     start = time.perf_counter()
 
+    def elapsed() -> float:
+        return seconds_before + time.perf_counter() - start
+
     def checkpoint(step: int) -> None:
-        if out is None:
+        if folder is None:
             return
+        # the training state first: it alone is read on resume, and each file is replaced
+        # atomically, so a kill between the writes leaves a consistent state to resume from
+        save_training_state(
+            folder,
+            TrainingState.capture(
+                model=model,
+                ema=ema,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                generator=generator,
+                info={
+                    "step": step,
+                    "seconds": elapsed(),
+                    "losses": losses,
+                    "recent": [float(v) for v in recent],
+                    "config": _resumable_fields(config),
+                },
+            ),
+        )
         info = {
             "prediction": "epsilon",
             "schedule": config.schedule,
@@ -182,28 +290,24 @@ def train(
             "sample_shape": list(data.shape[1:]),
             "step": step,
             "train_loss": losses[-1] if losses else None,
-            "test_loss": eval_loss(ema, schedule, test.to(device), seed=config.seed + 1),
+            "test_loss": eval_loss(ema.module, schedule, test.to(device), seed=config.seed + 1),
             "training": asdict(config),
             "command": command,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "seconds": round(time.perf_counter() - start, 1),
+            "seconds": round(elapsed(), 1),
         }
-        save_checkpoint(out, ema, info)
+        save_checkpoint(folder, ema.module, info)
 
     model.train()
-    for step in tqdm(range(config.steps), desc="train", disable=not progress):
+    steps = range(first, config.steps)
+    for step in tqdm(steps, desc="train", disable=not progress, initial=first, total=config.steps):
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
         t = torch.randint(0, schedule.T, (config.batch_size,), generator=generator)
         noise = torch.randn((config.batch_size, *data.shape[1:]), generator=generator)
         loss = ddpm_loss(model, schedule, data_dev[index.to(device)], t.to(device), noise.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-            p_ema.lerp_(p.detach(), 1 - decay)
+        _step(optimizer, scheduler, loss)
+        ema.update_parameters(model)
         recent.append(loss.detach())
         if len(recent) == log_every or step == config.steps - 1:
             losses.append(float(torch.stack(recent).mean()))
@@ -211,12 +315,85 @@ def train(
         done = step + 1
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
             checkpoint(done)
-    checkpoint(config.steps)
-    ema.eval()
+    if first < config.steps or not resume:
+        checkpoint(config.steps)
+    trained = ema.module.eval()
     return TrainResult(
-        model=ema,
+        model=trained,
         schedule=schedule,
         losses=losses,
-        test_loss=eval_loss(ema, schedule, test.to(device), seed=config.seed + 1),
-        seconds=time.perf_counter() - start,
+        test_loss=eval_loss(trained, schedule, test.to(device), seed=config.seed + 1),
+        seconds=elapsed(),
     )
+
+
+# ----------------------------------------------------------------------------- the digits classifier
+
+
+def _shift(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Translate each image by -1, 0 or +1 pixel in each direction, filling with background (-1)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (1, 1, 1, 1), value=-1.0)
+    dy = torch.randint(0, 3, (n,), generator=generator)
+    dx = torch.randint(0, 3, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded[torch.arange(n)[:, None, None], 0, rows, cols][:, None]
+
+
+@dataclass
+class ClassifierResult:
+    """What :func:`train_classifier` returns: the classifier (eval mode), its test accuracy,
+    the real-data feature statistics of both splits, and the wall time."""
+
+    classifier: DigitsClassifier
+    test_accuracy: float
+    train_stats: FeatureStats
+    test_stats: FeatureStats
+    seconds: float
+
+
+def train_classifier(
+    out: str | Path | None = None,
+    *,
+    steps: int = 3000,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    command: str = "",
+    progress: bool = True,
+) -> ClassifierResult:
+    """Train the digits classifier on the train split (cross-entropy, AdamW with cosine decay,
+    random ±1-pixel shifts), seeded; with ``out``, write it as a checkpoint folder plus
+    ``features.safetensors`` holding the real feature statistics (see
+    :func:`diffode.metrics.save_feature_stats`, splits train and test). Needs scikit-learn."""
+    start = time.perf_counter()
+    x_train, y_train = digits("train")
+    x_test, y_test = digits("test")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = DigitsClassifier()
+    optimizer, scheduler = _optimizer(net.parameters(), lr=lr, weight_decay=1e-4, steps=steps, warmup=0)
+    generator = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in tqdm(range(steps), desc="train-classifier", disable=not progress):
+        index = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
+        _step(optimizer, scheduler, F.cross_entropy(net(_shift(x_train[index], generator)), y_train[index]))
+    net.eval().requires_grad_(False)
+    accuracy = float((net(x_test).argmax(1) == y_test).double().mean())
+    train_stats = FeatureStats.of(digits_features(x_train, net))
+    test_stats = FeatureStats.of(digits_features(x_test, net))
+    if out is not None:
+        info = {
+            "dataset": "digits",
+            "test_accuracy": accuracy,
+            "training": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed},
+            "feature_stats": {"train": train_stats.n, "test": test_stats.n},
+            "floor_test_vs_train": frechet_distance(test_stats, train_stats),
+            "command": command,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
+        save_checkpoint(out, net, info)
+        save_feature_stats(Path(out) / "features.safetensors", {"train": train_stats, "test": test_stats})
+    return ClassifierResult(net, accuracy, train_stats, test_stats, time.perf_counter() - start)

@@ -95,7 +95,7 @@ def test_euler_equals_the_diffusers_ddim_loop(unet, name, steps):
 def test_schedule_is_the_schedulers_table():
     for config in CONFIGS.values():
         scheduler = make_scheduler(**config)
-        schedule, _ = diffode.diffusers_interop.schedule_from_config(scheduler.config)
+        schedule, _ = diffode.diffusers_interop.schedule_from_diffusers_config(scheduler.config)
         assert schedule.alphas_cumprod.dtype == torch.float64
         assert torch.equal(schedule.alphas_cumprod, scheduler.alphas_cumprod.double())
     zero_snr = diffode.from_diffusers(torch.nn.Identity(), make_scheduler(**CONFIGS["zero-snr-v-trailing"]))
@@ -104,8 +104,10 @@ def test_schedule_is_the_schedulers_table():
 
 def test_config_mapping_and_trained_betas():
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float32)
-    from_betas, prediction = diffode.diffusers_interop.schedule_from_config({"trained_betas": betas.tolist()})
-    from_name, _ = diffode.diffusers_interop.schedule_from_config({"beta_schedule": "linear"})
+    from_betas, prediction = diffode.diffusers_interop.schedule_from_diffusers_config(
+        {"trained_betas": betas.tolist()}
+    )
+    from_name, _ = diffode.diffusers_interop.schedule_from_diffusers_config({"beta_schedule": "linear"})
     assert prediction == "epsilon"
     assert torch.equal(from_betas.alphas_cumprod, from_name.alphas_cumprod)
 

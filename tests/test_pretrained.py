@@ -10,8 +10,9 @@ import torch
 import diffode
 from diffode import pretrained
 from diffode.checkpoint import read_config
-from diffode.metrics import FeatureStats, digits_fd, digits_features, frechet_distance, real_floor
+from diffode.metrics import FeatureStats, digits_features, frechet_distance
 from diffode.models import UNet
+from diffode.pretrained import digits_fd, real_floor
 
 # ----------------------------------------------------------------------------- Fréchet distance
 
@@ -55,7 +56,7 @@ def test_metric_input_checks():
     with pytest.raises(ValueError, match=r"features must have shape \(n >= 2, D\)"):
         FeatureStats.of(torch.zeros(1, 4))
     with pytest.raises(ValueError, match=r"digit images must have shape \(n, 1, 8, 8\)"):
-        digits_features(torch.zeros(2, 8, 8))
+        digits_features(torch.zeros(2, 8, 8), pretrained.digits_classifier())
     with pytest.raises(ValueError, match="split must be one of"):
         pretrained.digits_feature_stats("valid")
     with pytest.raises(ValueError, match="unknown bundled model 'cifar'"):
@@ -85,7 +86,7 @@ def test_bundled_classifier_is_accurate_and_reproduces_the_shipped_statistics():
     images, labels = digits("test")
     assert (net(images).argmax(1) == labels).double().mean() >= 0.97
     train_images, _ = digits("train")
-    fresh = FeatureStats.of(digits_features(train_images))
+    fresh = FeatureStats.of(digits_features(train_images, net))
     shipped = pretrained.digits_feature_stats("train")
     assert shipped.n == 1500 and pretrained.digits_feature_stats("test").n == 297
     torch.testing.assert_close(fresh.mean, shipped.mean, rtol=1e-6, atol=1e-6)

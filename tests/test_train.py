@@ -12,7 +12,7 @@ from diffode.checkpoint import (
     load_tensors,
     save_checkpoint,
     save_tensors,
-    schedule_from_config,
+    schedule_from_checkpoint_config,
 )
 from diffode.data import DIGITS_TRAIN, digits, gmm, load_dataset, moons, swiss_roll
 from diffode.models import MLP, UNet
@@ -94,7 +94,7 @@ def _tiny(dataset="moons", steps=60, **kw):
 
 def test_training_lowers_the_loss():
     config = _tiny(steps=150, ema_decay=0.9)
-    schedule = schedule_from_config(config.schedule)
+    schedule = schedule_from_checkpoint_config(config.schedule)
     test = load_dataset("moons", split="test", n=512)
     untrained = MLP(**config.model)  # the zero predictor: loss E|ε|² ≈ 1 on the fixed draws
     before = eval_loss(untrained, schedule, test)
@@ -110,7 +110,9 @@ def test_training_lowers_the_loss():
 def test_training_a_tiny_unet_on_digits_lowers_the_loss():
     pytest.importorskip("sklearn")
     config = _tiny("digits", steps=60)
-    before = eval_loss(UNet(**config.model), schedule_from_config(config.schedule), digits("test")[0])
+    before = eval_loss(
+        UNet(**config.model), schedule_from_checkpoint_config(config.schedule), digits("test")[0]
+    )
     result = train(config, progress=False)
     # 60 steps take the zero predictor (loss ≈ 1) well below its start (measured ≈ 0.3)
     assert before == pytest.approx(1.0, abs=0.05)
@@ -250,7 +252,7 @@ def test_checkpoint_config_mismatches_are_refused(tmp_path):
     with pytest.raises(ValueError, match="has no config.json"):
         load_checkpoint(tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="schedule config must be a dict with 'name'"):
-        schedule_from_config({"name": "sigmoid"})
+        schedule_from_checkpoint_config({"name": "sigmoid"})
 
 
 def test_save_tensors_is_atomic_and_round_trips(tmp_path):

@@ -3,8 +3,8 @@
 - ``digits/``: an ε-network (:class:`~diffode.models.UNet`) for scikit-learn's 8×8 digits,
   trained by ``diffode train``; :func:`digits` loads it with its schedule.
 - ``digits_classifier/``: the classifier whose features define the digits Fréchet distance
-  (:mod:`diffode.metrics`), trained by ``diffode train-classifier``, with the real-data feature
-  statistics of the train and test splits.
+  (:func:`digits_fd`, the maths in :mod:`diffode.metrics`), trained by ``diffode
+  train-classifier``, with the real-data feature statistics of the train and test splits.
 
 Each folder is a checkpoint (``model.safetensors`` + ``config.json``); the config records the
 command, seed and torch version that produced it, so anyone can retrain it.
@@ -16,9 +16,10 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from diffode.checkpoint import load_checkpoint
-from diffode.metrics import FeatureStats, load_feature_stats
+from diffode.metrics import FeatureStats, digits_features, frechet_distance, load_feature_stats
 from diffode.models import DigitsClassifier, UNet
 from diffode.schedule import Schedule
 
@@ -56,3 +57,17 @@ def digits_classifier() -> DigitsClassifier:
 def digits_feature_stats(split: str = "train") -> FeatureStats:
     """Classifier-feature statistics of the real digits ``split`` (``"train"`` or ``"test"``)."""
     return load_feature_stats(path(DIGITS_CLASSIFIER) / "features.safetensors", split)
+
+
+def digits_fd(images: Tensor, reference: str = "train") -> float:
+    """Digits Fréchet distance of images ``(n, 1, 8, 8)`` in [-1, 1] to the real ``reference``
+    split (``"train"``: the data the bundled models were trained on, or ``"test"``), using the
+    bundled classifier and the shipped real-data statistics (no scikit-learn needed)."""
+    features = digits_features(images, digits_classifier())
+    return frechet_distance(FeatureStats.of(features), digits_feature_stats(reference))
+
+
+def real_floor() -> float:
+    """The digits Fréchet distance of the real test split (297 images) to the train split (1500):
+    the value a perfect generator reaches with 297 samples."""
+    return frechet_distance(digits_feature_stats("test"), digits_feature_stats("train"))
