@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from docs_block import write_block
 
-from diffode.cli import load_model, sample_seeds
 from diffode.images import from_uint8, to_uint8
-from diffode.metrics import digits_fd, real_floor
+from diffode.pretrained import digits_fd, real_floor
+from diffode.runs import load_model, sample_seeds
 from diffode.solvers import DDIM
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "digits.md"

@@ -1,34 +1,38 @@
-"""The ``diffode`` command line (also ``python -m diffode``).
+"""The ``diffode`` command line (also ``python -m diffode``): argument parsing and thin handlers
+over :mod:`diffode.runs` and :mod:`diffode.images`.
 
-Bad arguments print one line to stderr and exit with status 2, without a traceback.
+Bad arguments, unreadable inputs and unwritable outputs print one line to stderr and exit with
+status 2, without a traceback; outputs are checked before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor
 
+from diffode import runs
 from diffode.data import DATASETS
-from diffode.field import Model
 from diffode.grids import TIMESTEP_SPACINGS
-from diffode.oracles import GaussianMixture
-from tqdm import tqdm
+from diffode.images import load_images, read_npz_array
+from diffode.runs import LoadedModel, check_output, load_model, parse_seeds, resolve_device, write_samples
 from diffode.sampling import resolve_sampler, sample
-from diffode.schedule import Schedule
 from diffode.solve import StepInfo
 from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
+
+MAX_FRAMES = 10_000
+"""The most frames ``interpolate`` decodes in one run."""
+MAX_DEMO_POINTS = 1_000_000
+MAX_SCALE = 64
+
+_PICTURE_OR_ARRAY = (".png", ".npz")
 
 
 class UsageError(Exception):
@@ -40,8 +44,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``low``."""
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low`` (and at most ``high``)."""
 
     def parse(text: str) -> int:
         try:
@@ -50,6 +54,8 @@ def _at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {value}")
         return value
 
     return parse
@@ -68,8 +74,23 @@ def _add_grid_options(p: argparse.ArgumentParser, steps: int, *, eta: bool = Tru
         p.add_argument("--eta", type=float, default=0.0, help="DDIM eta, with --solver ddim (default: 0)")
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _output(args: argparse.Namespace, option: str, suffixes: Sequence[str] = _PICTURE_OR_ARRAY) -> None:
+    """Check the output path of ``option`` (``--out``, ``--recon``) before any work."""
+    path = getattr(args, option.lstrip("-").replace("-", "_"))
+    check_output(path, suffixes, option=option, overwrite=args.overwrite)
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Sample the 8-component ring mixture through its exact ε model and compare with the data."""
+    from diffode.oracles import GaussianMixture
+    from diffode.schedule import Schedule
+
+    if args.out:
+        _output(args, "--out", (".png",))
     schedule = Schedule.linear()
     oracle = GaussianMixture.ring()
     generator = torch.Generator().manual_seed(args.seed)
@@ -93,36 +114,12 @@ def _demo(args: argparse.Namespace) -> int:
         callback=count,
     )
     wall = time.perf_counter() - start
-    x64 = x.double()
     data = oracle.sample(200_000, torch.Generator().manual_seed(args.seed + 1))
-    mean_err = float((x64.mean(0) - data.mean(0)).norm())
-    cov_err = float((torch.cov(x64.T) - torch.cov(data.T)).norm())
-    nearest = torch.cdist(x64, oracle.means).argmin(1)
-    occupancy = torch.bincount(nearest, minlength=oracle.means.shape[0]).double() / args.n
-    mode_err = float((occupancy - oracle.weights).abs().max())
-    radius = float(torch.cdist(x64, oracle.means).min(1).values.pow(2).mean().sqrt())
     print(f"solver={args.solver} steps={args.steps} timesteps={args.timesteps} samples={args.n}")
     print(f"NFE={nfe} wall={wall:.3f}s")
-    print(
-        f"|mean - data mean| = {mean_err:.4f}   |cov - data cov|_F = {cov_err:.4f}   "
-        f"max |mode weight - 1/8| = {mode_err:.4f}   rms distance to nearest mode = {radius:.4f} "
-        f"(data: {oracle.stds[0] * 2**0.5:.4f})"
-    )
+    print(runs.mixture_report(x, oracle, data))
     if args.out:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
-        axes[0].scatter(data[: args.n, 0], data[: args.n, 1], s=2, alpha=0.5)
-        axes[0].set_title("data (exact mixture)")
-        axes[1].scatter(x64[:, 0], x64[:, 1], s=2, alpha=0.5, color="C1")
-        axes[1].set_title(f"{args.solver}, {nfe} NFE")
-        for ax in axes:
-            ax.set_aspect("equal")
-        fig.tight_layout()
-        fig.savefig(args.out, dpi=120)
+        runs.plot_mixture(args.out, data[: args.n], x.double(), f"{args.solver}, {nfe} NFE")
         print(f"wrote {args.out}")
     return 0
 
@@ -135,172 +132,12 @@ _DTYPES = {
 }
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"0-63"`` → 0 … 63; ``"3,7,10-12"`` → [3, 7, 10, 11, 12]. Seeds are non-negative ints."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            first, sep, last = part.strip().partition("-")
-            low, high = int(first), int(last) if sep else int(first)
-            if low < 0 or high < low:
-                raise ValueError
-            seeds.extend(range(low, high + 1))
-    except ValueError:
-        raise UsageError(
-            f"--seeds must be non-negative integers and ranges like 0-63 or 3,7,10-12, got {text!r}"
-        ) from None
-    return seeds
-
-
 def _int_list(name: str, text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise UsageError(f"{name} must be comma-separated integers such as 16,32,32, got {text!r}") from None
     return values
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(
-            f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1, mps, ..."
-        ) from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }.get(device.type, True)
-    if not available:
-        raise UsageError(f"--device {name}: {device.type} is not available on this machine; use --device cpu")
-    return device
-
-
-@dataclass
-class LoadedModel:
-    """A network ready for sampling: ``model(x, t)``, its schedule, what it predicts, the shape
-    of one sample."""
-
-    model: Model
-    schedule: Schedule
-    prediction: str
-    sample_shape: tuple[int, ...]
-    name: str
-
-
-def load_model(path: str | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """The bundled digits model (``path=None``), a diffode checkpoint folder, or a diffusers
-    folder written by ``save_pretrained`` (needs ``pip install "diffode[diffusers]"``)."""
-    if path is None:
-        from diffode.pretrained import digits
-
-        unet, schedule = digits(device, dtype)
-        return LoadedModel(unet, schedule, "epsilon", unet.sample_shape, "bundled digits model")
-    from diffode.checkpoint import FORMAT, load_checkpoint
-
-    folder = Path(path)
-    if not folder.is_dir():
-        raise UsageError(f"--model {path}: no such folder; pass a diffode checkpoint or diffusers folder")
-    config_file = folder / "config.json"
-    if config_file.is_file() and f'"{FORMAT}"' in config_file.read_text():
-        checkpoint = load_checkpoint(folder, device=device, dtype=dtype)
-        shape = getattr(checkpoint.model, "sample_shape", None)
-        if checkpoint.schedule is None or shape is None:
-            raise UsageError(f"--model {path} is not an ε-network checkpoint (it has no schedule)")
-        return LoadedModel(checkpoint.model, checkpoint.schedule, "epsilon", tuple(shape), str(folder))
-    from diffode.diffusers_interop import load_diffusers
-
-    wrapped = load_diffusers(folder)
-    if wrapped.sample_shape is None:
-        raise UsageError(f"--model {path}: the network's config gives no in_channels/sample_size")
-    wrapped.model.unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return LoadedModel(wrapped.model, wrapped.schedule, wrapped.prediction, wrapped.sample_shape, str(folder))
-
-
-def seed_noise(seed: int, shape: Sequence[int]) -> tuple[Tensor, torch.Generator]:
-    """The noise of ``seed``: ``torch.randn(shape)`` from ``torch.Generator().manual_seed(seed)``
-    (float32, CPU, hence the same on every device), and that generator for further draws."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(tuple(shape), generator=generator), generator
-
-
-def sample_seeds(
-    loaded: LoadedModel,
-    seeds: Sequence[int],
-    solver: Solver,
-    *,
-    steps: int | None,
-    timesteps: str,
-    batch: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    progress: bool = False,
-) -> tuple[Tensor, int]:
-    """Sample one image per seed; returns (float32 CPU samples ``(n, *shape)``, NFE per sample).
-
-    The noise of seed i is ``torch.randn(shape, generator=torch.Generator().manual_seed(i))``
-    (drawn on the CPU, so it is the same on every device); a stochastic solver gets one generator
-    per sample, seeded from that same stream. A sample therefore depends only on its seed,
-    whatever the batch it is computed in.
-    """
-    outputs: list[Tensor] = []
-    nfe = 0
-
-    def count(info: StepInfo) -> None:
-        nonlocal nfe
-        nfe = info.nfe
-
-    chunks = [list(seeds[i : i + batch]) for i in range(0, len(seeds), batch)]
-    several = len(chunks) > 1
-    for chunk in tqdm(chunks, desc="sample", disable=not (progress and several)):
-        noise, generators = [], []
-        for seed in chunk:
-            z, g = seed_noise(seed, loaded.sample_shape)
-            noise.append(z)
-            if solver.stochastic:
-                solver_seed = int(torch.randint(0, 2**62, (1,), generator=g))
-                generators.append(torch.Generator(device=device).manual_seed(solver_seed))
-        x = sample(
-            loaded.model,
-            loaded.schedule,
-            torch.stack(noise).to(device, dtype),
-            steps=steps,
-            timesteps=timesteps,
-            solver=solver,
-            generator=generators or None,
-            callback=count,
-            progress=progress and not several,
-            prediction=loaded.prediction,
-        )
-        outputs.append(x.detach().float().cpu())
-    return torch.cat(outputs), nfe
-
-
-_OUTPUTS = (".png", ".npz")
-
-
-def _check_out(out: str) -> None:
-    if Path(out).suffix.lower() not in _OUTPUTS:
-        raise UsageError(f"--out must end in .png (a picture) or .npz (uint8 NHWC under arr_0), got {out!r}")
-
-
-def write_samples(out: str, x: Tensor, *, columns: int = 0, scale: int = 4) -> None:
-    """Images ``(n, C, H, W)`` in [-1, 1] → a PNG grid or an ``.npz`` of uint8 NHWC under
-    ``arr_0``; 2-D points ``(n, 2)`` → a PNG scatter or an ``.npz`` of float32 points."""
-    from diffode.images import grid, scatter_image, to_uint8, write_png
-
-    png = Path(out).suffix.lower() == ".png"
-    if x.ndim == 4:
-        images = to_uint8(x)
-        if png:
-            write_png(out, grid(images, columns or math.ceil(math.sqrt(len(images))), scale=scale))
-        else:
-            np.savez(out, arr_0=images)
-    elif png:
-        write_png(out, scatter_image(x.numpy()))
-    else:
-        np.savez(out, arr_0=x.numpy().astype(np.float32))
 
 
 def _solver_from_args(args: argparse.Namespace) -> Solver:
@@ -313,15 +150,14 @@ def _solver_from_args(args: argparse.Namespace) -> Solver:
 
 def _sample(args: argparse.Namespace) -> int:
     """Sample the bundled digits model (or a checkpoint) and write a PNG grid or an .npz."""
-    _check_out(args.out)
+    _output(args, "--out")
     seeds = parse_seeds(args.seeds)
-    if args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
     solver = _solver_from_args(args)
-    device = _device(args.device)
-    loaded = load_model(args.model, device, _DTYPES[args.dtype])
+    device, dtype = resolve_device(args.device), _DTYPES[args.dtype]
+    loaded = load_model(args.model, device, dtype)
+    runs.check_memory(len(seeds), loaded.sample_shape)
     start = time.perf_counter()
-    x, nfe = sample_seeds(
+    x, nfe = runs.sample_seeds(
         loaded,
         seeds,
         solver,
@@ -329,7 +165,7 @@ def _sample(args: argparse.Namespace) -> int:
         timesteps=args.timesteps,
         batch=args.batch,
         device=device,
-        dtype=_DTYPES[args.dtype],
+        dtype=dtype,
         progress=not args.no_progress,
     )
     wall = time.perf_counter() - start
@@ -365,8 +201,10 @@ def _train(args: argparse.Namespace) -> int:
     result = train(
         config,
         args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
         command=args.command_line,
-        device=_device(args.device),
+        device=resolve_device(args.device),
         progress=not args.no_progress,
     )
     print(
@@ -380,7 +218,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_classifier(args: argparse.Namespace) -> int:
     """Train the digits classifier behind the Fréchet distance and write it with its statistics."""
-    from diffode.metrics import frechet_distance, train_classifier
+    from diffode.metrics import frechet_distance
+    from diffode.train import train_classifier
 
     result = train_classifier(
         args.out, steps=args.steps, seed=args.seed, command=args.command_line, progress=not args.no_progress
@@ -397,17 +236,14 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     """Digits Fréchet distance of an .npz of uint8 NHWC samples (arr_0)."""
     from diffode.images import from_uint8
-    from diffode.metrics import digits_fd, real_floor
+    from diffode.pretrained import digits_fd, real_floor
 
     path = Path(args.samples)
     if path.suffix.lower() != ".npz" or not path.is_file():
         raise UsageError(
             f"samples must be an existing .npz file (uint8 NHWC under arr_0), got {args.samples!r}"
         )
-    with np.load(path, allow_pickle=False) as archive:
-        if "arr_0" not in archive:
-            raise UsageError(f"{path} has no arr_0 array (found {', '.join(archive.files) or 'nothing'})")
-        images = from_uint8(archive["arr_0"])
+    images = from_uint8(read_npz_array(path))
     if tuple(images.shape[1:]) != (1, 8, 8) or images.shape[0] < 2:
         raise UsageError(f"{path}: need at least 2 grey 8×8 images (n, 8, 8, 1), got {tuple(images.shape)}")
     fd = digits_fd(images, args.reference)
@@ -416,64 +252,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_images(paths: Sequence[str], shape: Sequence[int]) -> Tensor:
-    """Images for a model whose samples have ``shape`` (C, H, W), as float32 in [-1, 1].
-
-    ``.npz`` files contribute every image under ``arr_0`` (uint8 NHWC, as ``diffode sample``
-    writes them); ``.png`` files one grey image each, of size H×W or an integer multiple of it
-    (such as the enlarged pictures diffode writes), reduced by block averaging.
-    """
-    from diffode.images import from_uint8, read_png
-
-    c, h, w = (int(v) for v in shape)
-    batches = []
-    for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise UsageError(f"no such image file: {name}")
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                if "arr_0" not in archive:
-                    raise UsageError(
-                        f"{name} has no arr_0 array (found {', '.join(archive.files) or 'nothing'})"
-                    )
-                batches.append(from_uint8(archive["arr_0"]))
-        elif path.suffix.lower() == ".png":
-            grey = read_png(path).astype(np.float64)
-            fy, fx = grey.shape[0] // h, grey.shape[1] // w
-            if c != 1 or fy < 1 or grey.shape != (fy * h, fx * w) or fx != fy:
-                raise UsageError(
-                    f"{name} is a {grey.shape[0]}×{grey.shape[1]} grey PNG; the model needs {c}×{h}×{w} "
-                    "images (a grey PNG of that size or a multiple of it, or an .npz)"
-                )
-            small = grey.reshape(h, fy, w, fx).mean(axis=(1, 3))
-            batches.append(from_uint8(np.round(small).astype(np.uint8)[None, :, :, None]))
-        else:
-            raise UsageError(f"images must be .png or .npz files, got {name!r}")
-    images = torch.cat(batches)
-    if tuple(images.shape[1:]) != (c, h, w):
-        raise UsageError(f"the images have shape {tuple(images.shape[1:])}, the model needs {(c, h, w)}")
-    return images
-
-
-def _deterministic(name: str) -> Solver:
-    solver = resolve_sampler(name, 0.0)
-    if solver.stochastic:
-        raise UsageError(f"--solver {name} is stochastic; encoding and decoding need a deterministic solver")
-    return solver
-
-
 def _model_and_grid(
     args: argparse.Namespace,
 ) -> tuple[LoadedModel, dict[str, Any], torch.device, torch.dtype]:
     """The model of ``--model/--device/--dtype``, the keyword arguments that fix the grid and
     solver of ``encode``/``decode`` (deterministic solvers only), the device and the dtype."""
-    device, dtype = _device(args.device), _DTYPES[args.dtype]
+    solver = resolve_sampler(args.solver, 0.0)
+    if solver.stochastic:
+        raise UsageError(
+            f"--solver {args.solver} is stochastic; encoding and decoding need a deterministic solver"
+        )
+    device, dtype = resolve_device(args.device), _DTYPES[args.dtype]
     loaded = load_model(args.model, device, dtype)
     grid = {
         "steps": args.steps,
         "timesteps": args.timesteps,
-        "solver": _deterministic(args.solver),
+        "solver": solver,
         "prediction": loaded.prediction,
     }
     return loaded, grid, device, dtype
@@ -483,8 +277,11 @@ def _encode(args: argparse.Namespace) -> int:
     """Encode images to latents by integrating the ODE backwards; report the round trip."""
     from diffode.encoding import decode, encode
 
-    if Path(args.out).suffix.lower() != ".npz":
-        raise UsageError(f"--out must be an .npz file (latents under 'latents'), got {args.out!r}")
+    _output(args, "--out", (".npz",))
+    if args.recon:
+        _output(args, "--recon")
+        if Path(args.recon).resolve() == Path(args.out).resolve():
+            raise UsageError(f"--recon and --out name the same file {args.out!r}")
     loaded, grid, device, dtype = _model_and_grid(args)
     solver = grid["solver"]
     x0 = load_images(args.images, loaded.sample_shape).to(device, dtype)
@@ -503,10 +300,10 @@ def _encode(args: argparse.Namespace) -> int:
     )
     print(f"latents: mean={float(z.mean()):.4f} std={float(z.std()):.4f} (N(0, I) for data the model knows)")
     print(f"round trip decode(encode(x)): mean squared error per dimension {error:.3g}")
-    if info.companion is None:
-        np.savez(args.out, latents=z.numpy())
-    else:
-        np.savez(args.out, latents=z.numpy(), companion=info.companion.detach().float().cpu().numpy())
+    arrays = {"latents": z.numpy()}
+    if info.companion is not None:
+        arrays["companion"] = info.companion.detach().float().cpu().numpy()
+    runs.write_arrays(args.out, **arrays)
     print(f"wrote {args.out}")
     if args.recon:
         write_samples(args.recon, torch.cat([x0.float().cpu(), back.detach().float().cpu()]), columns=len(x0))
@@ -519,16 +316,15 @@ def _interpolate(args: argparse.Namespace) -> int:
     from diffode.encoding import decode, encode
     from diffode.interpolation import interpolate
 
-    _check_out(args.out)
-    if args.frames < 2:
-        raise UsageError(f"--frames must be at least 2 (the two endpoints), got {args.frames}")
+    _output(args, "--out")
     loaded, grid, device, dtype = _model_and_grid(args)
+    runs.check_memory(args.frames, loaded.sample_shape, "frames")
     solver = grid["solver"]
     if args.seeds is not None:
         seeds = parse_seeds(args.seeds)
         if len(seeds) != 2:
             raise UsageError(f"--seeds must name exactly two seeds, such as 3,7; got {args.seeds!r}")
-        z = torch.stack([seed_noise(seed, loaded.sample_shape)[0] for seed in seeds]).to(device, dtype)
+        z = torch.stack([runs.seed_noise(seed, loaded.sample_shape)[0] for seed in seeds]).to(device, dtype)
         source = f"seeds {seeds[0]} and {seeds[1]}"
     else:
         images = load_images(args.images, loaded.sample_shape).to(device, dtype)
@@ -539,10 +335,14 @@ def _interpolate(args: argparse.Namespace) -> int:
     weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
     start = time.perf_counter()
     path = interpolate(z[:1], z[1:], weights, args.method)[:, 0]
-    x = decode(loaded.model, loaded.schedule, path, **grid)
+    x = runs.decode_in_batches(
+        lambda latents: decode(loaded.model, loaded.schedule, latents, **grid),
+        path,
+        runs.batch_limit(solver, args.batch),
+    )
     wall = time.perf_counter() - start
     print(f"{args.method} between {source}: {args.frames} frames decoded with {solver!r} in {wall:.3f}s")
-    write_samples(args.out, x.detach().float().cpu(), columns=args.frames, scale=args.scale)
+    write_samples(args.out, x, columns=args.frames, scale=args.scale)
     print(f"wrote {args.out}")
     return 0
 
@@ -564,9 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         "wall time and how close the sample statistics are to the data.",
     )
     _add_grid_options(demo, steps=20)
-    demo.add_argument("--n", type=_at_least(2), default=4000, help="number of samples (default: 4000)")
+    demo.add_argument(
+        "--n", type=_int_in(2, MAX_DEMO_POINTS), default=4000, help="number of samples (default: 4000)"
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--out", default="gmm.png", help="scatter plot PNG ('' to skip; default: gmm.png)")
+    _add_overwrite(demo)
     demo.set_defaults(run=_demo)
 
     smp = sub.add_parser(
@@ -584,14 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument(
         "--seeds", default="0-63", help="seeds, one sample each, e.g. 0-63 or 3,7,10-12 (default: 0-63)"
     )
-    smp.add_argument("--batch", type=int, default=256, help="samples per network call (default: 256)")
+    smp.add_argument(
+        "--batch", type=_int_in(1), default=256, help="samples per solve (default: 256; adaptive solvers: 1)"
+    )
     smp.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     smp.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
     smp.add_argument("--out", default="digits.png", help="output .png grid or .npz (default: digits.png)")
     smp.add_argument(
-        "--columns", type=_at_least(0), default=0, help="images per row of the PNG grid (default: square)"
+        "--columns", type=_int_in(0), default=0, help="images per row of the PNG grid (default: square)"
     )
-    smp.add_argument("--scale", type=_at_least(1), default=4, help="PNG enlargement factor (default: 4)")
+    smp.add_argument(
+        "--scale", type=_int_in(1, MAX_SCALE), default=4, help="PNG enlargement factor (default: 4)"
+    )
+    _add_overwrite(smp)
     smp.add_argument("--no-progress", action="store_true", help="no progress bar")
     smp.set_defaults(run=_sample)
 
@@ -614,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument(
         "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)"
     )
+    trn.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    _add_overwrite(trn)
     trn.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     trn.add_argument("--no-progress", action="store_true", help="no progress bar")
     trn.set_defaults(run=_train)
@@ -667,7 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument(
         "--tol", type=float, default=None, help="--method exact: fixed-point tolerance (default: diffode's)"
     )
-    enc.add_argument("--recon", default="", help="also write inputs and reconstructions to this .png")
+    enc.add_argument(
+        "--recon", default="", help="also write inputs and reconstructions to this .png (or .npz)"
+    )
+    _add_overwrite(enc)
     add_model_options(enc)
     enc.set_defaults(run=_encode)
 
@@ -681,12 +494,21 @@ def build_parser() -> argparse.ArgumentParser:
     ends = itp.add_mutually_exclusive_group(required=True)
     ends.add_argument("--seeds", default=None, help="two seeds, e.g. 3,7")
     ends.add_argument("--images", nargs="+", default=None, help="two images (.png or .npz files)")
-    itp.add_argument("--frames", type=int, default=8, help="frames including both ends (default: 8)")
+    itp.add_argument(
+        "--frames",
+        type=_int_in(2, MAX_FRAMES),
+        default=8,
+        help=f"frames including both ends, 2 to {MAX_FRAMES} (default: 8)",
+    )
     itp.add_argument(
         "--method", default="slerp", choices=("slerp", "lerp"), help="interpolation (default: slerp)"
     )
     itp.add_argument("--out", default="interpolation.png", help="output .png strip or .npz")
-    itp.add_argument("--scale", type=_at_least(1), default=4, help="PNG enlargement factor (default: 4)")
+    itp.add_argument(
+        "--scale", type=_int_in(1, MAX_SCALE), default=4, help="PNG enlargement factor (default: 4)"
+    )
+    itp.add_argument("--batch", type=_int_in(1), default=256, help="frames per decoding solve (default: 256)")
+    _add_overwrite(itp)
     add_model_options(itp)
     itp.set_defaults(run=_interpolate)
     return parser
@@ -704,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         run: Callable[[argparse.Namespace], int] = args.run
         return run(args)
-    except (UsageError, ValueError, TypeError, ImportError, FileNotFoundError) as err:
+    # OSError: a file that cannot be read or written (missing, unreadable, disk full, ulimit -f)
+    except (UsageError, ValueError, TypeError, ImportError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"diffode: error: {message}", file=sys.stderr)
         return 2

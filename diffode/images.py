@@ -1,4 +1,4 @@
-"""Small image utilities without dependencies: uint8 conversion, grids, PNG write and read.
+"""Image files: uint8 conversion, grids, PNG write and read (Pillow), image inputs for models.
 
 Images travel as float tensors ``(n, C, H, W)`` in [-1, 1] inside diffode and as uint8 arrays
 ``(n, H, W, C)`` (NHWC, the layout of FID tools' ``.npz`` files) on disk.
@@ -7,15 +7,17 @@ Images travel as float tensors ``(n, C, H, W)`` in [-1, 1] inside diffode and as
 from __future__ import annotations
 
 import os
-import struct
-import zlib
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from diffode.atomic import atomic_write
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -38,119 +40,128 @@ def from_uint8(images: np.ndarray) -> Tensor:
     return torch.from_numpy(array.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
-def grid(images: np.ndarray, columns: int, *, scale: int = 1, pad: int = 1) -> np.ndarray:
-    """Tile uint8 images ``(n, H, W, C)`` into one picture, ``columns`` per row, each enlarged
-    ``scale`` times (nearest neighbour), ``pad`` mid-grey pixels between tiles and none around
-    them (so a one-image grid is that image, enlarged, and reads back with ``diffode encode``)."""
-    n, h, w, c = images.shape
-    columns = max(1, min(columns, n))
-    rows = -(-n // columns)
-    big = images.repeat(scale, axis=1).repeat(scale, axis=2)
-    hs, ws = h * scale, w * scale
-    out = np.full((rows * (hs + pad) - pad, columns * (ws + pad) - pad, c), 128, dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, columns)
-        top, left = r * (hs + pad), col * (ws + pad)
-        out[top : top + hs, left : left + ws] = big[i]
-    return out
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    )
-
-
-def write_png(path: str | os.PathLike[str], image: np.ndarray) -> None:
-    """Write a uint8 image ``(H, W)``, ``(H, W, 1)`` (grey) or ``(H, W, 3)`` (RGB) as a PNG."""
+def _pillow(image: np.ndarray) -> Image.Image:
+    """A uint8 ``(H, W)``, ``(H, W, 1)`` (grey) or ``(H, W, 3)`` (RGB) array as a Pillow image."""
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"image must be uint8, got dtype {array.dtype}")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3):
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise ValueError(f"image must have shape (H, W), (H, W, 1) or (H, W, 3), got {array.shape}")
-    h, w, c = array.shape
-    color_type = 0 if c == 1 else 2
-    # filter type 0 (none) on every row: simple, and zlib does well on these small pictures
-    raw = b"".join(b"\x00" + array[row].tobytes() for row in range(h))
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    data = (
-        _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 9)) + _chunk(b"IEND", b"")
-    )
-    Path(path).write_bytes(data)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
+def grid(images: np.ndarray, columns: int, *, scale: int = 1, pad: int = 1) -> np.ndarray:
+    """Tile uint8 images ``(n, H, W, C)`` into one uint8 picture ``(rows·(H·scale+pad)-pad,
+    columns·(W·scale+pad)-pad, C)``, ``columns`` per row, each enlarged ``scale`` times (nearest
+    neighbour), ``pad`` mid-grey pixels between tiles and none around them (so a one-image grid is
+    that image, enlarged, and reads back with ``diffode encode``)."""
+    n, h, w, c = images.shape
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    hs, ws = h * scale, w * scale
+    tiles = [_pillow(image).resize((ws, hs), Image.Resampling.NEAREST) for image in images]
+    mode = tiles[0].mode if tiles else "L"
+    size = (columns * (ws + pad) - pad, rows * (hs + pad) - pad)
+    picture = Image.new(mode, size, 128 if mode == "L" else (128, 128, 128))
+    for i, tile in enumerate(tiles):
+        r, col = divmod(i, columns)
+        picture.paste(tile, (col * (ws + pad), r * (hs + pad)))
+    return np.asarray(picture).reshape(size[1], size[0], c)
 
 
-def _unfilter(kind: int, row: bytearray, prev: bytes, bpp: int) -> bytearray:
-    if kind == 0:
-        return row
-    if kind == 2:
-        return bytearray((r + p) & 0xFF for r, p in zip(row, prev, strict=True))
-    for i in range(len(row)):
-        left = row[i - bpp] if i >= bpp else 0
-        up = prev[i]
-        upleft = prev[i - bpp] if i >= bpp else 0
-        if kind == 1:
-            row[i] = (row[i] + left) & 0xFF
-        elif kind == 3:
-            row[i] = (row[i] + ((left + up) >> 1)) & 0xFF
-        elif kind == 4:
-            row[i] = (row[i] + _paeth(left, up, upleft)) & 0xFF
-        else:
-            raise ValueError(f"corrupt PNG: unknown row filter {kind}")
-    return row
+def write_png(path: str | os.PathLike[str] | BinaryIO, image: np.ndarray) -> None:
+    """Write a uint8 image ``(H, W)``, ``(H, W, 1)`` (grey) or ``(H, W, 3)`` (RGB) as a PNG, to a
+    path (atomically: a failed write leaves an existing file intact) or an open binary file."""
+    picture = _pillow(image)
+    if isinstance(path, (str, os.PathLike)):
+        with atomic_write(path) as fh:
+            picture.save(fh, format="PNG", optimize=True)
+    else:
+        picture.save(path, format="PNG", optimize=True)
 
 
 def read_png(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an 8-bit, non-interlaced PNG (grey, grey+alpha, RGB or RGBA) as uint8 grey ``(H, W)``.
+    """Read a PNG (any bit depth, colour type or interlacing Pillow reads) as uint8 grey ``(H, W)``.
 
-    Colour is reduced to luminance (ITU-R 601 weights); alpha is dropped.
+    Colour is reduced to luminance (ITU-R 601 weights, Pillow's ``convert("L")``); alpha is
+    dropped. A file that is not a complete image raises ``ValueError`` naming it.
     """
-    data = Path(path).read_bytes()
-    if data[:8] != _SIGNATURE:
-        raise ValueError(f"{path} is not a PNG file")
-    pos, idat, header = 8, b"", b""
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            idat += body
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
-    if len(header) != 13:
-        raise ValueError(f"{path}: corrupt PNG (no IHDR chunk)")
-    w, h, depth, color_type, _, _, interlace = struct.unpack(">IIBBBBB", header)
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(color_type)
-    if depth != 8 or channels is None or interlace:
+    try:
+        with Image.open(path) as picture:
+            if picture.format != "PNG":
+                raise ValueError(f"{path} is a {picture.format} file, not a PNG")
+            picture.load()
+            return np.asarray(picture.convert("L"))
+    except (OSError, SyntaxError) as err:  # Pillow reports broken files as OSError (or SyntaxError)
+        raise ValueError(f"{path} is not a readable PNG file ({_one_line(err)})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def read_npz_array(path: str | os.PathLike[str], key: str = "arr_0") -> np.ndarray:
+    """The array ``key`` of an ``.npz`` file (never unpickled); ``ValueError`` naming the file when
+    it is not a readable ``.npz`` (truncated, not a zip archive, no such array)."""
+    unreadable = (OSError, EOFError, zipfile.BadZipFile, ValueError)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except unreadable as err:
+        raise ValueError(f"{path} is not a readable .npz file ({_one_line(err)})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single .npy array, not an .npz archive")
+    with archive:
+        if key not in archive.files:
+            raise ValueError(f"{path} has no {key} array (found {', '.join(archive.files) or 'nothing'})")
+        try:
+            # members are read (and decompressed) only here, so a truncated archive fails here
+            return np.asarray(archive[key])
+        except unreadable as err:
+            raise ValueError(f"{path} is not a readable .npz file ({_one_line(err)})") from None
+
+
+def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -> Tensor:
+    """Images for a model whose samples have ``shape`` (C, H, W), as float32 ``(n, C, H, W)`` in
+    [-1, 1].
+
+    ``.npz`` files contribute every image under ``arr_0`` (uint8 NHWC, as ``diffode sample``
+    writes them); ``.png`` files one grey image each, of size H×W or an integer multiple of it
+    (such as the enlarged pictures diffode writes), reduced by block averaging. Problems raise
+    ``ValueError`` (or ``FileNotFoundError``) in one line naming the file.
+    """
+    if len(shape) != 3:
         raise ValueError(
-            f"{path}: only 8-bit non-interlaced grey/RGB(A) PNGs are supported "
-            f"(got bit depth {depth}, colour type {color_type}, interlace {interlace})"
+            f"the model makes samples of shape {tuple(shape)}, not images (C, H, W); "
+            "image inputs need an image model"
         )
-    raw = zlib.decompress(idat)
-    stride = w * channels
-    rows, prev = [], bytes(stride)
-    for r in range(h):
-        start = r * (stride + 1)
-        row = _unfilter(raw[start], bytearray(raw[start + 1 : start + 1 + stride]), prev, channels)
-        rows.append(row)
-        prev = bytes(row)
-    pixels = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(h, w, channels).astype(np.float64)
-    if channels >= 3:
-        grey = pixels[..., 0] * 0.299 + pixels[..., 1] * 0.587 + pixels[..., 2] * 0.114
-    else:
-        grey = pixels[..., 0]
-    return np.clip(np.round(grey), 0, 255).astype(np.uint8)
+    c, h, w = (int(v) for v in shape)
+    batches = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such image file: {name}")
+        if path.suffix.lower() == ".npz":
+            batches.append(from_uint8(read_npz_array(path)))
+        elif path.suffix.lower() == ".png":
+            grey = read_png(path).astype(np.float64)
+            fy, fx = grey.shape[0] // h, grey.shape[1] // w
+            if c != 1 or fy < 1 or grey.shape != (fy * h, fx * w) or fx != fy:
+                raise ValueError(
+                    f"{name} is a {grey.shape[0]}×{grey.shape[1]} grey PNG; the model needs {c}×{h}×{w} "
+                    "images (a grey PNG of that size or a multiple of it, or an .npz)"
+                )
+            small = grey.reshape(h, fy, w, fx).mean(axis=(1, 3))
+            batches.append(from_uint8(np.round(small).astype(np.uint8)[None, :, :, None]))
+        else:
+            raise ValueError(f"images must be .png or .npz files, got {str(name)!r}")
+    images = torch.cat(batches) if batches else torch.zeros(0, c, h, w)
+    if len(images) == 0:
+        raise ValueError(f"no images in {', '.join(str(p) for p in paths)}")
+    if tuple(images.shape[1:]) != (c, h, w):
+        raise ValueError(f"the images have shape {tuple(images.shape[1:])}, the model needs {(c, h, w)}")
+    return images
 
 
 def scatter_image(points: np.ndarray, size: int = 256, extent: float = 0.0) -> np.ndarray:

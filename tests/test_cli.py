@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffode.cli import main, parse_seeds
+from diffode.cli import main
+from diffode.runs import parse_seeds
 from tests.helpers import tiny_unet
 
 
@@ -104,7 +105,7 @@ def test_sample_in_float64_matches_float32(tmp_path, capsys):
 
 def test_eval_reports_the_digits_frechet_distance(tmp_path, capsys):
     from diffode.images import from_uint8
-    from diffode.metrics import digits_fd
+    from diffode.pretrained import digits_fd
 
     out = tmp_path / "s.npz"
     run(["sample", "--seeds", "0-31", "--steps", "10", "--out", str(out)], capsys)
@@ -235,8 +236,8 @@ def test_parse_seeds():
     [
         (["sample", "--seeds", "5-2"], "--seeds must be non-negative integers and ranges like 0-63"),
         (["sample", "--seeds", "a"], "--seeds must be"),
-        (["sample", "--out", "x.jpg"], "--out must end in .png (a picture) or .npz"),
-        (["sample", "--batch", "0"], "--batch must be at least 1"),
+        (["sample", "--out", "x.jpg"], "--out must be a file name ending in .png or .npz"),
+        (["sample", "--batch", "0"], "argument --batch: must be at least 1"),
         (["sample", "--steps", "0"], "steps must be at least 1"),
         (["sample", "--steps", "2000"], "steps must be at most 1000"),
         (["sample", "--eta", "-1", "--solver", "ddim"], "eta must be a finite number >= 0"),
@@ -252,13 +253,13 @@ def test_parse_seeds():
         (["train"], "the following arguments are required: --out"),
         (["eval", "missing.npz"], "samples must be an existing .npz file"),
         (["encode", "missing.png"], "no such image file: missing.png"),
-        (["encode", "x.npz", "--out", "z.png"], "--out must be an .npz file"),
+        (["encode", "x.npz", "--out", "z.png"], "--out must be a file name ending in .npz"),
         (["encode", "x.npz", "--solver", "nope"], "unknown solver 'nope'"),
         (["interpolate"], "one of the arguments --seeds --images is required"),
         (["interpolate", "--seeds", "1,2,3"], "--seeds must name exactly two seeds"),
-        (["interpolate", "--seeds", "1,2", "--frames", "1"], "--frames must be at least 2"),
+        (["interpolate", "--seeds", "1,2", "--frames", "1"], "argument --frames: must be at least 2"),
         (["interpolate", "--seeds", "1,2", "--images", "a.png"], "not allowed with argument --seeds"),
-        (["interpolate", "--seeds", "1,2", "--out", "s.gif"], "--out must end in .png"),
+        (["interpolate", "--seeds", "1,2", "--out", "s.gif"], "--out must be a file name ending in .png"),
         (["sample", "--threads", "-1"], "--threads must be >= 0"),
     ],
 )

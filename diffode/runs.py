@@ -1,0 +1,346 @@
+"""Runs: what the ``diffode`` command does, as a library (the CLI only parses arguments).
+
+- :func:`load_model`: the bundled digits model, a diffode checkpoint or a diffusers folder;
+- :func:`parse_seeds`, :func:`seed_noise`, :func:`sample_seeds`: seeded sampling in batches,
+  under the rule that *a sample depends only on its seed*, whatever the batch;
+- :func:`decode_in_batches`: deterministic decoding of many latents, a batch at a time;
+- :func:`check_output`, :func:`write_samples`, :func:`write_arrays`: outputs checked before the
+  work and written atomically (:func:`diffode.atomic.atomic_write`);
+- :func:`mixture_report`, :func:`plot_mixture`: the statistics and picture of ``diffode demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from diffode.atomic import atomic_write
+from diffode.field import Model
+from diffode.images import grid, scatter_image, to_uint8, write_png
+from diffode.oracles import GaussianMixture
+from diffode.sampling import sample
+from diffode.schedule import Schedule
+from diffode.solve import StepInfo
+from diffode.solvers.base import Solver
+
+MAX_SEEDS = 1_000_000
+"""The most seeds one run samples (``parse_seeds`` refuses more before expanding them)."""
+
+MAX_OUTPUT_BYTES = 4 * 2**30
+"""The most float32 bytes one run's samples may hold in memory (4 GiB)."""
+
+
+# ----------------------------------------------------------------------------- devices and models
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device called ``name`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); ``ValueError``
+    when it is not a device, not available here, or holds no data (``meta``)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1, mps, ..."
+        ) from None
+    if device.type == "meta":
+        raise ValueError(f"--device {name}: meta tensors hold no values to sample; use --device cpu")
+    if device.type != "cpu":
+        backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+        is_available = getattr(backend, "is_available", None)
+        if not callable(is_available) or not is_available():
+            raise ValueError(
+                f"--device {name}: {device.type} is not available on this machine; use --device cpu"
+            )
+    return device
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for sampling: ``model(x, t)``, its schedule, what it predicts
+    (``"epsilon"``, ...), the shape of one sample (``(C, H, W)`` or ``(d,)``), a name to print."""
+
+    model: Model
+    schedule: Schedule
+    prediction: str
+    sample_shape: tuple[int, ...]
+    name: str
+
+
+def _is_diffode_checkpoint(folder: Path) -> bool:
+    """Whether ``folder/config.json`` is a JSON object with ``"format": "diffode-checkpoint"``."""
+    from diffode.checkpoint import CONFIG, FORMAT
+
+    config_file = folder / CONFIG
+    if not config_file.is_file():
+        return False
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
+    return isinstance(config, dict) and config.get("format") == FORMAT
+
+
+def load_model(path: str | os.PathLike[str] | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """The bundled digits model (``path=None``), a diffode checkpoint folder, or a diffusers
+    folder written by ``save_pretrained`` (needs ``pip install "diffode[diffusers]"``), on
+    ``device`` in ``dtype``, frozen. Raises ``ValueError`` for anything else."""
+    if path is None:
+        from diffode.pretrained import digits
+
+        unet, schedule = digits(device, dtype)
+        return LoadedModel(unet, schedule, "epsilon", unet.sample_shape, "bundled digits model")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"--model {path}: no such folder; pass a diffode checkpoint or diffusers folder")
+    if _is_diffode_checkpoint(folder):
+        from diffode.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(folder, device=device, dtype=dtype)
+        shape = getattr(checkpoint.model, "sample_shape", None)
+        if checkpoint.schedule is None or shape is None:
+            raise ValueError(f"--model {path} is not an ε-network checkpoint (it has no schedule)")
+        return LoadedModel(
+            checkpoint.model, checkpoint.schedule, checkpoint.prediction, tuple(shape), str(folder)
+        )
+    from diffode.diffusers_interop import load_diffusers
+
+    wrapped = load_diffusers(folder)
+    if wrapped.sample_shape is None:
+        raise ValueError(f"--model {path}: the network's config gives no in_channels/sample_size")
+    wrapped.model.unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return LoadedModel(wrapped.model, wrapped.schedule, wrapped.prediction, wrapped.sample_shape, str(folder))
+
+
+# ----------------------------------------------------------------------------- seeded sampling
+
+
+def parse_seeds(text: str, limit: int = MAX_SEEDS) -> list[int]:
+    """``"0-63"`` → 0 … 63; ``"3,7,10-12"`` → [3, 7, 10, 11, 12]. Seeds are non-negative ints;
+    more than ``limit`` of them is refused before the list is built."""
+    bounds: list[tuple[int, int]] = []
+    try:
+        for part in text.split(","):
+            first, sep, last = part.strip().partition("-")
+            low, high = int(first), int(last) if sep else int(first)
+            if low < 0 or high < low:
+                raise ValueError
+            bounds.append((low, high))
+    except ValueError:
+        raise ValueError(
+            f"--seeds must be non-negative integers and ranges like 0-63 or 3,7,10-12, got {text!r}"
+        ) from None
+    count = sum(high - low + 1 for low, high in bounds)
+    if count > limit:
+        raise ValueError(f"--seeds names {count} seeds; one run samples at most {limit}, split it into runs")
+    return [seed for low, high in bounds for seed in range(low, high + 1)]
+
+
+def check_memory(n: int, shape: Sequence[int], what: str = "samples") -> None:
+    """``ValueError`` when ``n`` float32 arrays of ``shape`` exceed :data:`MAX_OUTPUT_BYTES`."""
+    size = n * math.prod(shape) * 4
+    if size > MAX_OUTPUT_BYTES:
+        raise ValueError(
+            f"{n} {what} of shape {tuple(shape)} need {size / 2**30:.1f} GiB; one run holds at most "
+            f"{MAX_OUTPUT_BYTES / 2**30:.0f} GiB, split it into runs"
+        )
+
+
+def seed_noise(seed: int, shape: Sequence[int]) -> tuple[Tensor, torch.Generator]:
+    """The noise of ``seed``: ``torch.randn(shape)`` from ``torch.Generator().manual_seed(seed)``
+    (float32, CPU, hence the same on every device), and that generator for further draws."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator), generator
+
+
+def batch_limit(solver: Solver, batch: int) -> int:
+    """The batch ``solver`` may run at without a sample depending on the others in its batch.
+
+    A fixed-step solver treats every sample alike, so a sample depends only on its own noise
+    (to the network's round-off). An adaptive solver picks its steps from an error estimate: over
+    the whole batch (``per_sample=False``, torchdiffeq, scipy), which makes every sample depend on
+    its batch-mates, or per sample (``per_sample=True``), where a sample's steps still move with
+    the round-off of batched network calls, by up to the tolerance. Only one sample per solve
+    keeps the promise exactly, so adaptive solvers get batches of one.
+    """
+    return 1 if solver.adaptive else batch
+
+
+def sample_seeds(
+    loaded: LoadedModel,
+    seeds: Sequence[int],
+    solver: Solver,
+    *,
+    steps: int | None,
+    timesteps: str,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = False,
+) -> tuple[Tensor, int]:
+    """Sample one image per seed; returns (float32 CPU samples ``(n, *shape)``, NFE of the last
+    batch).
+
+    The noise of seed i is ``torch.randn(shape, generator=torch.Generator().manual_seed(i))``
+    (drawn on the CPU, so it is the same on every device); a stochastic solver gets one generator
+    per sample, seeded from that same stream; adaptive solvers solve each sample alone
+    (:func:`batch_limit`). A sample therefore depends only on its seed, whatever ``batch``.
+    """
+    outputs: list[Tensor] = []
+    nfe = 0
+
+    def count(info: StepInfo) -> None:
+        nonlocal nfe
+        nfe = info.nfe
+
+    size = batch_limit(solver, batch)
+    chunks = [list(seeds[i : i + size]) for i in range(0, len(seeds), size)]
+    several = len(chunks) > 1
+    for chunk in tqdm(chunks, desc="sample", disable=not (progress and several)):
+        noise, generators = [], []
+        for seed in chunk:
+            z, g = seed_noise(seed, loaded.sample_shape)
+            noise.append(z)
+            if solver.stochastic:
+                solver_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+                generators.append(torch.Generator(device=device).manual_seed(solver_seed))
+        x = sample(
+            loaded.model,
+            loaded.schedule,
+            torch.stack(noise).to(device, dtype),
+            steps=steps,
+            timesteps=timesteps,
+            solver=solver,
+            generator=generators or None,
+            callback=count,
+            progress=progress and not several,
+            prediction=loaded.prediction,
+        )
+        outputs.append(x.detach().float().cpu())
+    return torch.cat(outputs), nfe
+
+
+def decode_in_batches(decode: Callable[[Tensor], Tensor], latents: Tensor, batch: int) -> Tensor:
+    """``decode`` applied to ``latents`` ``(n, ...)`` ``batch`` rows at a time, concatenated on
+    the CPU as float32, so that memory grows with ``batch``, not ``n``."""
+    parts = [decode(latents[i : i + batch]).detach().float().cpu() for i in range(0, len(latents), batch)]
+    return torch.cat(parts)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def check_output(path: str, suffixes: Sequence[str], *, option: str, overwrite: bool) -> Path:
+    """Check that ``path`` can take an output, before any work: its extension is one of
+    ``suffixes``, its folder exists and is writable, it is not a folder, and it does not exist
+    (unless ``overwrite``). Raises ``ValueError`` naming ``option`` and the fix."""
+    out = Path(path)
+    if out.suffix.lower() not in suffixes or not out.stem:
+        raise ValueError(f"{option} must be a file name ending in {' or '.join(suffixes)}, got {path!r}")
+    if out.is_dir():
+        raise ValueError(f"{option} {path} is a folder; name a file in it")
+    folder = out.parent
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: the folder {str(folder)!r} does not exist; create it first")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{option} {path} exists; pass --overwrite to replace it")
+    # a real probe, since os.access answers yes to root even where nothing can be created
+    probe = folder / f".diffode-probe-{secrets.token_hex(4)}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{option} {path}: cannot write in {str(folder)!r} ({err.strerror})") from None
+    return out
+
+
+def write_arrays(out: str | os.PathLike[str], **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to the ``.npz`` file ``out`` atomically (the old file survives a failure)."""
+    with atomic_write(out) as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+
+
+def write_samples(out: str | os.PathLike[str], x: Tensor, *, columns: int = 0, scale: int = 4) -> None:
+    """Images ``(n, C, H, W)`` in [-1, 1] → a PNG grid or an ``.npz`` of uint8 NHWC under
+    ``arr_0``; 2-D points ``(n, 2)`` → a PNG scatter or an ``.npz`` of float32 points. Written
+    atomically."""
+    png = Path(out).suffix.lower() == ".png"
+    if x.ndim == 4:
+        images = to_uint8(x)
+        if png:
+            write_png(out, grid(images, columns or math.ceil(math.sqrt(len(images))), scale=scale))
+        else:
+            write_arrays(out, arr_0=images)
+    elif png:
+        write_png(out, scatter_image(x.numpy()))
+    else:
+        write_arrays(out, arr_0=x.numpy().astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- the demo
+
+
+@dataclass
+class MixtureReport:
+    """How close samples are to a Gaussian mixture: mean and covariance errors against a large
+    draw of the data, the largest error of the mode weights, the rms distance to the nearest
+    mode, and that distance for the data itself."""
+
+    mean_error: float
+    cov_error: float
+    mode_weight_error: float
+    rms_to_mode: float
+    data_rms_to_mode: float
+
+    def __str__(self) -> str:
+        return (
+            f"|mean - data mean| = {self.mean_error:.4f}   |cov - data cov|_F = {self.cov_error:.4f}   "
+            f"max |mode weight - 1/8| = {self.mode_weight_error:.4f}   "
+            f"rms distance to nearest mode = {self.rms_to_mode:.4f} (data: {self.data_rms_to_mode:.4f})"
+        )
+
+
+def mixture_report(x: Tensor, oracle: GaussianMixture, data: Tensor) -> MixtureReport:
+    """Compare samples ``x`` ``(n, 2)`` with ``data`` ``(m, 2)`` drawn from ``oracle`` (float64)."""
+    x64 = x.double()
+    distances = torch.cdist(x64, oracle.means)
+    occupancy = torch.bincount(distances.argmin(1), minlength=oracle.means.shape[0]).double() / len(x64)
+    return MixtureReport(
+        mean_error=float((x64.mean(0) - data.mean(0)).norm()),
+        cov_error=float((torch.cov(x64.T) - torch.cov(data.T)).norm()),
+        mode_weight_error=float((occupancy - oracle.weights).abs().max()),
+        rms_to_mode=float(distances.min(1).values.pow(2).mean().sqrt()),
+        data_rms_to_mode=float(oracle.stds[0] * 2**0.5),
+    )
+
+
+def plot_mixture(out: str | os.PathLike[str], data: Tensor, x: Tensor, title: str) -> None:
+    """Scatter ``data`` and samples ``x`` (both ``(n, 2)``) side by side into the PNG ``out``
+    (atomically; needs matplotlib, ``pip install "diffode[plot]"``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True)
+    axes[0].scatter(data[:, 0], data[:, 1], s=2, alpha=0.5)
+    axes[0].set_title("data (exact mixture)")
+    axes[1].scatter(x[:, 0], x[:, 1], s=2, alpha=0.5, color="C1")
+    axes[1].set_title(title)
+    for ax in axes:
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    try:
+        with atomic_write(out) as fh:
+            fig.savefig(fh, dpi=120, format="png")
+    finally:
+        plt.close(fig)
