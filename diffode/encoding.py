@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffode.field import Model, ModelField, field_for
 from diffode.grids import GridSpec, sigma_grid
-from diffode.sampling import sample
+from diffode.sampling import graph_mode, ode_dtype, sample
 from diffode.schedule import NoiseSchedule
 from diffode.solve import Callback, solve
 from diffode.solvers.base import Solver
@@ -72,6 +72,7 @@ def encode(
     max_iter: int = ...,
     prediction: str = ...,
     progress: bool = ...,
+    grad: bool = ...,
     return_info: Literal[False] = ...,
 ) -> Tensor: ...
 
@@ -90,6 +91,7 @@ def encode(
     max_iter: int = ...,
     prediction: str = ...,
     progress: bool = ...,
+    grad: bool = ...,
     return_info: Literal[True],
 ) -> Encoding: ...
 
@@ -107,6 +109,7 @@ def encode(
     max_iter: int = 100,
     prediction: str = "epsilon",
     progress: bool = False,
+    grad: bool = False,
     return_info: bool = False,
 ) -> Tensor | Encoding:
     """Map data to latents by running the deterministic sampler's ODE backwards.
@@ -156,6 +159,7 @@ def encode(
         max_iter: ``method="exact"``: iterations allowed per step.
         prediction: what the network predicts (see :func:`diffode.field_for`).
         progress: draw a progress bar on stderr.
+        grad: build the autograd graph (off by default, see :func:`diffode.sampling.graph_mode`).
         return_info: return an :class:`Encoding` (latents, companion, grid, NFE, iterations)
             instead of the latents alone.
 
@@ -184,22 +188,23 @@ def encode(
     field = field_for(model, schedule, prediction)
     # the last two states of the upward solve: BDIA's latents and companion
     trail: deque[Tensor] = deque(maxlen=2)
-    out = solve(
-        field,
-        x0,
-        grid,
-        InverseOf(stepper, tol=tol, max_iter=max_iter) if method == "exact" else stepper,
-        callback=(lambda info: trail.append(info.x)) if reversible else None,
-        progress=progress,
-    )
+    with graph_mode(grad):
+        out = solve(
+            field,
+            x0.to(ode_dtype(x0)),
+            grid,
+            InverseOf(stepper, tol=tol, max_iter=max_iter) if method == "exact" else stepper,
+            callback=(lambda info: trail.append(info.x)) if reversible else None,
+            progress=progress,
+        )
     s_top = float(grid[-1])
-    latents = out.x / math.sqrt(1.0 + s_top * s_top)
+    latents = (out.x / math.sqrt(1.0 + s_top * s_top)).to(x0.dtype)
     if not return_info:
         return latents
     companion = None
     if reversible and method == "exact" and grid.numel() > 2:
         s_below = float(grid[-2])
-        companion = trail[0] / math.sqrt(1.0 + s_below * s_below)
+        companion = (trail[0] / math.sqrt(1.0 + s_below * s_below)).to(x0.dtype)
     return Encoding(
         latents=latents,
         companion=companion,
@@ -221,6 +226,7 @@ def decode(
     prediction: str = "epsilon",
     callback: Callback | None = None,
     progress: bool = False,
+    grad: bool = False,
 ) -> Tensor:
     """Map latents back to data: deterministic sampling from ``latents`` (see :func:`encode`).
 
@@ -232,7 +238,7 @@ def decode(
         latents: x at σ_S, shape ``(batch, ...)``, any float dtype (kept).
         steps, timesteps, solver, prediction: as given to :func:`encode`.
         companion: x at σ_{S-1}, shape and dtype of ``latents``; only with ``solver="bdia"``.
-        callback, progress: as for :func:`diffode.sample`.
+        callback, progress, grad: as for :func:`diffode.sample`.
 
     Returns:
         x at σ = 0, shape, dtype and device of ``latents``.
@@ -248,6 +254,7 @@ def decode(
             prediction=prediction,
             callback=callback,
             progress=progress,
+            grad=grad,
         )
     stepper = get_solver(solver)
     if not isinstance(stepper, BDIA):
@@ -273,6 +280,7 @@ def decode(
         prediction=prediction,
         callback=callback,
         progress=progress,
+        grad=grad,
     )
 
 

@@ -24,6 +24,7 @@ The prediction names are diffusers' ``prediction_type`` values.
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -92,6 +93,16 @@ def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
     return torch.full((like.shape[0],), value, dtype=dtype, device=like.device)
 
 
+def _parameter_dtype(model: Callable[..., Tensor]) -> torch.dtype | None:
+    """The floating dtype of an ``nn.Module``'s first floating parameter or buffer (the dtype it
+    computes in), or ``None`` for other callables and parameter-free modules."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
+
+
 def _from_eps(eps: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
     return eps, (x - s * eps) / alpha
 
@@ -107,7 +118,9 @@ class ModelField(ABC):
     (ε, x̂₀) (:meth:`_split`); this class checks the output shape and provides the three ways to
     read the field (:func:`diffode.solve` counts the evaluations). Calls take σ as a Python float, a 0-d
     tensor or one σ per sample (``(batch,)``) and a state of shape ``(batch, ...)`` in any
-    floating dtype; results have the state's shape and dtype.
+    floating dtype; results have the state's shape and dtype. An ``nn.Module`` network is called
+    in the dtype of its parameters (:attr:`network_dtype`, read when the field is built), the
+    input cast to it and the output cast back.
     """
 
     prediction: ClassVar[str]
@@ -120,6 +133,13 @@ class ModelField(ABC):
         if not callable(model):
             raise TypeError(f"model must be callable as {self.call_convention}, got {type(model).__name__}")
         self.model = model
+        self.network_dtype = _parameter_dtype(model)
+
+    def _network_input(self, x: Tensor) -> Tensor:
+        """``x`` in the network's own dtype: a float64 state meets a float32 network (or the
+        reverse) by a cast at the call, while the state keeps its dtype."""
+        dtype = self.network_dtype
+        return x if dtype is None or dtype == x.dtype else x.to(dtype)
 
     @abstractmethod
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
@@ -199,6 +219,7 @@ class ScheduleField(ModelField):
         return _per_sample(float(self.schedule.t(float(sigma))), like)
 
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
+        x = self._network_input(x)
         return self.model(x, self._time(sigma, x))
 
 
@@ -274,7 +295,8 @@ class DenoiserField(ModelField):
     call_convention = "model(xbar, sigma)"
 
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
-        return self.model(x / alpha, _per_sample(sigma, x))
+        xbar = self._network_input(x / alpha)
+        return self.model(xbar, _per_sample(sigma, xbar))
 
     def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
         return _from_x0(out, x, alpha, s)

@@ -165,6 +165,23 @@ def sigma_grid(
     return grid.flip(0)
 
 
+def _sigma_values(schedule: NoiseSchedule, timesteps: Tensor) -> Tensor:
+    """A float ``timesteps`` tensor read as σ values: checked as a grid and against the schedule's
+    σ range, naming the other reading (integer training timesteps) when it looks meant."""
+    hint = (
+        "; did you mean integer training timesteps? pass timesteps.long()"
+        if schedule.discrete and bool((timesteps == timesteps.round()).all())
+        else ""
+    )
+    values = timesteps.detach().to("cpu", torch.float64)
+    if bool((values < 0).any()) or bool((values > schedule.sigma_max).any()):
+        raise ValueError(
+            f"timesteps given as a float tensor are read as σ values, which must lie in "
+            f"[0, sigma_max = {schedule.sigma_max:.6g}], got {describe(timesteps)}{hint}"
+        )
+    return check_sigma_grid(timesteps, "timesteps")
+
+
 def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSpec, rho: float) -> Tensor:
     """The decreasing σ grid ending with 0 for ``steps`` steps of ``timesteps``."""
     if isinstance(timesteps, Tensor):
@@ -178,7 +195,7 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
             )
         if not timesteps.is_floating_point():
             return sigmas_from_timesteps(schedule, timesteps)
-        grid = check_sigma_grid(timesteps, "timesteps")
+        grid = _sigma_values(schedule, timesteps)
         if grid.numel() > 1 and grid[1] > grid[0]:
             raise ValueError(f"timesteps given as σ values must decrease for sampling, got {describe(grid)}")
         if float(grid[-1]) != 0.0:

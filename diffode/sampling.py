@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from contextlib import AbstractContextManager
 
+import torch
 from torch import Tensor
 
 from diffode.field import Model, ModelField, field_for
@@ -14,6 +17,27 @@ from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.registry import get_solver
 from diffode.validation import require_finite, require_floating, require_nonnegative
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def ode_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the front doors integrate in: the caller's, but float32 for float16 and bfloat16
+    inputs. x̄ = x·√(1+σ²) overflows float16 (its largest value is 65504, σ_max ≈ 2·10⁴ on a cosine
+    schedule) and bfloat16 keeps too few digits for the sum of many steps; the network is still
+    called in its own dtype (see :class:`~diffode.field.ModelField`), and results come back in the
+    input's dtype."""
+    return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+
+
+def graph_mode(grad: bool) -> AbstractContextManager[object]:
+    """No autograd graph unless ``grad``: a graph through every step of a sampler holds every
+    intermediate state, memory in proportion to the step count, which a front door must not spend
+    unasked (as diffusers' pipelines and k-diffusion's samplers do not). :func:`diffode.solve`
+    itself stays transparent to autograd."""
+    if not isinstance(grad, bool):
+        raise TypeError(f"grad must be True or False, got {grad!r}")
+    return contextlib.nullcontext() if grad else torch.no_grad()
 
 
 def resolve_sampler(solver: str | Solver, eta: float) -> Solver:
@@ -42,6 +66,7 @@ def sample(
     callback: Callback | None = None,
     progress: bool = False,
     prediction: str = "epsilon",
+    grad: bool = False,
 ) -> Tensor:
     """Draw samples by integrating the DDIM ODE (or a stochastic DDIM/DDPM chain) from noise.
 
@@ -67,16 +92,21 @@ def sample(
             zero-terminal-SNR schedule and a grid reaching t = T-1 (``"trailing"``,
             ``"linspace"``), the first step leaves σ = ∞ through the model's x̂0; that needs
             ``"sample"`` or ``"v_prediction"`` and a deterministic solver.
+        grad: build the autograd graph through the sampler (for gradients with respect to
+            ``noise`` or the model's parameters). Off by default: see :func:`graph_mode`.
 
     Returns:
-        Samples x at σ = 0, same shape, dtype and device as ``noise``.
+        Samples x at σ = 0, same shape, dtype and device as ``noise`` (integrated in float32 for
+        float16/bfloat16 noise, see :func:`ode_dtype`).
     """
     noise = require_finite("noise", require_floating("noise", noise))
     stepper = resolve_sampler(solver, eta)
     grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive)
     field = field_for(model, schedule, prediction)
     s_start, s_end = float(grid[0]), float(grid[-1])
-    # at σ = ∞ x̄ is infinite: solve starts from the x-space noise there
-    xbar = noise if math.isinf(s_start) else noise * math.sqrt(1.0 + s_start * s_start)
-    out = solve(field, xbar, grid, stepper, generator=generator, callback=callback, progress=progress)
-    return out.x / math.sqrt(1.0 + s_end * s_end)
+    with graph_mode(grad):
+        start = noise.to(ode_dtype(noise))
+        # at σ = ∞ x̄ is infinite: solve starts from the x-space noise there
+        xbar = start if math.isinf(s_start) else start * math.sqrt(1.0 + s_start * s_start)
+        out = solve(field, xbar, grid, stepper, generator=generator, callback=callback, progress=progress)
+        return (out.x / math.sqrt(1.0 + s_end * s_end)).to(noise.dtype)

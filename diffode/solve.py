@@ -226,6 +226,12 @@ def solve(
             raise ValueError(
                 f"the state became non-finite at step {bad} (σ {values[bad]:.6g} -> {values[bad + 1]:.6g}); "
                 "check that the model returns finite values and that the solver is stable on this grid"
+                + (
+                    f"; a {x.dtype} state overflows at large σ (x̄ = x·√(1+σ²)): integrate in float32 "
+                    "(diffode.sample does) and let the network run in low precision"
+                    if x.dtype in (torch.float16, torch.bfloat16)
+                    else ""
+                )
             )
     return Solution(
         x=x,

@@ -21,6 +21,7 @@ from diffode import (
     field_for,
     oracles,
     sample,
+    solve,
 )
 from tests.helpers import slope, wavy_model
 
@@ -299,10 +300,12 @@ def test_zero_snr_with_eps_or_score_is_refused(prediction):
 
 def test_eps_field_is_refused_at_infinity_on_a_finite_schedule(linear):
     inf_grid = torch.tensor([math.inf, 10.0, 1.0], dtype=F64)
-    with pytest.raises(ValueError, match="EpsField cannot be evaluated at sigma = inf"):
+    with pytest.raises(ValueError, match=r"must lie in \[0, sigma_max = 157.4"):
         sample(wavy_model(), linear, torch.randn(2, 3), timesteps=inf_grid)
+    with pytest.raises(ValueError, match="EpsField cannot be evaluated at sigma = inf"):
+        solve(EpsField(wavy_model(), linear), torch.randn(2, 3), inf_grid)
     with pytest.raises(ValueError, match="DenoiserField cannot be evaluated at sigma = inf"):
-        sample(DenoiserField(lambda xbar, sigma: xbar), linear, torch.randn(2, 3), timesteps=inf_grid)
+        solve(DenoiserField(lambda xbar, sigma: xbar), torch.randn(2, 3), inf_grid)
 
 
 def test_zero_snr_refuses_a_stochastic_first_step():

@@ -199,7 +199,7 @@ def test_gradients_flow_through_the_sampler(linear):
     c = 0.5
     oracle = oracles.Gaussian(torch.tensor([0.3, -0.2]), c)
     noise = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
-    x = sample(oracle.model(linear), linear, noise, steps=7, timesteps="trailing")
+    x = sample(oracle.model(linear), linear, noise, steps=7, timesteps="trailing", grad=True)
     x.sum().backward()
     grid = diffode.sigma_grid(linear, 7, "trailing").tolist()
     expected = math.sqrt(1 + grid[0] ** 2)
