@@ -66,6 +66,12 @@ class PredictingField(VectorField, Protocol):
 
     def predict_x(self, sigma: Sigma, x: Tensor, /) -> tuple[Tensor, Tensor]: ...
 
+    def rows(self, index: Tensor, /) -> PredictingField:
+        """The same field for the batch rows ``index`` only (a 1-D int64 tensor): a solver that
+        evaluates part of the batch calls the field this returns, so per-sample conditioning
+        follows the rows."""
+        ...
+
 
 def signal_and_noise(sigma: Sigma, like: Tensor) -> tuple[Coefficient, Coefficient]:
     """(α, s) = (1/√(1+σ²), σ/√(1+σ²)), with σ = ∞ giving (0, 1).
@@ -178,6 +184,11 @@ class ModelField(ABC):
         """(ε, x̂₀) at (σ, x̄): the field value and the denoised estimate, each shaped like x̄."""
         alpha, s = signal_and_noise(sigma, xbar)
         return self._predict(sigma, xbar * alpha, alpha, s)
+
+    def rows(self, index: Tensor) -> ModelField:
+        """This field for the batch rows ``index`` only (see :class:`PredictingField`); with no
+        per-sample inputs besides the state, the field itself."""
+        return self
 
     def denoised(self, sigma: Sigma, xbar: Tensor) -> Tensor:
         """x̂₀(x̄, σ) = x̄ - σ f(σ, x̄), the network's estimate of the clean sample."""

@@ -63,6 +63,24 @@ class Solution:
     stats: dict[str, int] = field(default_factory=dict)
 
 
+class _Budget:
+    """The evaluations of one solve, counted against the solver's ``max_nfe``."""
+
+    def __init__(self, solver: Solver) -> None:
+        self.solver = solver
+        self.limit = solver.max_nfe
+        self.nfe = 0
+
+    def spend(self, sigma: Sigma) -> None:
+        if self.limit is not None and self.nfe >= self.limit:
+            where = sigma if isinstance(sigma, float) else float(torch.as_tensor(sigma).max())
+            raise ValueError(
+                f"{self.solver!r} used its max_nfe={self.limit} evaluations before reaching the end of "
+                f"the grid (next evaluation at σ = {where:.6g}); loosen rtol/atol or raise max_nfe"
+            )
+        self.nfe += 1
+
+
 class _Counted:
     """The field as steppers see it in one solve (a :class:`~diffode.field.PredictingField`).
 
@@ -74,9 +92,7 @@ class _Counted:
     def __init__(self, f: Callable[[Sigma, Tensor], Tensor], solver: Solver, watch: bool) -> None:
         self.f = f
         self.model = f if isinstance(f, ModelField) else None
-        self.solver = solver
-        self.limit = solver.max_nfe
-        self.nfe = 0
+        self.budget = _Budget(solver)
         self.watch = watch and self.model is not None
         # x̂₀ bookkeeping for the callback: the newest evaluation at a scalar σ, and the first one
         # at the current step's start
@@ -85,14 +101,23 @@ class _Counted:
         self._fresh: Tensor | None = None
         self._carried: Tensor | None = None
 
+    @property
+    def nfe(self) -> int:
+        return self.budget.nfe
+
+    def rows(self, index: Tensor) -> _Counted:
+        """The field restricted to the batch rows ``index`` (1-D int64 on the state's device), for
+        solvers that evaluate part of the batch (per-sample step control, samples that converged
+        early): a network field's conditioning follows the rows (:meth:`ModelField.rows`), and
+        evaluations count towards this solve."""
+        view = _Counted(
+            self.model.rows(index) if self.model is not None else self.f, self.budget.solver, False
+        )
+        view.budget = self.budget
+        return view
+
     def _count(self, sigma: Sigma) -> None:
-        if self.limit is not None and self.nfe >= self.limit:
-            where = sigma if isinstance(sigma, float) else float(torch.as_tensor(sigma).max())
-            raise ValueError(
-                f"{self.solver!r} used its max_nfe={self.limit} evaluations before reaching the end of "
-                f"the grid (next evaluation at σ = {where:.6g}); loosen rtol/atol or raise max_nfe"
-            )
-        self.nfe += 1
+        self.budget.spend(sigma)
 
     def _plain(self, sigma: Sigma, x: Tensor) -> Tensor:
         out = self.f(sigma, x)
