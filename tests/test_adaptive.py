@@ -1,4 +1,4 @@
-"""Adaptive solvers: native embedded pairs, the torchdiffeq and scipy backends."""
+"""Adaptive solvers: native embedded tableaus, the step-size controller, torchdiffeq and scipy backends."""
 
 import math
 from fractions import Fraction
@@ -8,16 +8,23 @@ import pytest
 import torch
 
 from diffode import EpsField, Schedule, oracles, sample, solve
-from diffode.solvers import Bosh3, Dopri5, EmbeddedPair, Scipy, Torchdiffeq, get_solver
-from diffode.solvers.adaptive import (
-    BOGACKI_SHAMPINE,
+from diffode.solvers import Bosh3, Dopri5, EmbeddedRungeKutta, Scipy, Torchdiffeq, get_solver
+from diffode.solvers.backends import TORCHDIFFEQ_METHODS
+from diffode.solvers.controller import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
-    DORMAND_PRINCE,
+    ControlState,
     Grouping,
+    IController,
     initial_step,
 )
-from diffode.solvers.runge_kutta import ButcherTableau
+from diffode.solvers.runge_kutta import (
+    BOGACKI_SHAMPINE,
+    DORMAND_PRINCE,
+    RK4_TABLEAU,
+    ButcherTableau,
+    rk_stages,
+)
 
 F64 = torch.float64
 SCHEDULE = Schedule.linear()
@@ -83,10 +90,10 @@ def order_condition_holds(a, b, tree):
     return abs(float(np.dot(b, phi(tree))) - 1 / gamma(tree)) < 1e-12
 
 
-@pytest.mark.parametrize("pair", [BOGACKI_SHAMPINE, DORMAND_PRINCE], ids=["bosh3", "dopri5"])
-def test_pairs_have_exactly_their_declared_orders(pair):
-    a = np.array(pair.tableau.a)
-    for weights, order in ((pair.tableau.b, pair.order), (pair.b_low, pair.low_order)):
+@pytest.mark.parametrize("tableau", [BOGACKI_SHAMPINE, DORMAND_PRINCE], ids=["bosh3", "dopri5"])
+def test_pairs_have_exactly_their_declared_orders(tableau):
+    a = np.array(tableau.a)
+    for weights, order in ((tableau.b, tableau.order), (tableau.b_low, tableau.low_order)):
         b = np.array(weights)
         for q in range(1, order + 1):
             assert all(order_condition_holds(a, b, t) for t in rooted_trees(q)), (order, q)
@@ -98,36 +105,154 @@ def test_rooted_tree_counts():
     assert [len(rooted_trees(n)) for n in range(1, 7)] == [1, 1, 2, 4, 9, 20]
 
 
-def test_solver_facts_match_their_pairs():
+def test_solver_facts_match_their_tableaus():
     for cls in NATIVE:
-        assert cls.order == cls.pair.order and cls.evals_per_step == cls.pair.stages - 1 and cls.adaptive
+        tab = cls.tableau
+        assert tab.fsal and cls.order == tab.order and cls.evals_per_step == tab.stages - 1 and cls.adaptive
 
 
-def test_embedded_pair_validates_itself():
-    tab = BOGACKI_SHAMPINE.tableau
-    with pytest.raises(ValueError, match="claims order 2"):
-        EmbeddedPair(tab, (1 / 4, 1 / 4, 1 / 4, 1 / 4), 2)
+def embedded(tableau, **changes):
+    fields = dict(a=tableau.a, b=tableau.b, c=tableau.c, order=tableau.order, name="bad")
+    fields.update(b_low=tableau.b_low, low_order=tableau.low_order, fsal=tableau.fsal)
+    return ButcherTableau(**{**fields, **changes})
+
+
+def test_embedded_tableau_validates_its_error_row_and_fsal_claim():
+    with pytest.raises(ValueError, match="'bad embedded' claims order 2"):
+        embedded(BOGACKI_SHAMPINE, b_low=(1 / 4, 1 / 4, 1 / 4, 1 / 4))
     with pytest.raises(ValueError, match="need 1 <= low_order < order, got low_order=3, order=3"):
-        EmbeddedPair(tab, BOGACKI_SHAMPINE.b_low, 3)
-    rk4 = ButcherTableau(
-        a=((0, 0, 0, 0), (1 / 2, 0, 0, 0), (0, 1 / 2, 0, 0), (0, 0, 1, 0)),
-        b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
-        c=(0, 1 / 2, 1 / 2, 1),
-        order=4,
-    )
-    with pytest.raises(ValueError, match="is not FSAL"):
-        EmbeddedPair(rk4, (0, 0, 0, 1), 1)
-    with pytest.raises(TypeError, match="tableau must be a ButcherTableau"):
-        EmbeddedPair(((0,),), (1,), 1)
+        embedded(BOGACKI_SHAMPINE, low_order=3)
+    with pytest.raises(ValueError, match="give the error row's b_low and low_order together"):
+        embedded(BOGACKI_SHAMPINE, low_order=None)
+    with pytest.raises(TypeError, match="low_order must be an int, got 2.0"):
+        embedded(BOGACKI_SHAMPINE, low_order=2.0)
+    with pytest.raises(ValueError, match="'bad' is declared FSAL but is not"):
+        embedded(RK4_TABLEAU, b_low=(0, 0, 0, 1), low_order=1, fsal=True)
+    with pytest.raises(TypeError, match="fsal must be True or False, got 1"):
+        embedded(BOGACKI_SHAMPINE, fsal=1)
+    # an FSAL-shaped tableau need not declare it; RK4 with an Euler error row is a valid tableau
+    assert not embedded(BOGACKI_SHAMPINE, fsal=False).fsal
+    assert embedded(RK4_TABLEAU, b_low=(0, 0, 0, 1), low_order=1).b_low == (0.0, 0.0, 0.0, 1.0)
 
 
 def test_error_weights_are_b_minus_b_low():
     e = DORMAND_PRINCE.error_weights
     assert math.isclose(sum(e), 0.0, abs_tol=1e-15)
     assert math.isclose(e[-1], -Fraction(1, 40), rel_tol=1e-15)
+    with pytest.raises(ValueError, match="'rk4' has no error row"):
+        _ = RK4_TABLEAU.error_weights
+
+
+def test_adaptive_solver_needs_an_fsal_tableau_with_an_error_row():
+    with pytest.raises(TypeError, match="tableau must have an error row .* got 'rk4' with low_order=None"):
+        type("Bad", (EmbeddedRungeKutta,), {"tableau": RK4_TABLEAU})
+    with pytest.raises(TypeError, match="and be FSAL, got 'bad' with low_order=2, fsal=False"):
+        type("Bad", (EmbeddedRungeKutta,), {"tableau": embedded(BOGACKI_SHAMPINE, fsal=False)})
+
+
+# ---------------------------------------------------------------- the stage loop and the controller
+
+
+def test_one_stage_loop_serves_scalar_and_per_sample_steps():
+    # the per-sample form (one σ interval per row, f called with σ as a tensor) equals separate
+    # scalar steps, the error estimate included; an FSAL step's last stage is f at its result
+    x = torch.tensor([[1.0, 2.0], [-0.5, 0.3]], dtype=F64)
+    starts, ends = torch.tensor([2.0, 1.5], dtype=F64), torch.tensor([1.2, 1.4], dtype=F64)
+    both = rk_stages(GAUSS, DORMAND_PRINCE, starts, ends, x, estimate_error=True)
+    for i in range(2):
+        s0, s1 = float(starts[i]), float(ends[i])
+        one = rk_stages(GAUSS, DORMAND_PRINCE, s0, s1, x[i : i + 1], estimate_error=True)
+        torch.testing.assert_close(both.x[i : i + 1], one.x, rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(both.error[i : i + 1], one.error, rtol=1e-13, atol=1e-18)
+        torch.testing.assert_close(one.k[-1], GAUSS(s1, one.x), rtol=1e-15, atol=1e-15)
+    assert rk_stages(GAUSS, DORMAND_PRINCE, 2.0, 1.2, x).error is None
+
+
+def test_given_first_stage_saves_one_evaluation():
+    calls = []
+
+    def f(sigma, y):
+        calls.append(sigma)
+        return GAUSS(sigma, y)
+
+    x = torch.ones(1, 2, dtype=F64)
+    full = rk_stages(f, BOGACKI_SHAMPINE, 3.0, 2.0, x)
+    reused = rk_stages(f, BOGACKI_SHAMPINE, 3.0, 2.0, x, k1=full.k[0])
+    assert calls == [3.0, 2.5, 2.25, 2.0, 2.5, 2.25, 2.0]
+    assert torch.equal(full.x, reused.x)
+
+
+def test_controller_accepts_rejects_and_proposes_like_scipy():
+    control = ControlState.start(3)
+    control.h = torch.tensor([1.0, 1.0, 1.0], dtype=F64)
+    ctl = IController(rtol=1e-3, atol=1e-3, error_order=4)
+    ratio = torch.tensor([0.5, 2.0, math.nan], dtype=F64)
+    accept = ctl.decide(control, torch.arange(3), ratio, torch.tensor([0.4, 0.4, 0.4], dtype=F64))
+    assert accept.tolist() == [True, False, False]
+    expected = [0.4 * min(10, 0.9 * 0.5**-0.2), 0.4 * max(0.2, 0.9 * 2.0**-0.2), 0.4 * 0.2]
+    torch.testing.assert_close(control.h, torch.tensor(expected, dtype=F64), rtol=1e-15, atol=0)
+    assert control.accepted.tolist() == [1, 0, 0] and control.rejected.tolist() == [0, 1, 1]
+    # right after a rejection an accepted step does not grow; later ones may
+    accept = ctl.decide(
+        control, torch.tensor([1]), torch.tensor([1e-6], dtype=F64), torch.tensor([0.3], dtype=F64)
+    )
+    assert bool(accept[0]) and float(control.h[1]) == 0.3
+    ctl.decide(control, torch.tensor([1]), torch.tensor([1e-6], dtype=F64), torch.tensor([0.3], dtype=F64))
+    assert float(control.h[1]) == pytest.approx(3.0)
+
+
+def test_fsal_stage_is_reused_only_where_it_was_evaluated(start):
+    calls = []
+
+    def f(sigma, x):
+        calls.append(float(torch.as_tensor(sigma).max()))
+        return GAUSS(sigma, x)
+
+    solver = Dopri5(rtol=1e-6, atol=1e-6)
+    x = start[:4]
+    run = solver.init(f, SPAN, x)
+    x1, run = solver.step(f, SIGMA_MAX, 20.0, x, run)
+    assert run.fsal_sigma == 20.0
+    calls.clear()
+    solver.step(f, 20.0, 3.0, x1, run)
+    assert calls[0] != 20.0  # the next step starts with its second stage
+    # a step that does not start where the cached stage was evaluated evaluates its first stage
+    run.fsal_sigma = 7.0
+    calls.clear()
+    solver.step(f, 20.0, 3.0, x1, run)
+    assert calls[0] == 20.0
+
+
+def test_torchdiffeq_method_table_matches_the_evaluations_odeint_makes(start):
+    for method, facts in TORCHDIFFEQ_METHODS.items():
+        x = start[:4]
+        if facts.adaptive:
+            out = solve(MIXTURE, x, SPAN, Torchdiffeq(method, rtol=1e-4, atol=1e-4))
+            attempts = out.stats["accepted"] + out.stats["rejected"]
+            # diffode's starting step (2 evaluations), odeint's own first derivative, then the attempts
+            assert out.nfe == 3 + facts.evals_per_step * attempts, method
+        else:
+            grid = torch.tensor([SIGMA_MAX, 10.0, 1.0], dtype=F64)
+            out = solve(MIXTURE, x, grid, Torchdiffeq(method))
+            assert out.nfe == 2 * facts.evals_per_step and out.stats["accepted"] == 2, method
 
 
 # ---------------------------------------------------------------- accuracy
+
+
+def each_kind_at_a_tolerance(scipy_method):
+    """Parametrize ``make(tol)`` over one solver of each kind: native batch and per-sample control,
+    torchdiffeq's dopri5 and a scipy method."""
+    return pytest.mark.parametrize(
+        "make",
+        [
+            lambda tol: Bosh3(rtol=tol, atol=tol),
+            lambda tol: Dopri5(rtol=tol, atol=tol, per_sample=True),
+            lambda tol: Torchdiffeq("dopri5", rtol=tol, atol=tol),
+            lambda tol: Scipy(scipy_method, rtol=tol, atol=tol),
+        ],
+        ids=["bosh3", "dopri5-per-sample", "torchdiffeq-dopri5", f"scipy-{scipy_method}"],
+    )
 
 
 # Tolerances where the steps are small enough for the embedded error estimate to be reliable on
@@ -150,16 +275,7 @@ def test_error_within_ten_tolerances_on_the_mixture(start, mixture_reference, cl
     assert scaled_error(out.x, mixture_reference, tol, per_sample) <= 10
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda tol: Bosh3(rtol=tol, atol=tol),
-        lambda tol: Dopri5(rtol=tol, atol=tol, per_sample=True),
-        lambda tol: Torchdiffeq("dopri5", rtol=tol, atol=tol),
-        lambda tol: Scipy("RK23", rtol=tol, atol=tol),
-    ],
-    ids=["bosh3", "dopri5-per-sample", "torchdiffeq-dopri5", "scipy-RK23"],
-)
+@each_kind_at_a_tolerance(scipy_method="RK23")
 def test_nfe_grows_as_the_tolerance_shrinks(start, make):
     nfe = [solve(MIXTURE, start, SPAN, make(tol)).nfe for tol in (1e-2, 1e-4, 1e-6, 1e-8)]
     assert nfe[0] < nfe[1] < nfe[2] < nfe[3], nfe
@@ -242,16 +358,7 @@ def test_reverse_integration_follows_the_exact_flow(start, solver):
     assert scaled_error(up.x, exact, 1e-7, per_sample=False) <= 10
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda tol: Bosh3(rtol=tol, atol=tol),
-        lambda tol: Dopri5(rtol=tol, atol=tol, per_sample=True),
-        lambda tol: Torchdiffeq("dopri5", rtol=tol, atol=tol),
-        lambda tol: Scipy("RK45", rtol=tol, atol=tol),
-    ],
-    ids=["bosh3", "dopri5-per-sample", "torchdiffeq-dopri5", "scipy-RK45"],
-)
+@each_kind_at_a_tolerance(scipy_method="RK45")
 def test_float32_state_keeps_its_dtype_and_accuracy(start, make):
     tol = 1e-4
     out = solve(GAUSS, start.float(), SPAN, make(tol))

@@ -35,6 +35,7 @@ from diffode.solvers import (
 from diffode.solvers.exponential import phi
 from diffode.solvers.multistep import interpolation_weights
 from diffode.solvers.runge_kutta import (
+    BOGACKI_SHAMPINE,
     HEUN3_TABLEAU,
     HEUN_TABLEAU,
     MIDPOINT_TABLEAU,
@@ -114,6 +115,19 @@ def test_custom_tableau_runs_as_a_solver():
     h = 0.3
     out = solve(lambda s, v: v, x, torch.tensor([1.0, 1.0 + h], dtype=F64), solver)
     assert float(out.x) == pytest.approx(1 + h + h**2 / 2 + h**3 / 6 + h**4 / 24, rel=1e-15)
+
+
+def test_an_embedded_tableau_runs_as_a_fixed_step_method():
+    # Bogacki–Shampine propagates Ralston's third-order solution; as a fixed-step method it
+    # evaluates all four stages (the error row and the FSAL stage go unused)
+    solver = RungeKutta(BOGACKI_SHAMPINE)
+    assert (solver.order, solver.evals_per_step) == (3, 4)
+    field = EpsField(wavy_model(), SCHEDULE)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(8), dtype=F64)
+    grid = sigma_grid(SCHEDULE, 6, "karras")[:-1]
+    torch.testing.assert_close(
+        solve(field, x, grid, solver).x, solve(field, x, grid, "ralston3").x, rtol=1e-14, atol=1e-14
+    )
 
 
 def test_stages_at_c_equal_one_hit_the_grid_point_exactly():

@@ -3,12 +3,22 @@
 from diffode.solvers.adaptive import Bosh3, Dopri5, EmbeddedPair, EmbeddedRungeKutta
 from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Euler, Solver
+from diffode.solvers.controller import IController
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DPMSolverPP
 from diffode.solvers.multistep import AdamsBashforth
 from diffode.solvers.registry import get_solver, solver_names
 from diffode.solvers.reversible import BDIA, InverseOf
-from diffode.solvers.runge_kutta import RK4, ButcherTableau, Heun, Heun3, Midpoint, Ralston, RungeKutta
+from diffode.solvers.runge_kutta import (
+    RK4,
+    ButcherTableau,
+    Heun,
+    Heun3,
+    Midpoint,
+    Ralston,
+    RungeKutta,
+    rk_stages,
+)
 
 __all__ = [
     "BDIA",
@@ -24,6 +34,7 @@ __all__ = [
     "Euler",
     "Heun",
     "Heun3",
+    "IController",
     "InverseOf",
     "Midpoint",
     "Ralston",
@@ -32,5 +43,6 @@ __all__ = [
     "Solver",
     "Torchdiffeq",
     "get_solver",
+    "rk_stages",
     "solver_names",
 ]

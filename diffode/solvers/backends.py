@@ -1,10 +1,13 @@
 """External ODE solvers as diffode solvers: torchdiffeq's ``odeint`` and scipy's ``solve_ivp``.
 
 Both integrate each interval [s0, s1] of the σ grid with their own step control and report
-through the same ``solve`` loop (which counts NFE and takes the final step into σ = 0). Both
-share the evaluation budget (``max_nfe``) of :mod:`diffode.solvers.adaptive`, and both control a
-single step size with the error norm over the whole batch (reference §13); use
-``Dopri5(per_sample=True)`` for per-sample step control.
+through the same ``solve`` loop (which counts NFE, enforces the evaluation budget ``max_nfe``
+and takes the final step into σ = 0). Both control a single step size with the error norm over
+the whole batch (reference §13); use ``Dopri5(per_sample=True)`` for per-sample step control.
+
+Only the packages' public APIs are used: torchdiffeq's ``odeint`` with its documented options
+(``first_step``, ``step_t``) and step callbacks, scipy's ``solve_ivp``. The facts diffode
+declares for each method (order, evaluations per step, adaptive or not) are tables here.
 
 The packages are imported on first use: torchdiffeq (which pulls in scipy.integrate) adds about a
 second to ``import diffode``.
@@ -13,46 +16,63 @@ second to ``import diffode``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from diffode.field import Sigma, VectorField
-from diffode.solvers.adaptive import (
+from diffode.solvers.base import Solver
+from diffode.solvers.controller import (
     DEFAULT_ATOL,
     DEFAULT_MAX_NFE,
     DEFAULT_RTOL,
-    Budget,
     Grouping,
+    IController,
     check_tolerances,
-    initial_step,
 )
-from diffode.solvers.base import Solver
 from diffode.validation import require_int
 
 _BATCH = Grouping(per_sample=False)
 
-# evaluations per step of the torchdiffeq fixed-grid methods offered; the Adams methods restart on
-# every interval (one odeint call each), where they take their RK4 (3/8 rule) start-up step
-_TORCHDIFFEQ_FIXED_EVALS = {
-    "euler": 1,
-    "midpoint": 2,
-    "heun2": 2,
-    "heun3": 3,
-    "rk4": 4,
-    "explicit_adams": 4,
-    "implicit_adams": 4,
-    "fixed_adams": 4,
+
+class TorchdiffeqMethod(NamedTuple):
+    """What diffode declares about one of torchdiffeq's methods."""
+
+    order: int
+    evals_per_step: int
+    """Evaluations per (attempted) step. torchdiffeq's adaptive Runge–Kutta methods reuse a step's
+    last stage as the next step's first, so they spend one less than their stages."""
+    adaptive: bool
+
+
+TORCHDIFFEQ_METHODS: dict[str, TorchdiffeqMethod] = {
+    "dopri8": TorchdiffeqMethod(8, 13, True),
+    "dopri5": TorchdiffeqMethod(5, 6, True),
+    "bosh3": TorchdiffeqMethod(3, 3, True),
+    "fehlberg2": TorchdiffeqMethod(2, 2, True),
+    "adaptive_heun": TorchdiffeqMethod(2, 1, True),
+    "euler": TorchdiffeqMethod(1, 1, False),
+    "midpoint": TorchdiffeqMethod(2, 2, False),
+    "heun2": TorchdiffeqMethod(2, 2, False),
+    "heun3": TorchdiffeqMethod(3, 3, False),
+    "rk4": TorchdiffeqMethod(4, 4, False),
+    # the Adams methods restart on every interval (one odeint call each), where they take their
+    # RK4 (3/8 rule) start-up step: 4 evaluations; torchdiffeq declares them order 4
+    "explicit_adams": TorchdiffeqMethod(4, 4, False),
+    "implicit_adams": TorchdiffeqMethod(4, 4, False),
+    "fixed_adams": TorchdiffeqMethod(4, 4, False),
 }
+"""The methods of torchdiffeq's ``odeint`` offered (its README's list, with the fixed-grid
+``heun2``, ``heun3`` and ``fixed_adams`` that ``odeint`` accepts too); ``scipy_solver`` is left out:
+use :class:`Scipy`."""
 
 
 @dataclass
 class _BackendRun:
-    """Per-solve state of a backend: the budget, step counters and the step size to start with."""
+    """Per-solve state of a backend: step counters and the step size to start with."""
 
-    budget: Budget
     accepted: int = 0
     rejected: int = 0
     njev: int = 0
@@ -60,22 +80,13 @@ class _BackendRun:
     first_step: Any = None
 
 
-def _torchdiffeq_solvers() -> tuple[dict[str, Any], type]:
-    """torchdiffeq's method table and the base class of its adaptive Runge–Kutta methods (neither
-    is public API; both exist since torchdiffeq 0.2)."""
-    from torchdiffeq._impl.odeint import SOLVERS
-    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-
-    return SOLVERS, RKAdaptiveStepsizeODESolver
-
-
 class _Backend(Solver):
-    """What the torchdiffeq and scipy backends share: one evaluation budget per solve."""
+    """What the torchdiffeq and scipy backends share: per-solve counters, the budget in ``repr``."""
 
     max_nfe: int
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _BackendRun:
-        return _BackendRun(Budget(self.max_nfe, repr(self)))
+        return _BackendRun()
 
     def _budget_repr(self) -> str:
         return "" if self.max_nfe == DEFAULT_MAX_NFE else f", max_nfe={self.max_nfe}"
@@ -92,7 +103,11 @@ class Torchdiffeq(_Backend):
         rtol, atol: tolerances, required for adaptive methods (no silent defaults; the name
             ``"torchdiffeq:<method>"`` uses ``DEFAULT_RTOL``/``DEFAULT_ATOL``); fixed-grid methods
             take none.
-        max_nfe: evaluation budget of the whole solve; reaching it raises ``ValueError``.
+        max_nfe: evaluation budget of the whole solve, enforced by :func:`diffode.solve`;
+            reaching it raises ``ValueError``.
+
+    Order, evaluations per step and whether the method is adaptive come from
+    :data:`TORCHDIFFEQ_METHODS`.
 
     The field is handed to ``odeint`` as is (its signature ``f(t, y)`` is diffode's ``f(σ, x)``),
     with ``t = [s0, s1]`` in float64; torchdiffeq casts σ to the state's dtype before calling it.
@@ -100,9 +115,10 @@ class Torchdiffeq(_Backend):
     Adaptive methods integrate each grid interval, clipping their steps at s1 (``step_t``) so that
     ``f`` is never evaluated beyond it (torchdiffeq otherwise steps past the end and interpolates
     back, which near σ = 0 would evaluate the network at σ < 0). The first step size comes from
-    :func:`~diffode.solvers.adaptive.initial_step` (one extra evaluation per solve), later
+    :func:`~diffode.solvers.controller.initial_step` (one extra evaluation per solve), later
     intervals start with the last accepted step. ``Solution.stats`` reports the accepted and
-    rejected steps from torchdiffeq's step callbacks.
+    rejected steps from torchdiffeq's documented step callbacks (``callback_accept_step`` and
+    ``callback_reject_step`` for adaptive methods, ``callback_step`` for fixed-grid ones).
 
     Fixed-grid methods (``adaptive`` is False) take one step of the method per grid interval, like
     diffode's own fixed-step solvers; note that torchdiffeq's ``rk4`` is the 3/8 rule, and that its
@@ -120,44 +136,43 @@ class Torchdiffeq(_Backend):
         atol: float | None = None,
         max_nfe: int = DEFAULT_MAX_NFE,
     ) -> None:
-        solvers, adaptive_base = _torchdiffeq_solvers()
-        offered = sorted(
-            m for m, cls in solvers.items() if issubclass(cls, adaptive_base) or m in _TORCHDIFFEQ_FIXED_EVALS
-        )
-        if method not in offered:
+        if method not in TORCHDIFFEQ_METHODS:
+            offered = ", ".join(sorted(TORCHDIFFEQ_METHODS))
             raise ValueError(
-                f"unknown torchdiffeq method {method!r}; choose one of {', '.join(offered)} "
+                f"unknown torchdiffeq method {method!r}; choose one of {offered} "
                 "(for scipy's solvers use 'scipy:<method>')"
             )
         self.method = method
         self.max_nfe = require_int("max_nfe", max_nfe, low=1)
-        cls = solvers[method]
-        self.adaptive = issubclass(cls, adaptive_base)
-        self.order = int(cls.order)
+        facts = TORCHDIFFEQ_METHODS[method]
+        self.order, self.evals_per_step, self.adaptive = facts
+        self.controller: IController | None = None
         if self.adaptive:
             if rtol is None or atol is None:
                 raise ValueError(
                     f"torchdiffeq method {method!r} is adaptive and needs explicit tolerances: pass rtol= "
                     "and atol= (the name 'torchdiffeq:<method>' uses diffode's DEFAULT_RTOL and DEFAULT_ATOL)"
                 )
-            self.tolerances: tuple[float, float] | None = check_tolerances(rtol, atol)
-            self.evals_per_step = len(cls.tableau.alpha)
-        else:
-            if rtol is not None or atol is not None:
-                raise ValueError(
-                    f"torchdiffeq method {method!r} takes fixed steps on the σ grid and uses no tolerances; "
-                    "omit rtol and atol"
-                )
-            self.tolerances = None
-            self.evals_per_step = _TORCHDIFFEQ_FIXED_EVALS[method]
-        self._callbacks = cls.valid_callbacks()
+            # only for the first step: odeint controls the steps after it; its error estimate is
+            # of order p - 1 for every adaptive method offered
+            self.controller = IController(rtol=rtol, atol=atol, error_order=self.order - 1)
+        elif rtol is not None or atol is not None:
+            raise ValueError(
+                f"torchdiffeq method {method!r} takes fixed steps on the σ grid and uses no tolerances; "
+                "omit rtol and atol"
+            )
+
+    @property
+    def tolerances(self) -> tuple[float, float] | None:
+        """(rtol, atol) of an adaptive method, ``None`` for a fixed-grid one."""
+        return None if self.controller is None else (self.controller.rtol, self.controller.atol)
 
     @classmethod
     def with_default_tolerances(cls, method: str) -> Torchdiffeq:
         """The solver behind the name ``"torchdiffeq:<method>"``: adaptive methods get
         ``DEFAULT_RTOL``/``DEFAULT_ATOL``, fixed-grid methods no tolerances."""
-        solvers, adaptive_base = _torchdiffeq_solvers()
-        if method in solvers and issubclass(solvers[method], adaptive_base):
+        facts = TORCHDIFFEQ_METHODS.get(method)
+        if facts is not None and facts.adaptive:
             return cls(method, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL)
         return cls(method)
 
@@ -167,19 +182,17 @@ class Torchdiffeq(_Backend):
         from torchdiffeq import odeint
 
         run = state
-        field = _OdeintField(run.budget.wrap(f), run, self._callbacks)
+        field = _OdeintField(f, run, self.adaptive)
         t = torch.tensor([s0, s1], dtype=torch.float64, device=x.device)
         kwargs: dict[str, Any] = {"method": self.method}
-        if self.tolerances is not None:
-            rtol, atol = self.tolerances
+        control = self.controller
+        if control is not None:
             if run.first_step is None:
-                f0 = field(s0, x)
-                run.first_step = initial_step(
-                    field, s0, s1, x, f0, error_order=self.order - 1, rtol=rtol, atol=atol, grouping=_BATCH
-                )[0]
+                run.first_step = control.first_step(field, s0, s1, x, field(s0, x), _BATCH)[0]
             first = torch.as_tensor(run.first_step, dtype=torch.float64).clamp(max=abs(s1 - s0))
             step_t = torch.tensor([s1], dtype=torch.float64, device=x.device)
-            kwargs.update(rtol=rtol, atol=atol, options={"first_step": first, "step_t": step_t})
+            options = {"first_step": first, "step_t": step_t}
+            kwargs.update(rtol=control.rtol, atol=control.atol, options=options)
         try:
             out = odeint(field, x, t, **kwargs)
         except AssertionError as err:
@@ -198,13 +211,14 @@ class Torchdiffeq(_Backend):
 
 
 class _OdeintField:
-    """The field as ``odeint`` sees it, carrying the step callbacks torchdiffeq offers for the
-    method (only those: torchdiffeq warns about any other)."""
+    """The field as ``odeint`` sees it, carrying the step callbacks torchdiffeq documents for the
+    kind of method: accept/reject for the adaptive ones, ``callback_step`` for the fixed-grid ones
+    (only those: torchdiffeq warns about a callback the method does not support)."""
 
-    def __init__(self, f: VectorField, run: _BackendRun, callbacks: set[str]) -> None:
+    def __init__(self, f: VectorField, run: _BackendRun, adaptive: bool) -> None:
         self.f = f
         self.run = run
-        if "callback_accept_step" in callbacks:
+        if adaptive:
             self.callback_accept_step = self._accept
             self.callback_reject_step = self._reject
         else:
@@ -262,7 +276,8 @@ class Scipy(_Backend):
         method: ``"RK23"``, ``"RK45"``, ``"DOP853"``, ``"Radau"``, ``"BDF"`` or ``"LSODA"``.
         rtol, atol: tolerances, required (the name ``"scipy:<method>"`` uses ``DEFAULT_RTOL`` and
             ``DEFAULT_ATOL``).
-        max_nfe: evaluation budget of the whole solve; reaching it raises ``ValueError``.
+        max_nfe: evaluation budget of the whole solve, enforced by :func:`diffode.solve`;
+            reaching it raises ``ValueError``.
 
     Every evaluation goes through :class:`NumpyBridge` (the state as a flat float64 numpy vector,
     moved to the host), so gradients do not flow through this solver and it suits small states
@@ -289,10 +304,9 @@ class Scipy(_Backend):
 
         run = state
         bridge = NumpyBridge(x)
-        g = run.budget.wrap(f)
 
         def fun(t: float, y: np.ndarray) -> np.ndarray:
-            return bridge.to_numpy(g(float(t), bridge.to_torch(y)))
+            return bridge.to_numpy(f(float(t), bridge.to_torch(y)))
 
         first = None if run.first_step is None else min(run.first_step, abs(s1 - s0))
         sol = solve_ivp(
@@ -322,4 +336,4 @@ class Scipy(_Backend):
         return f"Scipy({self.method!r}, rtol={self.rtol:g}, atol={self.atol:g}{self._budget_repr()})"
 
 
-__all__ = ["SCIPY_METHODS", "NumpyBridge", "Scipy", "Torchdiffeq"]
+__all__ = ["SCIPY_METHODS", "TORCHDIFFEQ_METHODS", "NumpyBridge", "Scipy", "Torchdiffeq", "TorchdiffeqMethod"]

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from diffode.solvers.adaptive import DEFAULT_ATOL, DEFAULT_RTOL, Bosh3, Dopri5
+from diffode.solvers.adaptive import Bosh3, Dopri5
 from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Euler, Solver
+from diffode.solvers.controller import DEFAULT_ATOL, DEFAULT_RTOL
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DPMSolverPP
 from diffode.solvers.multistep import AdamsBashforth

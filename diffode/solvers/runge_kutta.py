@@ -1,25 +1,30 @@
-"""Explicit Runge–Kutta methods as data: a Butcher tableau drives one generic stepper.
+"""Explicit Runge–Kutta methods as data: a Butcher tableau drives one stage loop.
 
 A method with s stages advances x from σ₀ to σ₁ = σ₀ + h as
 
     k_i = f(σ₀ + c_i h, x + h Σ_{j<i} a_ij k_j),   i = 1 … s
     x₁  = x + h Σ_i b_i k_i
 
-so every method below is a :class:`ButcherTableau` plus a name. Stages sit between σ₀ and σ₁
-(0 ≤ c_i ≤ 1 for the methods here), and the solve loop never hands a step ending at σ = 0 to a
-stepper, so no stage evaluates the field at σ = 0.
+so every method below is a :class:`ButcherTableau` plus a name. An embedded method adds a second
+row of weights b̂ (of a lower order) whose solution differs from x₁ by an estimate of the local
+error, h Σ_i (b_i - b̂_i) k_i, at no extra evaluation; the adaptive solvers
+(:mod:`diffode.solvers.adaptive`) control their step size with it.
+
+:func:`rk_stages` is the one stage loop, shared by the fixed-step :class:`RungeKutta` and the
+adaptive solvers. Stages sit between σ₀ and σ₁ (0 ≤ c_i ≤ 1 is checked), and the solve loop
+never hands a step ending at σ = 0 to a stepper, so no stage evaluates the field at σ = 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
-from diffode.field import VectorField
+from diffode.field import Sigma, VectorField
 from diffode.solvers.base import Solver
 
 # Coefficients are written as decimal fractions (1/6 is not exact in binary), so consistency
@@ -37,7 +42,7 @@ def _matvec(a: Sequence[Sequence[float]], v: Sequence[float]) -> list[float]:
 
 @dataclass(frozen=True)
 class ButcherTableau:
-    """The coefficients of an explicit Runge–Kutta method; checks itself when built.
+    """The coefficients of an explicit Runge–Kutta method, optionally embedded; checks itself when built.
 
     Attributes:
         a: the s × s stage matrix as s rows of s numbers, strictly lower triangular (explicit).
@@ -48,10 +53,19 @@ class ButcherTableau:
             Σbc³ = 1/4, Σbc(Ac) = 1/8, Σb(Ac²) = 1/12, Σb(A²c) = 1/24) are verified up to
             ``min(order, 4)``.
         name: a label for messages and ``repr``.
+        b_low: the error row: weights of an embedded solution on the same stages, of order
+            ``low_order`` (checked as the tableau ``(a, b_low, c)`` of that order), or ``None``
+            for a method without an error estimate. ``b - b_low`` weighs the error estimate.
+        low_order: the embedded solution's order, ``1 <= low_order < order``; given with
+            ``b_low`` and only with it.
+        fsal: declares the method "first same as last": its last stage is f at the new solution
+            (``c[-1] = 1``, the last row of ``a`` equal to ``b``, ``b[-1] = 0``, all checked), so a
+            step that follows it may reuse that stage as its first and spend one evaluation less.
 
     Raises ``ValueError`` naming the first inconsistency: shapes that disagree, a non-finite
     coefficient, a non-zero entry on or above the diagonal of ``a``, a row sum of ``a`` that
-    differs from its ``c``, weights that do not sum to 1, or an order condition that fails.
+    differs from its ``c``, weights that do not sum to 1, an order condition that fails (of
+    either solution), an error row without its order, or a false ``fsal`` claim.
     """
 
     a: tuple[tuple[float, ...], ...]
@@ -59,6 +73,9 @@ class ButcherTableau:
     c: tuple[float, ...]
     order: int
     name: str = ""
+    b_low: tuple[float, ...] | None = None
+    low_order: int | None = None
+    fsal: bool = False
 
     def __post_init__(self) -> None:
         label = f"tableau {self.name!r}" if self.name else "tableau"
@@ -106,6 +123,31 @@ class ButcherTableau:
                     f"{label} claims order {self.order} but its order condition {tree} gives "
                     f"{value!r} instead of {target!r}"
                 )
+        self._check_error_row(label)
+        self._check_fsal(label)
+
+    def _check_error_row(self, label: str) -> None:
+        if self.b_low is None and self.low_order is None:
+            return
+        if self.b_low is None or self.low_order is None:
+            raise ValueError(f"{label}: give the error row's b_low and low_order together (or neither)")
+        low = self.low_order
+        if isinstance(low, bool) or not isinstance(low, int):
+            raise TypeError(f"{label}: low_order must be an int, got {low!r}")
+        if not 1 <= low < self.order:
+            raise ValueError(f"{label}: need 1 <= low_order < order, got low_order={low}, order={self.order}")
+        # the embedded solution is itself a Runge–Kutta method on the same stages: check it as one
+        embedded = ButcherTableau(a=self.a, b=self.b_low, c=self.c, order=low, name=f"{self.name} embedded")
+        object.__setattr__(self, "b_low", embedded.b)
+
+    def _check_fsal(self, label: str) -> None:
+        if not isinstance(self.fsal, bool):
+            raise TypeError(f"{label}: fsal must be True or False, got {self.fsal!r}")
+        if self.fsal and not (self.c[-1] == 1.0 and self.b[-1] == 0.0 and self.a[-1] == self.b):
+            raise ValueError(
+                f"{label} is declared FSAL but is not: it needs c[-1] = 1, b[-1] = 0 and the last row "
+                f"of a equal to b, got c[-1] = {self.c[-1]}, b = {list(self.b)}, a[-1] = {list(self.a[-1])}"
+            )
 
     def _order_conditions(self) -> dict[str, tuple[float, float]]:
         """The order conditions up to ``min(order, 4)`` as {tree: (value, required value)}."""
@@ -127,8 +169,92 @@ class ButcherTableau:
 
     @property
     def stages(self) -> int:
-        """The number of stages s, i.e. field evaluations per step."""
+        """The number of stages s, i.e. field evaluations per step (one less when a step reuses
+        the FSAL stage of the step before)."""
         return len(self.b)
+
+    @property
+    def error_weights(self) -> tuple[float, ...]:
+        """e = b - b_low: h Σ e_i k_i estimates the local error of the embedded solution."""
+        if self.b_low is None:
+            raise ValueError(f"tableau {self.name!r} has no error row (b_low)")
+        return tuple(x - y for x, y in zip(self.b, self.b_low, strict=True))
+
+
+class RKStep(NamedTuple):
+    """What :func:`rk_stages` returns."""
+
+    x: Tensor
+    """The propagated solution at σ₁."""
+    k: list[Tensor]
+    """The s stage derivatives; for an FSAL tableau ``k[-1]`` is f(σ₁, x)."""
+    error: Tensor | None
+    """h Σ (b_i - b̂_i) k_i with ``estimate_error=True`` (the tableau needs an error row), else ``None``."""
+
+
+def _same(sigma: Sigma) -> Sigma:
+    return sigma
+
+
+def rk_stages(
+    f: VectorField,
+    tableau: ButcherTableau,
+    s0: float | Tensor,
+    s1: float | Tensor,
+    x: Tensor,
+    k1: Tensor | None = None,
+    *,
+    sigma_of: Callable[[Sigma], Sigma] = _same,
+    estimate_error: bool = False,
+) -> RKStep:
+    """One step of ``tableau`` from σ = ``s0`` to σ = ``s1``: the stage loop of every Runge–Kutta solver.
+
+    The result has the tableau's order (``tableau.order``); with ``estimate_error=True`` the
+    error estimate is that of its embedded solution (order ``tableau.low_order``). Evaluates
+    ``f`` once per stage (``tableau.stages`` times), or once less when ``k1``, the
+    derivative f(s0, x), is given (an FSAL method's last stage of the step before).
+
+    ``s0`` and ``s1`` are Python floats, or float64 host tensors of shape ``(k,)`` holding one
+    step per sample of ``x`` (or one ``(1,)`` step for the whole batch); h = s1 - s0 then
+    multiplies each sample's increments. ``sigma_of`` turns a node's σ (a float or such a
+    tensor) into what ``f`` receives. A stage with c = 1 is evaluated at exactly ``s1``, not at
+    s0 + h rounded, so a step that ends on a grid point of training timesteps calls the network
+    at the grid's integer t.
+    """
+    h = s1 - s0
+    hx = h if not isinstance(h, Tensor) else h.to(x.device, x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    ks: list[Tensor] = []
+
+    def increment(weights: Sequence[float]) -> Tensor:
+        total = _combine(weights, ks)
+        return x if total is None else x + hx * total
+
+    xi = x
+    for i, (row, ci) in enumerate(zip(tableau.a, tableau.c, strict=True)):
+        if i == 0 and k1 is not None:
+            ks.append(k1)
+            continue
+        xi = increment(row[:i])
+        ks.append(f(sigma_of(s1 if ci == 1.0 else s0 + ci * h), xi))
+    # an FSAL tableau's last stage input is x + h Σ b_j k_j already (its last row of a is b)
+    x1 = xi if tableau.fsal else increment(tableau.b)
+    error = None
+    if estimate_error:
+        total = _combine(tableau.error_weights, ks)
+        error = x.new_zeros(x.shape) if total is None else hx * total
+    return RKStep(x1, ks, error)
+
+
+def _combine(weights: Sequence[float], ks: list[Tensor]) -> Tensor | None:
+    """Σ_j w_j k_j over the stages ``ks``, skipping zero weights; ``None`` when all are zero (a
+    stage at c = 0 takes x itself)."""
+    terms = [k if w == 1.0 else w * k for w, k in zip(weights, ks, strict=True) if w != 0.0]
+    if not terms:
+        return None
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 HEUN_TABLEAU = ButcherTableau(a=((0, 0), (1, 0)), b=(1 / 2, 1 / 2), c=(0, 1), order=2, name="heun")
@@ -154,16 +280,50 @@ RK4_TABLEAU = ButcherTableau(
     order=4,
     name="rk4",
 )
+BOGACKI_SHAMPINE = ButcherTableau(
+    a=((0, 0, 0, 0), (1 / 2, 0, 0, 0), (0, 3 / 4, 0, 0), (2 / 9, 1 / 3, 4 / 9, 0)),
+    b=(2 / 9, 1 / 3, 4 / 9, 0),
+    c=(0, 1 / 2, 3 / 4, 1),
+    order=3,
+    name="bosh3",
+    b_low=(7 / 24, 1 / 4, 1 / 3, 1 / 8),
+    low_order=2,
+    fsal=True,
+)
+"""Bogacki & Shampine (1989), "A 3(2) pair of Runge–Kutta formulas", Appl. Math. Lett. 2(4).
+Its third-order method is Ralston's (``"ralston3"``)."""
+
+_DP_B = (35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0)
+DORMAND_PRINCE = ButcherTableau(
+    a=(
+        (0, 0, 0, 0, 0, 0, 0),
+        (1 / 5, 0, 0, 0, 0, 0, 0),
+        (3 / 40, 9 / 40, 0, 0, 0, 0, 0),
+        (44 / 45, -56 / 15, 32 / 9, 0, 0, 0, 0),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729, 0, 0, 0),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656, 0, 0),
+        _DP_B,
+    ),
+    b=_DP_B,
+    c=(0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1),
+    order=5,
+    name="dopri5",
+    b_low=(5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40),
+    low_order=4,
+    fsal=True,
+)
+"""Dormand & Prince (1980), "A family of embedded Runge–Kutta formulae", J. Comput. Appl. Math. 6(1)."""
 
 
 class RungeKutta(Solver):
     """Explicit Runge–Kutta method of any :class:`ButcherTableau`. Order ``tableau.order``,
     ``tableau.stages`` evaluations per step.
 
-    The step is the formula in this module's docstring, with h = σ₁ - σ₀ (negative when
-    sampling, positive when encoding). A stage with c = 1 is evaluated at exactly σ₁, so on a
-    grid of training timesteps it calls the network at the grid's integer t. Single-step: any
-    grid with at least two points is valid.
+    The step is the formula in this module's docstring (:func:`rk_stages`), with h = σ₁ - σ₀
+    (negative when sampling, positive when encoding). A stage with c = 1 is evaluated at exactly
+    σ₁, so on a grid of training timesteps it calls the network at the grid's integer t.
+    Single-step: any grid with at least two points is valid, and every step evaluates all
+    stages (an embedded tableau's error row and FSAL property go unused here).
 
     Args:
         tableau: the method's coefficients.
@@ -179,20 +339,7 @@ class RungeKutta(Solver):
         self.evals_per_step = tableau.stages
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-        tab = self.tableau
-        h = s1 - s0
-        k: list[Tensor] = []
-        for i, (row, ci) in enumerate(zip(tab.a, tab.c, strict=True)):
-            xi = x
-            for aij, kj in zip(row[:i], k, strict=True):
-                if aij != 0.0:
-                    xi = xi + (h * aij) * kj
-            k.append(f(s1 if ci == 1.0 else s0 + ci * h, xi))
-        out = x
-        for bi, ki in zip(tab.b, k, strict=True):
-            if bi != 0.0:
-                out = out + (h * bi) * ki
-        return out, state
+        return rk_stages(f, self.tableau, s0, s1, x).x, state
 
     def __repr__(self) -> str:
         if type(self) is RungeKutta:
@@ -264,6 +411,8 @@ class RK4(RungeKutta):
 
 
 __all__ = [
+    "BOGACKI_SHAMPINE",
+    "DORMAND_PRINCE",
     "HEUN3_TABLEAU",
     "HEUN_TABLEAU",
     "MIDPOINT_TABLEAU",
@@ -274,6 +423,8 @@ __all__ = [
     "Heun",
     "Heun3",
     "Midpoint",
+    "RKStep",
     "Ralston",
     "RungeKutta",
+    "rk_stages",
 ]
