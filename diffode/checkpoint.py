@@ -286,7 +286,9 @@ class TrainingState:
     """What resuming a training run needs, as tensors plus JSON-able ``info``.
 
     ``tensors`` hold the raw weights (``model/…``), the EMA (``ema/…``), the optimiser's state
-    tensors (``optimizer/<param>/<name>``) and the random generator states (``rng/…``, uint8);
+    tensors (``optimizer/<param>/<name>``) and the state of the run's random generator
+    (``rng/generator``, uint8: it draws the batches, so it fixes the data order, times and noise;
+    training draws nothing from torch's global generator);
     ``info`` holds the optimiser's scalars and parameter groups, the learning-rate scheduler's
     state and whatever the training loop adds (step, losses, config). Saved as one safetensors
     file with ``info`` as JSON in its header, so tensors and scalars are replaced together by a
@@ -318,7 +320,6 @@ class TrainingState:
                     tensors[f"optimizer/{index}/{name}"] = value
                 else:
                     scalars.setdefault(str(index), {})[name] = value
-        tensors["rng/torch"] = torch.get_rng_state()
         tensors["rng/generator"] = generator.get_state()
         optimizer_info = {"param_groups": opt["param_groups"], "scalars": scalars}
         return cls(tensors, {**info, "optimizer": optimizer_info, "scheduler": scheduler.state_dict()})
@@ -347,7 +348,6 @@ class TrainingState:
             state.setdefault(int(index), {}).update(values)
         optimizer.load_state_dict({"state": state, "param_groups": self.info["optimizer"]["param_groups"]})
         scheduler.load_state_dict(self.info["scheduler"])
-        torch.set_rng_state(self.tensors["rng/torch"])
         generator.set_state(self.tensors["rng/generator"])
 
 
@@ -370,6 +370,6 @@ def load_training_state(folder: str | os.PathLike[str], device: str | torch.devi
         raise ValueError(f"{path}: header entry {_STATE_KEY!r} is not valid JSON ({err})") from None
     for key in ("step", "optimizer", "scheduler"):
         _field(info, key, (int, dict), path)
-    # the generator states stay on the CPU; everything else follows the model
+    # the generator state stays on the CPU; everything else follows the model
     moved = {k: v if k.startswith("rng/") else v.to(device) for k, v in tensors.items()}
     return TrainingState(moved, info)

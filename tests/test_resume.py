@@ -1,0 +1,123 @@
+"""Training runs never clobber a folder and resume exactly (issue 9, item 3)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffode.checkpoint import TRAINING_STATE, load_tensors, load_training_state
+from diffode.cli import main
+from diffode.train import TrainConfig, train
+
+STEPS = 120
+ARGS = ["train", "--dataset", "moons", "--steps", str(STEPS), "--batch-size", "32", "--hidden", "16"]
+ARGS += ["--checkpoint-every", "20", "--threads", "1", "--no-progress"]
+# the interrupted child sleeps 20 ms per step, so the kill lands mid-run, well after the first
+# checkpoint and well before the last; sleeping changes timing only, never a number
+SLOW_CHILD = """
+import sys, time
+import diffode.train as tr
+loss = tr.ddpm_loss
+tr.ddpm_loss = lambda *a: (time.sleep(0.02), loss(*a))[1]
+from diffode.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "diffode", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_killed_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, *ARGS, "--out", str(killed)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / TRAINING_STATE).is_file():
+            assert child.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    reached = load_training_state(killed).info["step"]
+    assert 0 < reached < STEPS
+    _cli(*ARGS, "--out", str(killed), "--resume")
+    _cli(*ARGS, "--out", str(whole))
+    resumed, uninterrupted = load_training_state(killed), load_training_state(whole)
+    assert resumed.info["step"] == uninterrupted.info["step"] == STEPS  # --steps is the total
+    assert resumed.info["losses"] == uninterrupted.info["losses"]
+    for key, value in uninterrupted.tensors.items():  # raw and EMA weights, optimiser, RNGs
+        torch.testing.assert_close(resumed.tensors[key], value, rtol=0, atol=1e-6, msg=key)
+    sampled = load_tensors(killed / "model.safetensors")
+    for key, value in load_tensors(whole / "model.safetensors").items():
+        torch.testing.assert_close(sampled[key], value, rtol=0, atol=1e-6, msg=key)
+    assert json.loads((killed / "config.json").read_text())["step"] == STEPS
+
+
+def _tiny(**kw):
+    model = {"hidden": 16, "depth": 1, "emb_dim": 8}
+    return TrainConfig(dataset="moons", batch_size=16, n_points=64, model=model, warmup=2, **kw)
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    full = train(_tiny(steps=12, checkpoint_every=5), tmp_path / "a", progress=False)
+    stamp = (tmp_path / "a" / TRAINING_STATE).stat().st_mtime_ns
+    again = train(_tiny(steps=12, checkpoint_every=5), tmp_path / "a", progress=False, resume=True)
+    assert all(torch.equal(again.model.state_dict()[k], v) for k, v in full.model.state_dict().items())
+    assert again.losses == full.losses
+    assert (tmp_path / "a" / TRAINING_STATE).stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    "setup, kwargs, message",
+    [
+        ("checkpoint", {}, "already holds a checkpoint; pass --resume to continue that run, --overwrite"),
+        ("other", {}, "already holds other files"),
+        ("file", {}, "is a file, not a folder"),
+        ("empty-name", {}, "out must name a folder for the checkpoint, got ''"),
+        ("missing", {"resume": True}, "holds no training state"),
+        ("checkpoint", {"resume": True, "overwrite": True}, "resume and overwrite exclude each other"),
+    ],
+)
+def test_training_refuses_to_clobber_or_to_resume_nothing(tmp_path, setup, kwargs, message):
+    out: Path | str = tmp_path / "run"
+    if setup == "checkpoint":
+        train(_tiny(steps=2), out, progress=False)
+    elif setup == "other":
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me")
+    elif setup == "file":
+        out.write_text("x")
+    elif setup == "empty-name":
+        out = ""
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=message):
+        train(_tiny(steps=2), out, progress=False, **kwargs)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_resume_refuses_other_settings_and_overwrite_starts_over(tmp_path):
+    out = tmp_path / "run"
+    train(_tiny(steps=4), out, progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(lr: checkpoint 0.002, given 0.001\)"):
+        train(_tiny(steps=4, lr=1e-3), out, progress=False, resume=True)
+    (out / "notes.txt").write_text("keep me")
+    train(_tiny(steps=3), out, progress=False, overwrite=True)
+    assert load_training_state(out).info["step"] == 3 and (out / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_train_refuses_an_existing_checkpoint_with_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_tiny(steps=2), out, progress=False)
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert main([*ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already holds a checkpoint" in err and len(err.splitlines()) == 1
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
