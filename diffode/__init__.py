@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from diffode import models, oracles, solvers
+from diffode.conditioning import Guidance
 from diffode.diffusers_interop import DiffusersModel, from_diffusers, load_diffusers
 from diffode.encoding import Encoding, decode, encode
 from diffode.field import (
@@ -45,6 +46,7 @@ __all__ = [
     "Encoding",
     "EpsField",
     "Euler",
+    "Guidance",
     "ModelField",
     "NoiseSchedule",
     "Schedule",

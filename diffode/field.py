@@ -24,6 +24,7 @@ The prediction names are diffusers' ``prediction_type`` values.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from abc import ABC, abstractmethod
@@ -33,6 +34,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from diffode.conditioning import Cond, Conditioning, Guidance
 from diffode.schedule import NoiseSchedule
 
 Sigma = float | Tensor
@@ -140,6 +142,27 @@ class ModelField(ABC):
             raise TypeError(f"model must be callable as {self.call_convention}, got {type(model).__name__}")
         self.model = model
         self.network_dtype = _parameter_dtype(model)
+        self.conditioning: Conditioning | None = None
+
+    def conditioned(
+        self, cond: Cond | None, guidance: float | Guidance | None = None, uncond: Cond | None = None
+    ) -> ModelField:
+        """A copy of this field whose network gets ``cond`` (and classifier-free ``guidance``
+        against ``uncond``); see :class:`~diffode.conditioning.Conditioning`. With all three
+        ``None``, the field itself."""
+        conditioning = Conditioning.build(self.model, cond, guidance, uncond)
+        if conditioning is None:
+            return self
+        field = copy.copy(self)
+        field.conditioning = conditioning
+        return field
+
+    def _network(self, inp: Tensor, scalar: Tensor, sigma: Sigma) -> Tensor:
+        """The network's output for input ``inp`` and per-sample time or σ ``scalar``, with its
+        conditioning and guidance."""
+        if self.conditioning is None:
+            return self.model(inp, scalar)
+        return self.conditioning.call(self.model, inp, scalar, sigma)
 
     def _network_input(self, x: Tensor) -> Tensor:
         """``x`` in the network's own dtype: a float64 state meets a float32 network (or the
@@ -186,9 +209,13 @@ class ModelField(ABC):
         return self._predict(sigma, xbar * alpha, alpha, s)
 
     def rows(self, index: Tensor) -> ModelField:
-        """This field for the batch rows ``index`` only (see :class:`PredictingField`); with no
-        per-sample inputs besides the state, the field itself."""
-        return self
+        """This field for the batch rows ``index`` only (see :class:`PredictingField`): the
+        conditioning of those rows; without conditioning, the field itself."""
+        if self.conditioning is None:
+            return self
+        field = copy.copy(self)
+        field.conditioning = self.conditioning.rows(index)
+        return field
 
     def denoised(self, sigma: Sigma, xbar: Tensor) -> Tensor:
         """x̂₀(x̄, σ) = x̄ - σ f(σ, x̄), the network's estimate of the clean sample."""
@@ -231,7 +258,7 @@ class ScheduleField(ModelField):
 
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
         x = self._network_input(x)
-        return self.model(x, self._time(sigma, x))
+        return self._network(x, self._time(sigma, x), sigma)
 
 
 class EpsField(ScheduleField):
@@ -307,7 +334,7 @@ class DenoiserField(ModelField):
 
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
         xbar = self._network_input(x / alpha)
-        return self.model(xbar, _per_sample(sigma, xbar))
+        return self._network(xbar, _per_sample(sigma, xbar), sigma)
 
     def _split(self, out: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple[Tensor, Tensor]:
         return _from_x0(out, x, alpha, s)
@@ -321,7 +348,15 @@ PREDICTIONS = tuple(_SCHEDULE_FIELDS)
 ``"score"``)."""
 
 
-def field_for(model: Model | ModelField, schedule: NoiseSchedule, prediction: str = "epsilon") -> ModelField:
+def field_for(
+    model: Model | ModelField,
+    schedule: NoiseSchedule,
+    prediction: str = "epsilon",
+    *,
+    cond: Cond | None = None,
+    guidance: float | Guidance | None = None,
+    uncond: Cond | None = None,
+) -> ModelField:
     """The field of ``model`` trained on ``schedule`` with the given ``prediction`` type.
 
     Args:
@@ -331,6 +366,13 @@ def field_for(model: Model | ModelField, schedule: NoiseSchedule, prediction: st
             is refused.
         prediction: ``"epsilon"``, ``"sample"`` (x̂₀), ``"v_prediction"`` or ``"score"``. With a
             field, only its own prediction or the default is accepted.
+        cond: conditioning for a conditional network, passed as keyword arguments: a mapping
+            of tensors with the batch as first dimension, or a bare tensor passed as the
+            keyword the model declares (``model.cond_keyword``); see :mod:`diffode.conditioning`.
+        guidance: classifier-free guidance weight w (or a :class:`~diffode.Guidance`): the
+            field becomes ε_u + w (ε_c - ε_u).
+        uncond: the unconditional input for guidance, in the form of ``cond``; default: the
+            model's own (``model.null_condition(cond)``, e.g. the built-in UNet's null label).
     """
     if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise ValueError(
@@ -338,7 +380,7 @@ def field_for(model: Model | ModelField, schedule: NoiseSchedule, prediction: st
             "wrap an EDM denoiser D(x̄; σ) as DenoiserField(model) and pass the field instead"
         )
     if not isinstance(model, ModelField):
-        return _SCHEDULE_FIELDS[prediction](model, schedule)
+        return _SCHEDULE_FIELDS[prediction](model, schedule).conditioned(cond, guidance, uncond)
     if prediction not in ("epsilon", model.prediction):
         raise ValueError(
             f"prediction={prediction!r} contradicts the {type(model).__name__} passed as model, which "
@@ -349,4 +391,4 @@ def field_for(model: Model | ModelField, schedule: NoiseSchedule, prediction: st
             f"the {type(model).__name__} was built on {model.schedule!r}, not on schedule={schedule!r}; "
             "build the field on the schedule you sample with"
         )
-    return model
+    return model.conditioned(cond, guidance, uncond)

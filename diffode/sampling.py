@@ -9,6 +9,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor
 
+from diffode.conditioning import Cond, Guidance
 from diffode.field import Model, ModelField, field_for
 from diffode.grids import GridSpec, sigma_grid
 from diffode.schedule import NoiseSchedule
@@ -66,6 +67,9 @@ def sample(
     callback: Callback | None = None,
     progress: bool = False,
     prediction: str = "epsilon",
+    cond: Cond | None = None,
+    guidance: float | Guidance | None = None,
+    uncond: Cond | None = None,
     grad: bool = False,
 ) -> Tensor:
     """Draw samples by integrating the DDIM ODE (or a stochastic DDIM/DDPM chain) from noise.
@@ -92,6 +96,12 @@ def sample(
             zero-terminal-SNR schedule and a grid reaching t = T-1 (``"trailing"``,
             ``"linspace"``), the first step leaves σ = ∞ through the model's x̂0; that needs
             ``"sample"`` or ``"v_prediction"`` and a deterministic solver.
+        cond: conditioning of a conditional network, one row per sample: a tensor (passed as the
+            keyword the model declares) or a mapping of keyword names to tensors, e.g.
+            ``{"class_labels": labels}`` (see :func:`~diffode.field_for`).
+        guidance: classifier-free guidance weight w ≥ 0 or a :class:`~diffode.Guidance`.
+        uncond: the unconditional input for guidance, in the form of ``cond`` (default: the
+            model's own null condition).
         grad: build the autograd graph through the sampler (for gradients with respect to
             ``noise`` or the model's parameters). Off by default: see :func:`graph_mode`.
 
@@ -102,7 +112,7 @@ def sample(
     noise = require_finite("noise", require_floating("noise", noise))
     stepper = resolve_sampler(solver, eta)
     grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive)
-    field = field_for(model, schedule, prediction)
+    field = field_for(model, schedule, prediction, cond=cond, guidance=guidance, uncond=uncond)
     s_start, s_end = float(grid[0]), float(grid[-1])
     with graph_mode(grad):
         start = noise.to(ode_dtype(noise))

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from diffode.field import VectorField
+from diffode.field import PredictingField, VectorField
 from diffode.solvers.base import Solver
 from diffode.solvers.controller import (
     DEFAULT_ATOL,
@@ -128,7 +128,7 @@ class EmbeddedRungeKutta(Solver):
         grouping = Grouping(self.per_sample)
         return _Run(grouping=grouping, control=ControlState.start(grouping.groups(x)))
 
-    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: _Run) -> tuple[Tensor, _Run]:
+    def step(self, f: PredictingField, s0: float, s1: float, x: Tensor, state: _Run) -> tuple[Tensor, _Run]:
         run, grouping, control = state, state.grouping, state.control
         n = grouping.groups(x)
         # FSAL reuse, signalled by where the cached stage was evaluated: solve hands each step the x
@@ -146,8 +146,10 @@ class EmbeddedRungeKutta(Solver):
             idx = (pos != s1).nonzero().flatten()
             if idx.numel() == 0:
                 break
-            rows = idx.to(x.device) if grouping.per_sample else None
+            rows = idx.to(x.device) if grouping.per_sample and idx.numel() < n else None
             xa, ka = _take(x, rows), _take(k1, rows)
+            # the samples still integrating, with their own conditioning
+            f_rows = f if rows is None else f.rows(rows)
             start = pos[idx]
             # a step that would reach or pass s1 lands on it exactly, so the interval ends on its
             # grid point and f is never evaluated beyond it
@@ -155,7 +157,7 @@ class EmbeddedRungeKutta(Solver):
                 h[idx] >= (s1 - start).abs(), torch.full_like(start, s1), start + direction * h[idx]
             )
             attempt = rk_stages(
-                f, self.tableau, start, end, xa, ka, sigma_of=grouping.sigma, estimate_error=True
+                f_rows, self.tableau, start, end, xa, ka, sigma_of=grouping.sigma, estimate_error=True
             )
             assert attempt.error is not None
             ratio = self.controller.error_ratio(grouping, attempt.error, xa, attempt.x)

@@ -52,7 +52,7 @@ class Solver(ABC):
         return None
 
     @abstractmethod
-    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+    def step(self, f: PredictingField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         """Advance ``x`` from σ = ``s0`` to σ = ``s1``; return the new state and solver state."""
 
     def leave_zero(self, f: PredictingField, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:

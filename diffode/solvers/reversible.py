@@ -210,7 +210,9 @@ class InverseOf(Solver):
         self._check(state, 0.0, s1, tol, iterations, residual)
         return y, state
 
-    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
+    def step(
+        self, f: PredictingField, s0: float, s1: float, x: Tensor, state: _InverseRun
+    ) -> tuple[Tensor, Any]:
         if self.solver.reversible:
             y, state.inner = self.solver.step(f, s0, s1, x, state.inner)
             return y, state
