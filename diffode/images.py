@@ -105,20 +105,19 @@ def _one_line(err: BaseException) -> str:
 def read_npz_array(path: str | os.PathLike[str], key: str = "arr_0") -> np.ndarray:
     """The array ``key`` of an ``.npz`` file (never unpickled); ``ValueError`` naming the file when
     it is not a readable ``.npz`` (truncated, not a zip archive, no such array)."""
-    unreadable = (OSError, EOFError, zipfile.BadZipFile, ValueError)
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except unreadable as err:
-        raise ValueError(f"{path} is not a readable .npz file ({_one_line(err)})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single .npy array, not an .npz archive")
-    with archive:
-        if key not in archive.files:
-            raise ValueError(f"{path} has no {key} array (found {', '.join(archive.files) or 'nothing'})")
+    # diffode opens the file itself: np.load leaks its handle when the archive is corrupt
+    with open(path, "rb") as fh:
         try:
+            archive = np.load(fh, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            if key not in archive.files:
+                raise KeyError(f"{path} has no {key} array (found {', '.join(archive.files) or 'nothing'})")
             # members are read (and decompressed) only here, so a truncated archive fails here
             return np.asarray(archive[key])
-        except unreadable as err:
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        except (OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
             raise ValueError(f"{path} is not a readable .npz file ({_one_line(err)})") from None
 
 
