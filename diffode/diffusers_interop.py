@@ -1,4 +1,5 @@
-"""diffusers interoperability: sample a diffusers ``UNet2DModel`` with diffode's solvers.
+"""diffusers interoperability: sample diffusers ``UNet2DModel``s (unconditional or
+class-conditional) and ``UNet2DConditionModel``s with diffode's solvers.
 
 Optional: ``pip install "diffode[diffusers]"``. diffusers is imported only when these functions
 run, so ``import diffode`` never needs it.
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from diffode.checkpoint import read_json_object
+from diffode.conditioning import Cond, Guidance
 from diffode.field import ModelField, field_for
 from diffode.schedule import Schedule
 
@@ -49,24 +51,43 @@ def _import_diffusers() -> Any:
     return diffusers
 
 
-class UNetAdapter:
-    """A diffusers model as a diffode network ``model(x, t) -> Tensor``.
+def _cond_keyword(unet: Any) -> str | None:
+    """The keyword a bare ``cond`` tensor is passed as: ``encoder_hidden_states`` for networks
+    with cross-attention (``UNet2DConditionModel``), ``class_labels`` for class-conditional
+    ``UNet2DModel``s (``num_class_embeds`` or ``class_embed_type`` in their config)."""
+    config = getattr(unet, "config", None)
+    if getattr(config, "cross_attention_dim", None) is not None:
+        return "encoder_hidden_states"
+    if getattr(config, "num_class_embeds", None) is not None or getattr(config, "class_embed_type", None):
+        return "class_labels"
+    return None
 
-    Calls ``unet(x, t)`` and unwraps the output's ``.sample`` (or the first element of a tuple).
-    x is cast to the network's dtype (``unet.dtype``) when it has one; the field casts the
-    prediction back to the state's dtype.
+
+class UNetAdapter:
+    """A diffusers model as a diffode network ``model(x, t, **cond) -> Tensor``.
+
+    Calls ``unet(x, t, **cond)`` and unwraps the output's ``.sample`` (or the first element of a
+    tuple). x and floating conditioning tensors are cast to the network's dtype (``unet.dtype``)
+    when it has one; the field casts the prediction back to the state's dtype. ``cond_keyword``
+    says how a bare ``cond`` tensor is passed (see :func:`diffode.field_for`):
+    ``"encoder_hidden_states"`` for a ``UNet2DConditionModel``, ``"class_labels"`` for a
+    class-conditional ``UNet2DModel``, ``None`` for an unconditional network. diffusers networks
+    have no null condition of their own: guidance needs ``uncond`` (e.g. the embeddings of the
+    empty prompt).
     """
 
     def __init__(self, unet: Any) -> None:
         if not callable(unet):
             raise TypeError(f"unet must be a callable diffusers model, got {type(unet).__name__}")
         self.unet = unet
+        self.cond_keyword = _cond_keyword(unet)
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
         dtype = getattr(self.unet, "dtype", None)
         if isinstance(dtype, torch.dtype):
             x = x.to(dtype)
-        out = self.unet(x, t)
+            cond = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+        out = self.unet(x, t, **cond)
         if hasattr(out, "sample"):
             return out.sample
         if isinstance(out, tuple):
@@ -91,9 +112,14 @@ class DiffusersModel:
     prediction: str
     sample_shape: tuple[int, ...] | None
 
-    def field(self) -> ModelField:
-        """The σ-space field of the network (see :func:`diffode.field_for`)."""
-        return field_for(self.model, self.schedule, self.prediction)
+    def field(
+        self, cond: Cond | None = None, guidance: float | Guidance | None = None, uncond: Cond | None = None
+    ) -> ModelField:
+        """The σ-space field of the network, conditioned and guided as asked (see
+        :func:`diffode.field_for`)."""
+        return field_for(
+            self.model, self.schedule, self.prediction, cond=cond, guidance=guidance, uncond=uncond
+        )
 
 
 def schedule_from_diffusers_config(config: Mapping[str, Any]) -> tuple[Schedule, str]:
@@ -142,13 +168,15 @@ def from_diffusers(unet: Any, scheduler: Any) -> DiffusersModel:
     """Wrap an in-memory diffusers network and its scheduler for diffode.
 
     Args:
-        unet: a diffusers model called as ``unet(x, t)``, typically a ``UNet2DModel``; its
-            output's ``.sample`` is the prediction.
+        unet: a diffusers model called as ``unet(x, t, **cond)``: a ``UNet2DModel`` (with
+            ``class_labels`` when class-conditional) or a ``UNet2DConditionModel``
+            (``encoder_hidden_states``); its output's ``.sample`` is the prediction.
         scheduler: a diffusers scheduler (its ``.config`` is read) or a scheduler config mapping.
 
     Returns:
         A :class:`DiffusersModel`; sample with
-        ``diffode.sample(m.model, m.schedule, noise, prediction=m.prediction)``.
+        ``diffode.sample(m.model, m.schedule, noise, prediction=m.prediction)``, adding
+        ``cond=``, ``guidance=`` and ``uncond=`` for a conditional network.
     """
     config = getattr(scheduler, "config", scheduler)
     schedule, prediction = schedule_from_diffusers_config(config)

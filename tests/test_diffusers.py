@@ -200,3 +200,91 @@ def test_scheduler_of_the_wrong_type(unet):
         TypeError, match="scheduler must be a diffusers scheduler or its config mapping, got str"
     ):
         diffode.from_diffusers(unet, "ddim")
+
+
+# ---------------------------------------------------------------- conditional networks and guidance
+def tiny_conditional_unets():
+    torch.manual_seed(1)
+    text = diffusers.UNet2DConditionModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=12,
+        attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    torch.manual_seed(2)
+    labelled = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        num_class_embeds=10,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    return text.eval().requires_grad_(False), labelled.eval().requires_grad_(False)
+
+
+def diffusers_guided_ddim(unet, scheduler, noise, key, cond, uncond, w):
+    # the loop of diffusers' pipelines: eps_u + w (eps_c - eps_u), then DDIMScheduler.step
+    x = noise
+    for t in scheduler.timesteps:
+        eps_u = unet(x, t, **{key: uncond}).sample
+        eps_c = unet(x, t, **{key: cond}).sample
+        x = scheduler.step(eps_u + w * (eps_c - eps_u), t, x, eta=0.0).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("which", ["text", "class"])
+@pytest.mark.parametrize("w", [1.0, 3.0])
+def test_guided_euler_equals_the_diffusers_guided_ddim_loop(which, w):
+    text, labelled = tiny_conditional_unets()
+    gen = torch.Generator().manual_seed(3)
+    if which == "text":
+        unet, key = text, "encoder_hidden_states"
+        cond, uncond = torch.randn(2, 5, 12, generator=gen), torch.zeros(2, 5, 12)
+    else:
+        unet, key = labelled, "class_labels"
+        cond, uncond = torch.tensor([3, 7]), torch.tensor([0, 0])
+    scheduler = make_scheduler(beta_schedule="scaled_linear")
+    scheduler.set_timesteps(10)
+    noise = torch.randn(2, 3, 8, 8, generator=gen)
+    expected = diffusers_guided_ddim(unet, scheduler, noise, key, cond, uncond, w)
+    wrapped = diffode.from_diffusers(unet, scheduler)
+    assert wrapped.model.cond_keyword == key
+    for batched in (True, False):
+        got = diffode.sample(
+            wrapped.model,
+            wrapped.schedule,
+            noise,
+            timesteps=scheduler.timesteps,
+            cond=cond,
+            guidance=diffode.Guidance(w, batched=batched),
+            uncond={key: uncond},
+        )
+        _, rel = max_differences(got, expected)
+        assert rel <= 1e-4, (which, w, batched, rel)
+    # the conditioning reaches the network: another condition gives another sample
+    other = diffode.sample(wrapped.model, wrapped.schedule, noise, timesteps=scheduler.timesteps, cond=uncond)
+    assert float((other - expected).abs().max()) > 1e-3
+
+
+def test_diffusers_guidance_without_uncond_asks_for_it():
+    text, _ = tiny_conditional_unets()
+    wrapped = diffode.from_diffusers(text, make_scheduler())
+    with pytest.raises(ValueError, match="pass uncond="):
+        diffode.sample(
+            wrapped.model,
+            wrapped.schedule,
+            torch.randn(1, 3, 8, 8),
+            steps=2,
+            cond=torch.randn(1, 5, 12),
+            guidance=2.0,
+        )
