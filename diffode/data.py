@@ -55,6 +55,20 @@ def _all_digits() -> tuple[Tensor, Tensor]:
     return images, torch.as_tensor(bunch.target, dtype=torch.int64)
 
 
+LABELLED = {"digits": 10}
+"""Datasets with class labels, and their number of classes (for conditional training)."""
+
+
+def load_labels(name: str, *, split: str = "train") -> Tensor:
+    """The class labels (int64 ``(n,)``, in 0 … ``LABELLED[name]`` - 1) of a labelled dataset's
+    ``split``, in the order of :func:`load_dataset`'s images."""
+    if name not in LABELLED:
+        raise ValueError(
+            f"dataset {name!r} has no class labels; conditional training needs one of {', '.join(LABELLED)}"
+        )
+    return digits(split)[1]
+
+
 def gmm(n: int, generator: torch.Generator | None = None) -> Tensor:
     """``n`` points of the 8-component ring mixture (:meth:`diffode.oracles.GaussianMixture.ring`:
     radius 2, component std 0.15), float32 ``(n, 2)``; its exact ε is known."""

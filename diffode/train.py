@@ -8,6 +8,11 @@ cosine decay: torch's ``LinearLR`` then ``CosineAnnealingLR``). An exponential m
 (initial weights, batches, times, noise) comes from ``seed``, so a config reproduces its run on
 the same hardware and thread count.
 
+A conditional run (``TrainConfig(conditional=True)``, a labelled dataset) trains
+ε_θ(x_t, t, y) on the true labels y, each replaced by the null class with probability
+``label_dropout`` (Ho & Salimans, 2022), so one network learns both the conditional and the
+unconditional prediction that classifier-free guidance combines.
+
 Runs resume: every checkpoint also writes ``training_state.safetensors`` (raw and EMA weights,
 optimiser and learning-rate scheduler state, the random generator that orders the data, the
 losses so far), and ``train(config, out, resume=True)`` continues from it to the same weights
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ from diffode.checkpoint import (
     save_training_state,
     schedule_from_checkpoint_config,
 )
-from diffode.data import DATASETS, digits, load_dataset
+from diffode.data import DATASETS, LABELLED, digits, load_dataset, load_labels
 from diffode.metrics import FeatureStats, digits_features, frechet_distance, save_feature_stats
 from diffode.models import DigitsClassifier, build_model
 from diffode.schedule import Schedule
@@ -72,6 +77,10 @@ class TrainConfig:
         model: constructor arguments; empty for the dataset's default.
         n_points: size of the generated training set for the 2-D datasets.
         checkpoint_every: write a checkpoint every this many steps (and at the end); 0: only at the end.
+        conditional: train a class-conditional UNet on a labelled dataset (see
+            :data:`diffode.data.LABELLED`); its ``model`` gets ``num_classes`` by default.
+        label_dropout: for conditional runs, the probability that a training label is replaced
+            by the null class (what classifier-free guidance needs).
     """
 
     dataset: str = "digits"
@@ -87,6 +96,8 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)
     n_points: int = 10_000
     checkpoint_every: int = 1000
+    conditional: bool = False
+    label_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -101,10 +112,31 @@ class TrainConfig:
         require_int("seed", self.seed, low=0)
         require_int("n_points", self.n_points, low=1)
         require_int("checkpoint_every", self.checkpoint_every, low=0)
+        if not isinstance(self.conditional, bool):
+            raise TypeError(f"conditional must be True or False, got {self.conditional!r}")
+        if not 0 <= require_nonnegative("label_dropout", self.label_dropout) < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         if not self.architecture:
             kind = "image" if self.dataset == "digits" else "points"
             self.architecture, defaults = _DEFAULT_MODELS[kind]
             self.model = {**defaults, **self.model}
+        if self.conditional:
+            if self.dataset not in LABELLED:
+                raise ValueError(
+                    f"conditional training needs a labelled dataset ({', '.join(LABELLED)}), got "
+                    f"dataset={self.dataset!r}; drop --conditional or choose a labelled dataset"
+                )
+            if self.architecture != "unet":
+                raise ValueError(
+                    f"conditional training needs architecture 'unet' (it has the class embedding), "
+                    f"got {self.architecture!r}"
+                )
+            self.model = {"num_classes": LABELLED[self.dataset], **self.model}
+        elif self.model.get("num_classes"):
+            raise ValueError(
+                f"model num_classes={self.model['num_classes']!r} makes a conditional network; pass "
+                "conditional=True (--conditional) to train it on labels"
+            )
 
 
 @dataclass
@@ -126,24 +158,41 @@ class TrainResult:
     seconds: float
 
 
-def ddpm_loss(model: nn.Module, schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-    """L_simple: mean of (ε_θ(√ᾱ_t x₀ + √(1-ᾱ_t) ε, t) - ε)² over the batch; t int64 ``(batch,)``."""
+def ddpm_loss(
+    model: nn.Module,
+    schedule: Schedule,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    labels: Tensor | None = None,
+) -> Tensor:
+    """L_simple: mean of (ε_θ(√ᾱ_t x₀ + √(1-ᾱ_t) ε, t) - ε)² over the batch; t int64 ``(batch,)``.
+    ``labels`` (int64 ``(batch,)``), for a conditional network, are passed as ``class_labels``."""
     ab = schedule.alphas_cumprod.to(x0.device)[t].to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-    return (model(x_t, t.to(x0.dtype)) - noise).pow(2).mean()
+    cond = {} if labels is None else {"class_labels": labels}
+    return (model(x_t, t.to(x0.dtype), **cond) - noise).pow(2).mean()
 
 
 def eval_loss(
-    model: nn.Module, schedule: Schedule, data: Tensor, *, repeats: int = 4, seed: int = 1
+    model: nn.Module,
+    schedule: Schedule,
+    data: Tensor,
+    *,
+    repeats: int = 4,
+    seed: int = 1,
+    labels: Tensor | None = None,
 ) -> float:
     """L_simple on ``data`` with fixed draws of (t, ε) (``repeats`` per example, from ``seed``), so
-    that two models, or one model before and after training, are compared on identical terms."""
+    that two models, or one model before and after training, are compared on identical terms.
+    ``labels`` (int64 ``(n,)``): the data's classes, for a conditional network."""
     generator = torch.Generator().manual_seed(seed)
     x0 = data.repeat(repeats, *([1] * (data.ndim - 1)))
     t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
     device = next(model.parameters()).device
-    return float(ddpm_loss(model, schedule, x0.to(device), t.to(device), noise.to(device)).detach())
+    y = None if labels is None else labels.repeat(repeats).to(device)
+    return float(ddpm_loss(model, schedule, x0.to(device), t.to(device), noise.to(device), y).detach())
 
 
 def _optimizer(
@@ -192,7 +241,9 @@ def _resumable_fields(config: TrainConfig) -> dict[str, Any]:
 
 def _check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
     given = _resumable_fields(config)
-    differ = [k for k in given if saved.get(k) != given[k]]
+    # a field added since the run started (conditional, label_dropout) had its default then
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    differ = [k for k in given if saved.get(k, defaults.get(k)) != given[k]]
     if differ:
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, given {given[k]!r}" for k in differ)
         raise ValueError(
@@ -233,6 +284,8 @@ def train(
     schedule = schedule_from_checkpoint_config(config.schedule)
     data = load_dataset(config.dataset, split="train", n=config.n_points, seed=config.seed)
     test = load_dataset(config.dataset, split="test", n=min(config.n_points, 2000), seed=config.seed)
+    labels = load_labels(config.dataset, split="train").to(device) if config.conditional else None
+    test_labels = load_labels(config.dataset, split="test") if config.conditional else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.architecture, config.model).to(device)
@@ -290,7 +343,9 @@ def train(
             "sample_shape": list(data.shape[1:]),
             "step": step,
             "train_loss": losses[-1] if losses else None,
-            "test_loss": eval_loss(ema.module, schedule, test.to(device), seed=config.seed + 1),
+            "test_loss": eval_loss(
+                ema.module, schedule, test.to(device), seed=config.seed + 1, labels=test_labels
+            ),
             "training": asdict(config),
             "command": command,
             "torch": torch.__version__,
@@ -305,7 +360,13 @@ def train(
         index = torch.randint(0, data.shape[0], (config.batch_size,), generator=generator)
         t = torch.randint(0, schedule.T, (config.batch_size,), generator=generator)
         noise = torch.randn((config.batch_size, *data.shape[1:]), generator=generator)
-        loss = ddpm_loss(model, schedule, data_dev[index.to(device)], t.to(device), noise.to(device))
+        y = None
+        if labels is not None:
+            # drawn after the unconditional run's draws, from the same generator, so resuming
+            # restores them too; a dropped label becomes the null class num_classes
+            drop = torch.rand(config.batch_size, generator=generator) < config.label_dropout
+            y = torch.where(drop.to(device), config.model["num_classes"], labels[index.to(device)])
+        loss = ddpm_loss(model, schedule, data_dev[index.to(device)], t.to(device), noise.to(device), y)
         _step(optimizer, scheduler, loss)
         ema.update_parameters(model)
         recent.append(loss.detach())
@@ -322,7 +383,7 @@ def train(
         model=trained,
         schedule=schedule,
         losses=losses,
-        test_loss=eval_loss(trained, schedule, test.to(device), seed=config.seed + 1),
+        test_loss=eval_loss(trained, schedule, test.to(device), seed=config.seed + 1, labels=test_labels),
         seconds=elapsed(),
     )
 

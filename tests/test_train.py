@@ -166,6 +166,55 @@ def test_bad_training_configs(kwargs, message):
         TrainConfig(**kwargs)
 
 
+def test_conditional_training_drops_labels_to_the_null_class(monkeypatch):
+    pytest.importorskip("sklearn")
+    import diffode.train as train_module
+
+    seen = []
+    original = train_module.ddpm_loss
+
+    def spy(model, schedule, x0, t, noise, labels=None):
+        if model.training:  # the training steps, not the test-loss evaluations
+            seen.append(labels)
+        return original(model, schedule, x0, t, noise, labels)
+
+    monkeypatch.setattr(train_module, "ddpm_loss", spy)
+    config = _tiny("digits", steps=20, conditional=True)
+    assert config.model["num_classes"] == 10 and config.label_dropout == 0.1
+    result = train(config, progress=False)
+    assert result.model.num_classes == 10 and len(seen) == 20
+    labels = torch.cat(seen)
+    null = (labels == 10).double().mean()
+    # 1280 draws with p = 0.1: the binomial standard deviation is 0.008
+    assert 0.07 < null < 0.13, null
+    assert labels.min() >= 0 and set(labels[labels < 10].tolist()) == set(range(10))
+    seen.clear()
+    train(_tiny("digits", steps=5, conditional=True, label_dropout=0.0), progress=False)
+    assert not (torch.cat(seen) == 10).any()
+
+
+def test_unconditional_training_draws_are_unchanged_by_the_conditional_option():
+    # the conditional run draws its dropout after the unconditional run's draws, so an
+    # unconditional config reproduces the runs made before the option existed
+    a = train(_tiny(steps=5), progress=False).model.state_dict()
+    b = train(_tiny(steps=5, label_dropout=0.5), progress=False).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dataset": "moons", "conditional": True}, "conditional training needs a labelled dataset"),
+        ({"conditional": True, "architecture": "mlp"}, "conditional training needs architecture 'unet'"),
+        ({"conditional": True, "label_dropout": 1.0}, r"label_dropout must lie in \[0, 1\)"),
+        ({"model": {"num_classes": 10}}, "pass conditional=True"),
+    ],
+)
+def test_bad_conditional_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

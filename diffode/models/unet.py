@@ -50,11 +50,20 @@ class UNet(nn.Module):
         emb_dim: width of the time embedding (even).
         image_size: side of the (square) images; kept in the config so a checkpoint knows the
             shape of the noise it expects.
+        num_classes: 0 for an unconditional network (the default; no class parameters at all, so
+            unconditional checkpoints load unchanged); otherwise the number of classes of a
+            class-conditional one, whose label embedding has one more row, the null class
+            (label ``num_classes``), trained by label dropout for classifier-free guidance.
 
-    ``forward(x, t)`` takes t as a float tensor of shape ``(batch,)`` in training-step units and
-    returns ε̂ with x's shape. Weights and computation use the module's dtype; the output is cast
-    back to x's dtype.
+    ``forward(x, t, class_labels=None)`` takes t as a float tensor of shape ``(batch,)`` in
+    training-step units and returns ε̂ with x's shape. ``class_labels`` (integer ``(batch,)``, in
+    0 … num_classes, num_classes being the null class) is for conditional networks only; ``None``
+    means the null class there. Weights and computation use the module's dtype; the output is
+    cast back to x's dtype.
     """
+
+    cond_keyword = "class_labels"
+    """The keyword a bare conditioning tensor is passed as (see :mod:`diffode.conditioning`)."""
 
     def __init__(
         self,
@@ -62,6 +71,7 @@ class UNet(nn.Module):
         channels: tuple[int, ...] | list[int] = (32, 64, 64),
         emb_dim: int = 128,
         image_size: int = 8,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         chans = [int(c) for c in channels]
@@ -79,6 +89,9 @@ class UNet(nn.Module):
             emb_dim,
             image_size,
         )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}")
+        self.num_classes = num_classes
         self.time = TimeEmbedding(emb_dim)
         self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -100,24 +113,86 @@ class UNet(nn.Module):
         # start as the zero predictor so the first loss is E|ε|² = 1 and training starts calmly
         for p in self.out.parameters():
             nn.init.zeros_(p)
+        # registered last and only when conditional, so an unconditional UNet has exactly the
+        # parameters (and random initialisation) it had before classes existed
+        self.label: nn.Embedding | None = None
+        if num_classes:
+            # added to the time embedding (as diffusers' class-conditional UNet2DModel does);
+            # zero at the start, so the first steps train the unconditional network they would
+            self.label = nn.Embedding(num_classes + 1, emb_dim)
+            nn.init.zeros_(self.label.weight)
 
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-serialisable) that rebuild this architecture."""
-        return {
+        """Constructor arguments (JSON-serialisable) that rebuild this architecture
+        (``num_classes`` only for a conditional network, so unconditional configs are as before)."""
+        config: dict[str, Any] = {
             "in_channels": self.in_channels,
             "channels": list(self.channels),
             "emb_dim": self.emb_dim,
             "image_size": self.image_size,
         }
+        if self.num_classes:
+            config["num_classes"] = self.num_classes
+        return config
+
+    @property
+    def null_label(self) -> int:
+        """The label of the null class (``num_classes``); only for a conditional network."""
+        if not self.num_classes:
+            raise ValueError("this UNet is unconditional (num_classes=0); it has no null class")
+        return self.num_classes
+
+    def null_condition(self, cond: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The unconditional input matching ``cond`` (``{"class_labels": (batch,) labels}``): the
+        null label for every sample, for classifier-free guidance (:mod:`diffode.conditioning`)."""
+        labels = cond.get(self.cond_keyword)
+        if labels is None or set(cond) != {self.cond_keyword}:
+            raise ValueError(
+                f"cond must be {{{self.cond_keyword!r}: labels}} for this UNet, got keys {sorted(cond)}"
+            )
+        return {self.cond_keyword: torch.full_like(labels, self.null_label)}
+
+    def _label_embedding(
+        self, class_labels: Tensor | None, batch: int, device: torch.device
+    ) -> Tensor | None:
+        """The class embedding ``(batch, emb_dim)`` to add to the time embedding, or ``None``."""
+        if self.label is None:
+            if class_labels is not None:
+                raise ValueError(
+                    "class_labels were given, but this UNet is unconditional (num_classes=0); "
+                    "drop the labels or load a conditional model"
+                )
+            return None
+        if class_labels is None:
+            class_labels = torch.full((batch,), self.num_classes, dtype=torch.int64, device=device)
+        if (
+            class_labels.dtype.is_floating_point
+            or class_labels.dtype.is_complex
+            or class_labels.dtype == torch.bool
+        ):
+            raise TypeError(f"class_labels must be an integer tensor, got dtype {class_labels.dtype}")
+        if class_labels.shape != (batch,):
+            raise ValueError(
+                f"class_labels must have shape (batch,) = ({batch},), got {tuple(class_labels.shape)}"
+            )
+        if batch and not 0 <= int(class_labels.min()) <= int(class_labels.max()) <= self.num_classes:
+            raise ValueError(
+                f"class_labels must lie in 0 … {self.num_classes} ({self.num_classes}: the null class), "
+                f"got values in {int(class_labels.min())} … {int(class_labels.max())}"
+            )
+        return self.label(class_labels.to(device=device, dtype=torch.int64))
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one sample, ``(in_channels, image_size, image_size)``."""
         return (self.in_channels, self.image_size, self.image_size)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
         dtype = self.stem.weight.dtype
         emb = self.time(t)
+        label = self._label_embedding(class_labels, x.shape[0], x.device)
+        if label is not None:
+            emb = emb + label
         h = self.stem(x.to(dtype))
         skips = []
         for i, block in enumerate(self.down):

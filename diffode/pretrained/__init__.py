@@ -2,6 +2,9 @@
 
 - ``digits/``: an ε-network (:class:`~diffode.models.UNet`) for scikit-learn's 8×8 digits,
   trained by ``diffode train``; :func:`digits` loads it with its schedule.
+- ``digits_cond/``: the class-conditional version (``num_classes=10``, a null class for
+  classifier-free guidance), trained by ``diffode train --conditional``; :func:`digits_conditional`
+  loads it.
 - ``digits_classifier/``: the classifier whose features define the digits Fréchet distance
   (:func:`digits_fd`, the maths in :mod:`diffode.metrics`), trained by ``diffode
   train-classifier``, with the real-data feature statistics of the train and test splits.
@@ -25,13 +28,26 @@ from diffode.schedule import Schedule
 
 DIGITS = "digits"
 DIGITS_CLASSIFIER = "digits_classifier"
+DIGITS_CONDITIONAL = "digits_cond"
+_NAMES = (DIGITS, DIGITS_CONDITIONAL, DIGITS_CLASSIFIER)
 
 
 def path(name: str) -> Path:
-    """The folder of the bundled checkpoint ``name`` (``"digits"`` or ``"digits_classifier"``)."""
-    if name not in (DIGITS, DIGITS_CLASSIFIER):
-        raise ValueError(f"unknown bundled model {name!r}; choose {DIGITS!r} or {DIGITS_CLASSIFIER!r}")
+    """The folder of the bundled checkpoint ``name`` (``"digits"``, ``"digits_cond"`` or
+    ``"digits_classifier"``)."""
+    if name not in _NAMES:
+        raise ValueError(f"unknown bundled model {name!r}; choose one of {', '.join(map(repr, _NAMES))}")
     return Path(str(resources.files(__name__) / name))
+
+
+def load_unet(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[UNet, Schedule]:
+    """The bundled ε-network ``name`` (``"digits"`` or ``"digits_cond"``) and its schedule."""
+    checkpoint = load_checkpoint(path(name), device=device, dtype=dtype)
+    if not isinstance(checkpoint.model, UNet) or checkpoint.schedule is None:
+        raise ValueError(f"{path(name)} does not hold a UNet with a schedule; reinstall diffode")
+    return checkpoint.model, checkpoint.schedule
 
 
 def digits(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> tuple[UNet, Schedule]:
@@ -40,10 +56,20 @@ def digits(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float3
     Sample it with ``diffode.sample(model, schedule, torch.randn(n, 1, 8, 8))``; outputs are
     images in [-1, 1].
     """
-    checkpoint = load_checkpoint(path(DIGITS), device=device, dtype=dtype)
-    if not isinstance(checkpoint.model, UNet) or checkpoint.schedule is None:
-        raise ValueError(f"{path(DIGITS)} does not hold a UNet with a schedule; reinstall diffode")
-    return checkpoint.model, checkpoint.schedule
+    return load_unet(DIGITS, device, dtype)
+
+
+def digits_conditional(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[UNet, Schedule]:
+    """The bundled class-conditional digits ε-network (10 classes plus the null class 10; eval
+    mode, frozen) and its schedule.
+
+    Sample sevens with guidance 3:
+    ``diffode.sample(model, schedule, torch.randn(n, 1, 8, 8), cond=torch.full((n,), 7), guidance=3)``
+    (the unconditional half of the guidance is the model's null class); outputs in [-1, 1].
+    """
+    return load_unet(DIGITS_CONDITIONAL, device, dtype)
 
 
 def digits_classifier() -> DigitsClassifier:
