@@ -208,7 +208,7 @@ def _inside(settings: Guidance, sigma: float | Tensor) -> bool:
     if settings.interval is None or (isinstance(sigma, Tensor) and sigma.ndim > 0):
         return True
     lo, hi = settings.interval
-    return lo <= float(sigma) <= hi
+    return lo <= float(sigma.detach() if isinstance(sigma, Tensor) else sigma) <= hi
 
 
 __all__ = ["Cond", "Conditioning", "Guidance", "as_guidance"]

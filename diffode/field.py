@@ -75,6 +75,12 @@ class PredictingField(VectorField, Protocol):
         ...
 
 
+def _scalar(sigma: Sigma) -> float:
+    """A scalar σ as a Python float; a 0-d tensor may carry a graph (odeint_adjoint
+    differentiates with respect to time), which a float does not need."""
+    return float(sigma.detach()) if isinstance(sigma, Tensor) else float(sigma)
+
+
 def signal_and_noise(sigma: Sigma, like: Tensor) -> tuple[Coefficient, Coefficient]:
     """(α, s) = (1/√(1+σ²), σ/√(1+σ²)), with σ = ∞ giving (0, 1).
 
@@ -87,7 +93,7 @@ def signal_and_noise(sigma: Sigma, like: Tensor) -> tuple[Coefficient, Coefficie
         # σ·α is ∞·0 at σ = ∞, where the limit is 1
         s = torch.where(torch.isinf(sig), torch.ones_like(sig), sig * alpha)
         return alpha.to(like.dtype), s.to(like.dtype)
-    value = float(sigma)
+    value = _scalar(sigma)
     alpha_f = 1.0 / math.sqrt(1.0 + value * value)
     return alpha_f, (1.0 if math.isinf(value) else value * alpha_f)
 
@@ -119,12 +125,15 @@ def _from_x0(x0: Tensor, x: Tensor, alpha: Coefficient, s: Coefficient) -> tuple
     return (x - alpha * x0) / s, x0
 
 
-class ModelField(ABC):
+class ModelField(torch.nn.Module, ABC):
     """Base class of the fields of a network: f(σ, x̄) = ε, with x̂₀ = x̄ - σε on request.
 
     A subclass says how its network is called (:meth:`_run`) and how the output becomes
     (ε, x̂₀) (:meth:`_split`); this class checks the output shape and provides the three ways to
-    read the field (:func:`diffode.solve` counts the evaluations). Calls take σ as a Python float, a 0-d
+    read the field (:func:`diffode.solve` counts the evaluations). A field is an ``nn.Module``
+    whose submodule is the network (when it is one), so its parameters are discoverable, as
+    ``torchdiffeq.odeint_adjoint`` and :func:`diffode.solve` (``adjoint=True``) expect. Calls take
+    σ as a Python float, a 0-d
     tensor or one σ per sample (``(batch,)``) and a state of shape ``(batch, ...)`` in any
     floating dtype; results have the state's shape and dtype. An ``nn.Module`` network is called
     in the dtype of its parameters (:attr:`network_dtype`, read when the field is built), the
@@ -140,6 +149,7 @@ class ModelField(ABC):
     def __init__(self, model: Callable[[Tensor, Tensor], Tensor]) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable as {self.call_convention}, got {type(model).__name__}")
+        super().__init__()
         self.model = model
         self.network_dtype = _parameter_dtype(model)
         self.conditioning: Conditioning | None = None
@@ -254,7 +264,7 @@ class ScheduleField(ModelField):
         if isinstance(sigma, Tensor) and sigma.ndim > 0:
             return _per_sample(self.schedule.t(sigma.to(like.device, torch.float64)), like)
         # a Python scalar keeps the default path free of host-device copies and syncs
-        return _per_sample(float(self.schedule.t(float(sigma))), like)
+        return _per_sample(float(self.schedule.t(_scalar(sigma))), like)
 
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
         x = self._network_input(x)

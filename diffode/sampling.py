@@ -71,6 +71,7 @@ def sample(
     guidance: float | Guidance | None = None,
     uncond: Cond | None = None,
     grad: bool = False,
+    adjoint: bool = False,
 ) -> Tensor:
     """Draw samples by integrating the DDIM ODE (or a stochastic DDIM/DDPM chain) from noise.
 
@@ -104,12 +105,16 @@ def sample(
             model's own null condition).
         grad: build the autograd graph through the sampler (for gradients with respect to
             ``noise`` or the model's parameters). Off by default: see :func:`graph_mode`.
+        adjoint: with ``grad=True``, differentiate with memory that does not grow with the step
+            count (see :func:`diffode.solve` and :mod:`diffode.adjoint`).
 
     Returns:
         Samples x at σ = 0, same shape, dtype and device as ``noise`` (integrated in float32 for
         float16/bfloat16 noise, see :func:`ode_dtype`).
     """
     noise = require_finite("noise", require_floating("noise", noise))
+    if adjoint and not grad:
+        raise ValueError("adjoint=True computes gradients; pass grad=True as well")
     stepper = resolve_sampler(solver, eta)
     grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive)
     field = field_for(model, schedule, prediction, cond=cond, guidance=guidance, uncond=uncond)
@@ -118,5 +123,14 @@ def sample(
         start = noise.to(ode_dtype(noise))
         # at σ = ∞ x̄ is infinite: solve starts from the x-space noise there
         xbar = start if math.isinf(s_start) else start * math.sqrt(1.0 + s_start * s_start)
-        out = solve(field, xbar, grid, stepper, generator=generator, callback=callback, progress=progress)
+        out = solve(
+            field,
+            xbar,
+            grid,
+            stepper,
+            generator=generator,
+            callback=callback,
+            progress=progress,
+            adjoint=adjoint,
+        )
         return (out.x / math.sqrt(1.0 + s_end * s_end)).to(noise.dtype)

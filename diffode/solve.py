@@ -9,14 +9,16 @@ the field is never evaluated at σ = 0), counts evaluations and reports through 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from diffode import boundary
+from diffode.adjoint import checkpointed, continuous_adjoint
 from diffode.field import ModelField, Sigma
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
@@ -173,6 +175,24 @@ class _Counted:
         return self._fresh if self._fresh is not None else self._carried
 
 
+def _adjoint_params(f: Callable[..., Tensor], stepper: Solver, given: Sequence[Tensor]) -> list[Tensor]:
+    """The tensors ``adjoint=True`` differentiates besides the state (see :func:`solve`)."""
+    if stepper.stochastic:
+        raise ValueError(
+            f"adjoint=True recomputes the solve backwards, which {stepper!r} cannot do: it draws fresh "
+            "noise; use a deterministic solver, or plain autograd (adjoint=False)"
+        )
+    if given:
+        params = list(given)
+        for k, p in enumerate(params):
+            if not isinstance(p, Tensor) or not p.is_floating_point():
+                raise TypeError(f"adjoint_params[{k}] must be a floating tensor, got {type(p).__name__}")
+        return params
+    if isinstance(f, torch.nn.Module):
+        return [p for p in f.parameters() if p.requires_grad]
+    return []
+
+
 def solve(
     f: Callable[[Sigma, Tensor], Tensor],
     x: Tensor,
@@ -183,11 +203,16 @@ def solve(
     callback: Callback | None = None,
     save: bool = False,
     progress: bool = False,
+    adjoint: bool = False,
+    adjoint_params: Sequence[Tensor] = (),
 ) -> Solution:
     """Integrate ``dx/dσ = f(σ, x)`` along the σ grid ``sigmas``.
 
     ``solve`` builds whatever autograd graph ``f`` and ``x`` call for: gradients flow through it
-    (the front doors ``sample``/``encode``/``decode`` switch that off unless asked).
+    (the front doors ``sample``/``encode``/``decode`` switch that off unless asked). With
+    ``adjoint=True`` the backward pass keeps memory that does not grow with the number of steps
+    (:mod:`diffode.adjoint`): the exact gradient of the discrete solution by recomputation for
+    fixed-step solvers, the continuous adjoint for adaptive ones.
 
     Args:
         f: any callable ``f(sigma, x)`` returning a tensor shaped like ``x``; σ arrives as a
@@ -206,6 +231,11 @@ def solve(
         callback: called with a :class:`StepInfo` after every step.
         save: keep the state at every grid point in ``Solution.xs``.
         progress: draw a progress bar on stderr.
+        adjoint: differentiate ``Solution.x`` with respect to ``x`` and ``adjoint_params`` with
+            memory independent of the step count (deterministic solvers; not the ``scipy``
+            backend). ``Solution.xs`` and the callback's states then carry no gradient.
+        adjoint_params: the parameters to differentiate with ``adjoint=True``; empty: those of
+            ``f`` when it is an ``nn.Module`` (a network field is one), which require grad.
 
     Returns:
         A :class:`Solution`. Raises ``ValueError`` when the state becomes non-finite, naming the
@@ -224,26 +254,50 @@ def solve(
             "finite σ (for example timesteps='leading')"
         )
     counted = _Counted(f, stepper, watch=callback is not None)
-    state = stepper.init(counted, grid, x, generator)
-    saved = [x] if save else []
-    finite_flags: list[Tensor] = []
     n_steps = len(values) - 1
-    for i in tqdm(range(n_steps), desc=stepper.name or "solve", disable=not progress):
+
+    def advance(i: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """Step i of the grid: the body of the loop below, also used by the adjoint's recomputation."""
         s0, s1 = values[i], values[i + 1]
         counted.begin(s0)
         if math.isinf(s0):
-            x = boundary.out_of_infinity(counted, s1, x)
-        elif s1 == 0.0:
-            x = boundary.into_zero(counted, s0, x)
-        elif s0 == 0.0:
-            x, state = stepper.leave_zero(counted, s1, x, state)
+            return boundary.out_of_infinity(counted, s1, x), state
+        if s1 == 0.0:
+            return boundary.into_zero(counted, s0, x), state
+        if s0 == 0.0:
+            return stepper.leave_zero(counted, s1, x, state)
+        return stepper.step(counted, s0, s1, x, state)
+
+    saved: list[Tensor] = []
+    finite_flags: list[Tensor] = []
+    final: list[Any] = []
+
+    def run(x: Tensor) -> Tensor:
+        state = stepper.init(counted, grid, x, generator)
+        saved[:] = [x] if save else []
+        for i in tqdm(range(n_steps), desc=stepper.name or "solve", disable=not progress):
+            x, state = advance(i, x, state)
+            finite_flags.append(torch.isfinite(x).all())
+            if save:
+                saved.append(x)
+            if callback is not None:
+                callback(StepInfo(i, values[i], values[i + 1], x, counted.nfe, counted.denoised()))
+        final[:] = [state]
+        return x
+
+    if not adjoint:
+        x = run(x)
+    else:
+        params = _adjoint_params(f, stepper, adjoint_params)
+        if stepper.adaptive:
+            if callback is not None or save:
+                raise ValueError(
+                    "adjoint=True with an adaptive solver integrates through torchdiffeq's odeint_adjoint, "
+                    "which reports no steps: leave callback and save out, or use a fixed-step solver"
+                )
+            x = continuous_adjoint(counted, stepper, values, advance, x, params)
         else:
-            x, state = stepper.step(counted, s0, s1, x, state)
-        finite_flags.append(torch.isfinite(x).all())
-        if save:
-            saved.append(x)
-        if callback is not None:
-            callback(StepInfo(i, s0, s1, x, counted.nfe, counted.denoised()))
+            x = checkpointed(advance, n_steps, x, stepper.init(counted, grid, x, generator), params, run)
     if finite_flags:
         flags = torch.stack(finite_flags).cpu()
         if not bool(flags.all()):
@@ -263,5 +317,5 @@ def solve(
         nfe=counted.nfe,
         sigmas=grid,
         xs=torch.stack(saved) if save else None,
-        stats=stepper.stats(state),
+        stats=stepper.stats(final[0]) if final else {},
     )

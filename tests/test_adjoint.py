@@ -1,0 +1,159 @@
+"""Gradients through the ODE with memory independent of the step count (issue 13, item 2)."""
+
+from __future__ import annotations
+
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+import diffode
+from diffode import EpsField, Schedule, sample, solve
+from diffode.models import MLP
+from diffode.solvers import Dopri5, Torchdiffeq
+
+F64 = torch.float64
+LINEAR = Schedule.linear()
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = MLP(dim=3, hidden=16, depth=1, emb_dim=8)
+    # the output layer starts at zero for training; a field that is 0 would make every check trivial
+    nn.init.normal_(net.out.weight, std=0.3)
+    return net.double()
+
+
+def loss_and_grads(run, x, params):
+    out = run(x)
+    loss = (out * torch.linspace(-1, 1, out.numel(), dtype=F64).reshape(out.shape)).sum()
+    return torch.autograd.grad(loss, [x, *params])
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "ab3", "dpmpp-2m", "bdia", "rk4"])
+def test_the_discrete_adjoint_equals_autograd_through_the_loop(solver):
+    # the exact gradient of the computed discrete solution: autograd through every step is the reference
+    net = mlp()
+    field = EpsField(net, LINEAR)
+    params = list(net.parameters())
+    grid = diffode.sigma_grid(LINEAR, 12, "karras")
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    reference = loss_and_grads(lambda y: solve(field, y, grid, solver).x, x, params)
+    adjoint = loss_and_grads(lambda y: solve(field, y, grid, solver, adjoint=True).x, x, params)
+    for want, got in zip(reference, adjoint, strict=True):
+        # the two compute the same arithmetic in another order: round-off of float64 only
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
+
+
+def test_the_discrete_adjoint_passes_gradcheck():
+    field = EpsField(mlp(), LINEAR)
+    grid = diffode.sigma_grid(LINEAR, 5, "uniform")
+    x = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda y: solve(field, y, grid, "heun", adjoint=True).x, (x,))
+
+
+def test_adjoint_params_default_to_the_fields_parameters_and_explicit_ones_work():
+    net = mlp()
+    field = EpsField(net, LINEAR)
+    grid = diffode.sigma_grid(LINEAR, 4)
+    x = torch.randn(2, 3, dtype=F64)
+    solve(field, x, grid, "euler", adjoint=True).x.square().sum().backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters())
+    first = next(net.parameters())
+    expected = first.grad.clone()
+    net.zero_grad()
+    plain = lambda s, y: field(s, y)  # noqa: E731  (not an nn.Module: parameters must be named)
+    solve(plain, x, grid, "euler", adjoint=True, adjoint_params=[first]).x.square().sum().backward()
+    torch.testing.assert_close(first.grad, expected, rtol=1e-12, atol=0)
+
+
+class LiveSaved:
+    """Tracks the bytes autograd holds for backward passes at any moment, and their peak."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+
+    def pack(self, t: torch.Tensor) -> object:
+        holder = _Held(t)
+        size = t.numel() * t.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(holder, self._release, size)
+        return holder
+
+    def _release(self, size: int) -> None:
+        self.live -= size
+
+    @staticmethod
+    def unpack(holder: object) -> torch.Tensor:
+        return holder.tensor  # type: ignore[attr-defined]
+
+
+class _Held:
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+def peak_saved_bytes(steps: int, adjoint: bool) -> int:
+    net = mlp()
+    noise = torch.randn(16, 3, dtype=F64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    tracker = LiveSaved()
+    with torch.autograd.graph.saved_tensors_hooks(tracker.pack, tracker.unpack):
+        x = sample(net, LINEAR, noise, steps=steps, grad=True, adjoint=adjoint)
+        x.square().sum().backward()
+    return tracker.peak
+
+
+def test_adjoint_memory_stays_flat_in_the_step_count():
+    flat = [peak_saved_bytes(steps, adjoint=True) for steps in (10, 200)]
+    grows = [peak_saved_bytes(steps, adjoint=False) for steps in (10, 200)]
+    # one step's graph at a time against all of them: plain autograd grows with the step count
+    assert flat[1] == flat[0]
+    assert grows[1] > 15 * grows[0]
+    assert flat[1] < grows[1] / 50
+
+
+def test_the_continuous_adjoint_matches_autograd_through_a_tight_solve():
+    net = mlp()
+    field = EpsField(net, LINEAR)
+    params = list(net.parameters())
+    grid = torch.tensor([20.0, 0.5, 0.0], dtype=F64)
+    x = torch.randn(3, 3, dtype=F64, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    tight = Dopri5(rtol=1e-10, atol=1e-10)
+    reference = loss_and_grads(lambda y: solve(field, y, grid, tight).x, x, params)
+    for solver in (Dopri5(rtol=1e-9, atol=1e-9), Torchdiffeq("dopri5", rtol=1e-9, atol=1e-9)):
+        adjoint = loss_and_grads(lambda y, s=solver: solve(field, y, grid, s, adjoint=True).x, x, params)
+        for want, got in zip(reference, adjoint, strict=True):
+            # relative to the gradient's scale: entries near zero carry the same absolute error
+            scale = float(want.abs().max())
+            assert float((got - want).abs().max()) <= 1e-5 * scale, (solver, float((got - want).abs().max()) / scale)
+
+
+def test_fields_are_modules_that_odeint_adjoint_accepts():
+    from torchdiffeq import odeint_adjoint
+
+    net = mlp()
+    field = EpsField(net, LINEAR)
+    assert isinstance(field, nn.Module) and set(field.parameters()) == set(net.parameters())
+    t = torch.tensor([5.0, 1.0], dtype=F64)
+    out = odeint_adjoint(field, torch.randn(2, 3, dtype=F64), t, rtol=1e-6, atol=1e-6)
+    out[-1].sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_adjoint_refusals_name_the_fix():
+    field = EpsField(mlp(), LINEAR)
+    grid = diffode.sigma_grid(LINEAR, 4)
+    x = torch.randn(2, 3, dtype=F64)
+    with pytest.raises(ValueError, match="draws fresh noise"):
+        solve(field, x, grid, diffode.DDIM(1.0), adjoint=True)
+    with pytest.raises(ValueError, match="no continuous adjoint"):
+        solve(field, x, grid, "scipy:RK45", adjoint=True)
+    with pytest.raises(ValueError, match="leave callback and save out"):
+        solve(field, x, grid, "dopri5", adjoint=True, save=True)
+    with pytest.raises(ValueError, match="pass grad=True"):
+        sample(mlp(), LINEAR, x, steps=3, adjoint=True)
+    with pytest.raises(TypeError, match=r"adjoint_params\[0\] must be a floating tensor"):
+        solve(field, x, grid, "euler", adjoint=True, adjoint_params=[3])
