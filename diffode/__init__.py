@@ -32,6 +32,7 @@ from diffode.field import (
 )
 from diffode.grids import karras_sigmas, sigma_grid, spaced_timesteps
 from diffode.interpolation import interpolate
+from diffode.likelihood import Likelihood, likelihood
 from diffode.sampling import sample
 from diffode.schedule import ContinuousVPSchedule, NoiseSchedule, Schedule
 from diffode.solve import Solution, StepInfo, solve
@@ -47,6 +48,7 @@ __all__ = [
     "EpsField",
     "Euler",
     "Guidance",
+    "Likelihood",
     "ModelField",
     "NoiseSchedule",
     "Schedule",
@@ -63,6 +65,7 @@ __all__ = [
     "from_diffusers",
     "interpolate",
     "karras_sigmas",
+    "likelihood",
     "load_diffusers",
     "metrics",
     "models",
