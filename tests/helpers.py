@@ -47,10 +47,12 @@ def slope(steps, errors) -> float:
     return float(np.polyfit(np.log(np.asarray(steps, float)), np.log(np.asarray(errors, float)), 1)[0])
 
 
-def tiny_unet(diffusers, seed: int = 0):
-    """A randomly initialised 8×8, 3-channel diffusers ``UNet2DModel`` small enough for CPU tests."""
+def tiny_unet(diffusers, seed: int = 0, kind: str = "UNet2DModel", **extra):
+    """A randomly initialised 8×8, 3-channel diffusers network (``kind``, a diffusers class name)
+    small enough for CPU tests; ``extra`` adds or replaces constructor arguments (class embeddings,
+    cross-attention blocks)."""
     torch.manual_seed(seed)
-    return diffusers.UNet2DModel(
+    config = dict(
         sample_size=8,
         in_channels=3,
         out_channels=3,
@@ -60,3 +62,4 @@ def tiny_unet(diffusers, seed: int = 0):
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
     )
+    return getattr(diffusers, kind)(**(config | extra))

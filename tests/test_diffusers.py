@@ -204,31 +204,16 @@ def test_scheduler_of_the_wrong_type(unet):
 
 # ---------------------------------------------------------------- conditional networks and guidance
 def tiny_conditional_unets():
-    torch.manual_seed(1)
-    text = diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
+    text = tiny_unet(
+        diffusers,
+        seed=1,
+        kind="UNet2DConditionModel",
         cross_attention_dim=12,
         attention_head_dim=4,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
     )
-    torch.manual_seed(2)
-    labelled = diffusers.UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        num_class_embeds=10,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    )
+    labelled = tiny_unet(diffusers, seed=2, num_class_embeds=10)
     return text.eval().requires_grad_(False), labelled.eval().requires_grad_(False)
 
 
