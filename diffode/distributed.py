@@ -1,0 +1,571 @@
+"""Sampling at scale: a list of seeds sampled into shard files, across processes and machines.
+
+A run samples its seeds into one folder::
+
+    DIR/manifest.json               what the run samples: diffode version, model and schedule
+                                    hashes, solver, grid, dtype, conditioning and guidance, the
+                                    seeds and the shard size; written once, by rank 0, first
+    DIR/seeds-000000-000255.npz     a shard: ``arr_0`` (uint8 NHWC images, or float32 points)
+    DIR/seeds-000256-000511.npz     and ``seeds`` (int64), each written atomically
+    ...
+
+The seeds are cut, in order, into shards of ``shard_size``; shard i belongs to rank
+``i mod world_size``. The interleaving is fixed (it does not depend on timing) and a sample depends
+only on its seed (:func:`diffode.runs.sample_seeds`), so one process, N ranks, N nodes, or a run
+killed at any moment and restarted all leave the same files. A shard exists completely or not at
+all (:func:`diffode.atomic.atomic_write`), which is what makes resuming safe: a restart into the
+folder checks that the manifest is the same, skips the shards present and samples the others.
+
+- :func:`sample_shards`: the whole thing for a :class:`~diffode.runs.LoadedModel`, from one
+  process or from every rank of an initialised ``torch.distributed`` process group;
+- :func:`write_shards`: the engine under it, for any function from a shard's seeds to samples;
+- :func:`pack`: every shard checked, then one ``.npz`` (``arr_0`` in seed order, as FID tools
+  read it) written as a stream, one shard in memory at a time, plus optional PNGs;
+- :func:`process_group`, :func:`stop_on_signals`: the process group ``torchrun`` describes, and
+  SIGTERM/SIGINT turned into a clean stop, for the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import signal
+import time
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from diffode.atomic import atomic_write
+from diffode.images import read_npz_array, to_uint8, write_png
+from diffode.runs import LoadedModel, parse_seeds, resolve_device, sample_seeds, write_arrays
+from diffode.solvers.base import Solver
+
+DEFAULT_SHARD_SIZE = 256
+"""Seeds per shard: a few seconds to minutes of work, so that a kill loses little."""
+
+MANIFEST = "manifest.json"
+FORMAT = "diffode-shards"
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- shards and seeds
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Seeds ``seeds`` at positions ``start`` … ``start + len(seeds) - 1`` of the run's seed list
+    (the positions say which labels they take); its file is named by its first and last seed."""
+
+    start: int
+    seeds: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"seeds-{self.seeds[0]:06d}-{self.seeds[-1]:06d}.npz"
+
+
+def plan_shards(seeds: Sequence[int], shard_size: int) -> list[Shard]:
+    """``seeds`` (increasing, so that every seed is sampled once and names are unique) cut into
+    shards of ``shard_size`` (the last one shorter); ``ValueError`` otherwise."""
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
+    if not seeds:
+        raise ValueError("--seeds names no seeds")
+    for a, b in itertools.pairwise(seeds):
+        if b <= a:
+            raise ValueError(
+                f"--seeds must increase without repeats for a shard folder (every seed once), "
+                f"but {b} follows {a}"
+            )
+    return [
+        Shard(start, tuple(seeds[start : start + shard_size])) for start in range(0, len(seeds), shard_size)
+    ]
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """Increasing seeds as ranges, the way ``--seeds`` reads them: ``[0, 1, 2, 5]`` → ``"0-2,5"``."""
+    parts: list[str] = []
+    i = 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def array_spec(sample_shape: Sequence[int]) -> dict[str, Any]:
+    """How samples of ``sample_shape`` are stored: images ``(C, H, W)`` as uint8 ``(H, W, C)``
+    (as FID tools read them), anything else as float32 of its own shape."""
+    if len(sample_shape) == 3:
+        c, h, w = sample_shape
+        return {"dtype": "uint8", "shape": [int(h), int(w), int(c)]}
+    return {"dtype": "float32", "shape": [int(v) for v in sample_shape]}
+
+
+def _as_array(x: Tensor) -> np.ndarray:
+    """Samples ``(n, *shape)`` in the stored form of :func:`array_spec`."""
+    return to_uint8(x) if x.ndim == 4 else x.detach().float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+def _digest(h: Any, tensor: Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes to the hash ``h``."""
+    data = tensor.detach().cpu().contiguous()
+    h.update(f"{data.dtype}{tuple(data.shape)}".encode())
+    # through uint8, since numpy has no bfloat16
+    h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def model_sha256(model: object) -> str:
+    """SHA-256 of a network: its architecture (the module's ``repr``, which lists its layers and
+    their settings) and every weight and buffer (name, dtype, shape, bytes). ``model`` is an
+    ``nn.Module`` or holds one as an attribute (diffusers adapters hold ``.unet``); ``ValueError``
+    when there is none to hash."""
+    modules = [model] if isinstance(model, nn.Module) else []
+    modules += [v for v in getattr(model, "__dict__", {}).values() if isinstance(v, nn.Module)]
+    if not modules:
+        raise ValueError(
+            f"cannot hash a {type(model).__name__} (no torch module in it); pass model_sha256= yourself"
+        )
+    h = hashlib.sha256()
+    for module in modules:
+        h.update(repr(module).encode())
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            _digest(h, tensor)
+    return h.hexdigest()
+
+
+def _tensor_sha256(tensor: Tensor) -> str:
+    h = hashlib.sha256()
+    _digest(h, tensor)
+    return h.hexdigest()
+
+
+def run_manifest(
+    loaded: LoadedModel,
+    solver: Solver,
+    seeds: Sequence[int],
+    *,
+    steps: int | None,
+    timesteps: str,
+    dtype: torch.dtype,
+    shard_size: int,
+    labels: Tensor | None = None,
+    guidance: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    model_hash: str | None = None,
+) -> dict[str, Any]:
+    """Everything that decides a run's files, as JSON: two runs with equal manifests write equal
+    shards. ``options`` (the command line's sampling options, whatever they are) are recorded as
+    given; ``batch`` and the device are not, since samples do not depend on them beyond round-off."""
+    from diffode import __version__
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "diffode_version": __version__,
+        "model_sha256": model_hash or model_sha256(loaded.model),
+        "schedule_sha256": _tensor_sha256(loaded.schedule.alphas_cumprod),
+        "prediction": loaded.prediction,
+        "sample_shape": list(loaded.sample_shape),
+        # the command line's own words first: a difference there is named as the user typed it
+        "options": dict(options or {}),
+        "solver": repr(solver),
+        "steps": steps,
+        "timesteps": timesteps,
+        "dtype": str(dtype).removeprefix("torch."),
+        "labels_sha256": None if labels is None else _tensor_sha256(labels.to(torch.int64)),
+        "guidance": guidance,
+        "seeds": format_seeds(seeds),
+        "count": len(seeds),
+        "shard_size": shard_size,
+        "array": array_spec(loaded.sample_shape),
+    }
+    # through JSON and back, so that it compares equal to what a later run reads from the file
+    return dict(json.loads(json.dumps(manifest, default=str)))
+
+
+def _flat(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested mappings flattened into dotted keys (``{"options": {"steps": 2}}`` →
+    ``{"options.steps": 2}``), in order."""
+    flat: dict[str, Any] = {}
+    for key, value in manifest.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The first entry (in ``new``'s order) where two manifests differ, said in words; ``None``
+    when they are equal."""
+    a, b = _flat(old), _flat(new)
+    for key in [*b, *(k for k in a if k not in b)]:
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            name = key.removeprefix("options.")
+            return f"{name} is {a.get(key, '<absent>')!r} there and {b.get(key, '<absent>')!r} here"
+    return None
+
+
+def read_manifest(outdir: Path) -> dict[str, Any]:
+    """The manifest of the shard folder ``outdir``; ``ValueError`` naming the file otherwise."""
+    path = outdir / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{outdir} has no {MANIFEST}; it is not a folder written by diffode sample --outdir")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a diffode shard manifest (format {FORMAT!r})")
+    return manifest
+
+
+def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
+    """Make ``outdir`` ready for a run: create it and write the manifest, or check that the
+    manifest there is equal (``ValueError`` naming the first difference otherwise). Removes the
+    temporary files a killed run left behind (they are never shards)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    path = outdir / MANIFEST
+    if path.exists():
+        difference = first_difference(read_manifest(outdir), manifest)
+        if difference is not None:
+            raise ValueError(
+                f"{outdir} holds another run ({difference}, in {path}); rerun with that run's options "
+                "to resume it, or sample into another folder"
+            )
+    else:
+        with atomic_write(path) as fh:
+            fh.write(json.dumps(manifest, indent=2).encode() + b"\n")
+    for stale in outdir.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+# ----------------------------------------------------------------------------- ranks
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks: from the initialised ``torch.distributed``
+    process group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(values: Sequence[int], op: Any) -> list[int]:
+    """``values`` combined over the ranks with ``op`` (``dist.ReduceOp.SUM``, ``MAX``); as they
+    are without a process group."""
+    if rank_and_world()[1] == 1:
+        return list(values)
+    # NCCL reduces only tensors on the rank's GPU; gloo takes them on the CPU
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    tensor = torch.tensor(list(values), dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=op)
+    return [int(v) for v in tensor.tolist()]
+
+
+def _from_rank_0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a Python object; itself without a process group)."""
+    if rank_and_world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[torch.device]:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1,
+    ``RANK``, ``MASTER_ADDR``, ...) unless one is initialised already: NCCL for CUDA, gloo
+    otherwise; leave it at the end. Yields this rank's device: ``cuda`` means ``cuda:LOCAL_RANK``
+    (one GPU per rank), any other name is taken as it is."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    name = f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
+    resolved = resolve_device(name)
+    joined = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+        joined = True
+    try:
+        yield resolved
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """Within the block, SIGTERM and SIGINT raise ``KeyboardInterrupt`` where the work is, so the
+    shard in flight is dropped (its temporary file removed) and finished shards stay. Yields a
+    list that receives the signal's number. Main thread only."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class ShardRun:
+    """What a run did: shards in the run, shards found finished, shards and samples written now
+    (by all ranks), seconds of the shard loop, this process's rank and the number of ranks."""
+
+    outdir: Path
+    shards: int
+    skipped: int
+    written: int
+    samples: int
+    seconds: float
+    rank: int
+    world_size: int
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def write_shards(
+    make: Callable[[Shard], Tensor],
+    seeds: Sequence[int],
+    outdir: str | os.PathLike[str],
+    manifest: Mapping[str, Any],
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+) -> ShardRun:
+    """Sample ``seeds`` into shard files in ``outdir`` with ``make`` (a shard → its samples,
+    ``(len(shard.seeds), *shape)``), on every rank of the process group if one is initialised
+    (all ranks call this with the same arguments), resuming whatever is there.
+
+    Rank 0 writes (or checks) ``manifest`` before any rank writes a shard; each rank then samples
+    the missing shards among its own (``shards[rank::world_size]``), in lock step with the others
+    so that rank 0 can show shards done / total and an ETA.
+    """
+    folder = Path(outdir)
+    rank, world = rank_and_world()
+    shards = plan_shards(seeds, shard_size)
+    error, skipped = None, 0
+    if rank == 0:
+        try:
+            prepare_folder(folder, manifest)
+            skipped = sum((folder / shard.name).exists() for shard in shards)
+        except (ValueError, OSError) as err:
+            error = str(err)
+    # every rank raises rank 0's refusal, rather than waiting for shards that never come
+    error, skipped = _from_rank_0((error, skipped))
+    if error is not None:
+        raise ValueError(error)
+    # only now, after rank 0's look at the folder, may any shard appear in it
+    mine = [shard for shard in shards[rank::world] if not (folder / shard.name).exists()]
+    (rounds,) = _all_reduce([len(mine)], dist.ReduceOp.MAX)
+    written = samples = 0
+    start = time.perf_counter()
+    with tqdm(
+        total=len(shards), initial=skipped, unit="shard", desc="shards", disable=rank != 0 or not progress
+    ) as bar:
+        for i in range(rounds):
+            done = [0, 0]
+            if i < len(mine):
+                shard = mine[i]
+                x = make(shard)
+                if len(x) != len(shard.seeds):
+                    raise ValueError(
+                        f"sampling {shard.name} gave {len(x)} samples for {len(shard.seeds)} seeds"
+                    )
+                write_arrays(folder / shard.name, arr_0=_as_array(x), seeds=np.asarray(shard.seeds, np.int64))
+                done = [1, len(shard.seeds)]
+            shards_now, samples_now = _all_reduce(done, dist.ReduceOp.SUM)
+            written, samples = written + shards_now, samples + samples_now
+            bar.update(shards_now)
+    return ShardRun(folder, len(shards), skipped, written, samples, time.perf_counter() - start, rank, world)
+
+
+def sample_shards(
+    loaded: LoadedModel,
+    seeds: Sequence[int],
+    solver: Solver,
+    outdir: str | os.PathLike[str],
+    *,
+    steps: int | None,
+    timesteps: str = "uniform",
+    batch: int = 256,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    labels: Tensor | None = None,
+    guidance: float | None = None,
+    options: Mapping[str, Any] | None = None,
+    model_hash: str | None = None,
+    progress: bool = True,
+) -> ShardRun:
+    """Sample one image per seed of ``seeds`` into shard files in ``outdir`` (resuming what is
+    there), from one process or from every rank of your ``torch.distributed`` program.
+
+    Call it on every rank with the same arguments, after ``init_process_group`` (rank and world
+    size come from the group), with ``device`` this rank's device; without a group it does all the
+    work itself. The samples are those of :func:`diffode.runs.sample_seeds` with the same
+    arguments: ``labels`` (int64, one per seed, in the order of ``seeds``) and ``guidance``
+    condition a class-conditional model. ``options`` are recorded in the manifest as they are
+    (the command line passes its sampling options); ``model_hash`` replaces the hash of the
+    network's weights for models that are not torch modules. Pack the folder with :func:`pack`.
+
+    >>> dist.init_process_group("nccl")  # doctest: +SKIP
+    >>> device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # doctest: +SKIP
+    >>> loaded = runs.load_model(None, device, torch.float32)  # doctest: +SKIP
+    >>> sample_shards(loaded, range(50_000), Euler(), "fid-run", steps=50, device=device)  # doctest: +SKIP
+    """
+    device = torch.device("cpu") if device is None else device
+    if labels is not None and len(labels) != len(seeds):
+        raise ValueError(f"labels must give one label per seed ({len(seeds)}), got {len(labels)}")
+    manifest = run_manifest(
+        loaded,
+        solver,
+        seeds,
+        steps=steps,
+        timesteps=timesteps,
+        dtype=dtype,
+        shard_size=shard_size,
+        labels=labels,
+        guidance=guidance,
+        options=options,
+        model_hash=model_hash,
+    )
+
+    def make(shard: Shard) -> Tensor:
+        # a shard's labels are those of its positions in the whole seed list
+        shard_labels = None if labels is None else labels[shard.start : shard.start + len(shard.seeds)]
+        x, _ = sample_seeds(
+            loaded,
+            shard.seeds,
+            solver,
+            steps=steps,
+            timesteps=timesteps,
+            batch=batch,
+            device=device,
+            dtype=dtype,
+            labels=shard_labels,
+            guidance=guidance,
+        )
+        return x
+
+    return write_shards(make, list(seeds), outdir, manifest, shard_size=shard_size, progress=progress)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+@dataclass
+class Packed:
+    """What :func:`pack` wrote: the number of samples, their stored shape and dtype, and the
+    number of PNG files."""
+
+    count: int
+    shape: tuple[int, ...]
+    dtype: str
+    pngs: int
+
+
+def _planned(folder: Path) -> tuple[dict[str, Any], list[Shard]]:
+    """The manifest of ``folder`` and the shards it plans."""
+    manifest = read_manifest(folder)
+    # the manifest was written for these seeds, so no limit applies when reading it back
+    seeds = parse_seeds(manifest["seeds"], limit=int(manifest["count"]))
+    return manifest, plan_shards(seeds, int(manifest["shard_size"]))
+
+
+def missing_shards(outdir: str | os.PathLike[str]) -> list[Shard]:
+    """The shards of the folder's manifest that are not there."""
+    folder = Path(outdir)
+    return [shard for shard in _planned(folder)[1] if not (folder / shard.name).is_file()]
+
+
+def _load_shard(path: Path, shard: Shard, spec: Mapping[str, Any]) -> np.ndarray:
+    """The samples of the shard file ``path``, checked against what the manifest promises
+    (seeds, dtype, shape); ``ValueError`` naming the file otherwise."""
+    samples, seeds = read_npz_array(path), read_npz_array(path, "seeds")
+    want = (len(shard.seeds), *spec["shape"])
+    if seeds.tolist() != list(shard.seeds):
+        problem = "holds other seeds than its name says"
+    elif samples.dtype != np.dtype(spec["dtype"]) or samples.shape != want:
+        problem = f"holds {samples.dtype} {samples.shape}, the manifest says {spec['dtype']} {want}"
+    else:
+        return samples
+    raise ValueError(f"{path} {problem}; delete it and rerun the sampling command to redo it")
+
+
+def pack(
+    outdir: str | os.PathLike[str], out: str | os.PathLike[str], *, png: str | os.PathLike[str] | None = None
+) -> Packed:
+    """Check every shard of the folder's manifest and write them as one ``.npz`` to ``out``:
+    ``arr_0`` in seed order (uint8 NHWC for images, as FID tools read it), atomically and as a
+    stream (one shard in memory at a time); with ``png``, also one PNG per seed (``png/SEED.png``).
+
+    ``ValueError`` listing the missing seed ranges when shards are missing, or naming a shard that
+    does not hold what the manifest says; nothing is written then.
+    """
+    folder = Path(outdir)
+    manifest, shards = _planned(folder)
+    missing = [shard for shard in shards if not (folder / shard.name).is_file()]
+    if missing:
+        ranges = [format_seeds(shard.seeds) for shard in missing]
+        shown = ", ".join(ranges[:10]) + (f", … ({len(ranges) - 10} more)" if len(ranges) > 10 else "")
+        raise ValueError(
+            f"{folder} misses {len(missing)} shard(s), seeds {shown}; rerun the sampling command to finish"
+        )
+    spec = manifest["array"]
+    if png is not None and spec["dtype"] != "uint8":
+        raise ValueError(f"--png needs images; {folder} holds {spec['dtype']} points")
+    # check every shard first, so that a bad one stops the packing before anything is written
+    for shard in shards:
+        _load_shard(folder / shard.name, shard, spec)
+    dtype, shape = np.dtype(spec["dtype"]), (int(manifest["count"]), *spec["shape"])
+    pngs, png_dir = 0, None if png is None else Path(png)
+    if png_dir is not None:
+        png_dir.mkdir(parents=True, exist_ok=True)
+    # the .npy-in-zip layout of np.savez, written member by member, never the whole array at once
+    with (
+        atomic_write(out) as fh,
+        zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+        archive.open("arr_0.npy", "w", force_zip64=True) as member,
+    ):
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(member, header)
+        for shard in shards:
+            samples = _load_shard(folder / shard.name, shard, spec)
+            member.write(np.ascontiguousarray(samples).tobytes())
+            if png_dir is not None:
+                for seed, image in zip(shard.seeds, samples, strict=True):
+                    write_png(png_dir / f"{seed:06d}.png", image)
+                pngs += len(samples)
+    return Packed(shape[0], tuple(shape[1:]), spec["dtype"], pngs)

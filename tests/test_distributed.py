@@ -1,0 +1,204 @@
+"""Sampling into shard folders (``diffode sample --outdir``): 2 ranks under torchrun equal one
+process, a ``kill -9`` of every process then a restart equals an uninterrupted run, a changed run
+is refused, ``pack`` refuses a folder with missing shards, SIGTERM stops cleanly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffode import distributed, runs
+from diffode.cli import main
+from diffode.solvers import Euler
+
+SEEDS = 200
+SHARD = 10
+# batch 1 makes a shard slow enough (tens of ms) for the kill to land mid-run
+RUN = [
+    "--seeds",
+    f"0-{SEEDS - 1}",
+    "--steps",
+    "2",
+    "--shard-size",
+    str(SHARD),
+    "--batch",
+    "1",
+    "--no-progress",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def shard_names() -> list[str]:
+    return [f"seeds-{s:06d}-{s + SHARD - 1:06d}.npz" for s in range(0, SEEDS, SHARD)]
+
+
+def shard_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("seeds-*.npz"))
+
+
+def sample_cli(outdir: Path, *extra: str) -> int:
+    return main(["sample", *RUN, "--outdir", str(outdir), *extra])
+
+
+def torchrun(outdir: Path, **popen) -> subprocess.Popen:
+    command = [*TORCHRUN, "-m", "diffode", "sample", *RUN, "--outdir", str(outdir)]
+    return subprocess.Popen(
+        command, env=ENV, **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    )
+
+
+def read(path: Path, key: str = "arr_0") -> np.ndarray:
+    with np.load(path) as archive:
+        return archive[key]
+
+
+def packed(folder: Path, out: Path) -> np.ndarray:
+    assert main(["pack", str(folder), "--out", str(out)]) == 0
+    return read(out)
+
+
+def assert_same_shards(folder: Path, reference: Path) -> None:
+    """Every shard of ``reference`` is in ``folder`` with the same seeds and bit-identical images,
+    and nothing else is (no duplicate, no temporary file)."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", *shard_names()])
+    assert (folder / "manifest.json").read_text() == (reference / "manifest.json").read_text()
+    for name in shard_names():
+        with np.load(folder / name) as got, np.load(reference / name) as want:
+            np.testing.assert_array_equal(got["seeds"], want["seeds"])
+            np.testing.assert_array_equal(got["arr_0"], want["arr_0"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted single-process run."""
+    folder = tmp_path_factory.mktemp("reference") / "run"
+    assert sample_cli(folder) == 0
+    return folder
+
+
+def test_single_process_layout_and_pack(reference, tmp_path, capsys):
+    assert shard_files(reference) == shard_names()
+    images = packed(reference, tmp_path / "all.npz")
+    assert images.dtype == np.uint8 and images.shape == (SEEDS, 8, 8, 1)
+    # the folder holds what sampling into one .npz gives, seed for seed (here the first 50)
+    one = tmp_path / "one.npz"
+    assert main(["sample", "--seeds", "0-49", "--steps", "2", "--batch", "1", "--out", str(one)]) == 0
+    np.testing.assert_array_equal(images[:50], read(one))
+    seeds = np.concatenate([read(reference / name, "seeds") for name in shard_names()])
+    np.testing.assert_array_equal(seeds, np.arange(SEEDS))
+    capsys.readouterr()
+
+
+def test_two_ranks_under_torchrun_equal_one_process(reference, tmp_path):
+    proc = torchrun(tmp_path / "run")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert "ranks=2" in out.decode() and "images/s" in out.decode()
+    assert_same_shards(tmp_path / "run", reference)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (torchrun starts each worker in its own session)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_kill_9_mid_run_then_restart_equals_uninterrupted(reference, tmp_path, capsys):
+    folder, log = tmp_path / "run", tmp_path / "log.txt"
+    with log.open("wb") as err:
+        proc = torchrun(folder, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 90
+        while len(shard_files(folder)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.002)
+        # torchrun's group, and each worker's own session: every process of the run dies at once
+        victims = [proc.pid, *_children(proc.pid)]
+        for pid in victims:
+            os.killpg(pid, signal.SIGKILL)
+        proc.wait()
+    killed_with = set(shard_files(folder))
+    assert 3 <= len(killed_with) < len(shard_names()), "the kill came too late to test anything"
+
+    # the restart (here one process: the layout does not depend on the number of ranks)
+    assert sample_cli(folder) == 0
+    assert f"{len(killed_with)} shard(s) were already there" in capsys.readouterr().out
+    assert_same_shards(folder, reference)
+    np.testing.assert_array_equal(packed(folder, tmp_path / "a.npz"), packed(reference, tmp_path / "b.npz"))
+
+
+@pytest.mark.parametrize("change, name", [(["--solver", "heun"], "solver"), (["--steps", "3"], "steps")])
+def test_a_changed_run_into_the_folder_is_refused(reference, change, name, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in reference.iterdir()}
+    argv = ["sample", *RUN, "--outdir", str(reference), *change]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{name} is " in err and "another run" in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in reference.iterdir()} == before
+
+
+def test_an_equal_run_resumes_with_nothing_to_do(reference, capsys):
+    assert sample_cli(reference) == 0
+    out = capsys.readouterr().out
+    assert "wrote 0 shard(s)" in out and f"{len(shard_names())} shard(s) were already there" in out
+
+
+def test_pack_refuses_missing_shards_and_lists_them(reference, tmp_path, capsys):
+    folder = tmp_path / "partial"
+    folder.mkdir()
+    for p in reference.iterdir():
+        if p.name not in ("seeds-000030-000039.npz", "seeds-000100-000109.npz"):
+            (folder / p.name).write_bytes(p.read_bytes())
+    assert main(["pack", str(folder), "--out", str(tmp_path / "all.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "misses 2 shard(s), seeds 30-39, 100-109" in err, err
+    assert not (tmp_path / "all.npz").exists()
+
+
+def test_sigterm_drops_the_shard_in_flight_and_keeps_the_others(reference, tmp_path):
+    folder = tmp_path / "run"
+    command = [sys.executable, "-m", "diffode", "sample", *RUN, "--outdir", str(folder)]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(shard_files(folder)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1].decode()
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    assert "stopped by SIGTERM" in err.decode() and "Traceback" not in err.decode()
+    left = shard_files(folder)
+    assert not list(folder.glob(".*.tmp")) and len(left) < len(shard_names())
+    for name in left:
+        np.testing.assert_array_equal(read(folder / name), read(reference / name))
+
+
+def test_python_api_writes_the_same_shards(reference, tmp_path):
+    loaded = runs.load_model(None, torch.device("cpu"), torch.float32)
+    run = distributed.sample_shards(
+        loaded,
+        range(5 * SHARD),
+        Euler(),
+        tmp_path / "api",
+        steps=2,
+        batch=1,
+        shard_size=SHARD,
+        progress=False,
+    )
+    assert (run.shards, run.written, run.samples, run.rank, run.world_size) == (5, 5, 5 * SHARD, 0, 1)
+    for name in shard_names()[:5]:
+        np.testing.assert_array_equal(read(tmp_path / "api" / name), read(reference / name))
