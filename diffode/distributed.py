@@ -386,7 +386,9 @@ def write_shards(
     error, skipped = _from_rank_0((error, skipped))
     if error is not None:
         raise ValueError(error)
-    # only now, after rank 0's look at the folder, may any shard appear in it
+    # only now, after rank 0's look at the folder, may any shard appear in it; a node without a
+    # shared file system writes into a local folder of the same name
+    folder.mkdir(parents=True, exist_ok=True)
     mine = [shard for shard in shards[rank::world] if not (folder / shard.name).exists()]
     (rounds,) = _all_reduce([len(mine)], dist.ReduceOp.MAX)
     written = samples = 0
