@@ -202,3 +202,28 @@ def test_python_api_writes_the_same_shards(reference, tmp_path):
     assert (run.shards, run.written, run.samples, run.rank, run.world_size) == (5, 5, 5 * SHARD, 0, 1)
     for name in shard_names()[:5]:
         np.testing.assert_array_equal(read(tmp_path / "api" / name), read(reference / name))
+
+
+def test_labels_and_guidance_follow_the_seeds_across_shards(tmp_path, capsys):
+    def cond(guidance: str) -> list[str]:
+        return [
+            "--model",
+            "digits-cond",
+            "--label",
+            "0-9",
+            "--guidance",
+            guidance,
+            "--seeds",
+            "0-29",
+            "--steps",
+            "2",
+        ]
+
+    # shards of 7 seeds against 10 cycled labels: each seed keeps the label of its position
+    folder = str(tmp_path / "run")
+    assert main(["sample", *cond("3"), "--shard-size", "7", "--batch", "7", "--outdir", folder]) == 0
+    assert main(["sample", *cond("3"), "--batch", "7", "--out", str(tmp_path / "one.npz")]) == 0
+    np.testing.assert_array_equal(packed(tmp_path / "run", tmp_path / "all.npz"), read(tmp_path / "one.npz"))
+    # the guidance weight is part of the run
+    assert main(["sample", *cond("2"), "--shard-size", "7", "--outdir", folder]) == 2
+    assert "guidance is 3.0 there and 2.0 here" in capsys.readouterr().err
