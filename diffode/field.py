@@ -260,11 +260,28 @@ class ScheduleField(ModelField):
             )
         self.schedule = schedule
 
+    _TIME_CACHE_SIZE: ClassVar[int] = 4096
+    """Scalar-σ network-time tensors kept per field (see :meth:`_time`)."""
+
     def _time(self, sigma: Sigma, like: Tensor) -> Tensor:
         if isinstance(sigma, Tensor) and sigma.ndim > 0:
             return _per_sample(self.schedule.t(sigma.to(like.device, torch.float64)), like)
-        # a Python scalar keeps the default path free of host-device copies and syncs
-        return _per_sample(float(self.schedule.t(_scalar(sigma))), like)
+        # A Python scalar keeps the default path free of host-device copies and syncs, and its
+        # (batch,) time tensor is kept: a solve reads the same σ values again (stages, the step
+        # into 0, repeated solves on one grid), and building t(σ) and the tensor costs more than
+        # a small network's call. The key holds everything the tensor depends on; the network
+        # gets the same tensor object each time, which it must not modify in place.
+        value = _scalar(sigma)
+        key = (value, like.shape[0], like.dtype, like.device)
+        cache: dict[tuple[float, int, torch.dtype, torch.device], Tensor] = self.__dict__.setdefault(
+            "_time_cache", {}
+        )
+        times = cache.get(key)
+        if times is None:
+            if len(cache) >= self._TIME_CACHE_SIZE:
+                cache.clear()
+            times = cache[key] = _per_sample(float(self.schedule.t(value)), like)
+        return times
 
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
         x = self._network_input(x)

@@ -8,8 +8,10 @@ Timestep spacings follow the DDIM reference code and diffusers (reference §6), 
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -18,7 +20,13 @@ from torch import Tensor
 from diffode.schedule import NoiseSchedule, require_discrete
 from diffode.validation import check_sigma_grid, describe, require_int, require_positive
 
-TIMESTEP_SPACINGS = ("uniform", "leading", "quadratic", "trailing", "linspace", "karras")
+if TYPE_CHECKING:
+    from diffode.field import PredictingField
+    from diffode.solvers.base import Solver
+
+TIMESTEP_SPACINGS = ("uniform", "leading", "quadratic", "trailing", "linspace", "karras", "logsnr")
+SIGMA_SPACINGS = ("karras", "logsnr")
+"""The spacings defined on σ itself rather than on the training timesteps."""
 
 GridSpec = str | Tensor
 
@@ -52,7 +60,8 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
     elif spacing == "linspace":
         ts = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
     else:
-        raise ValueError(f"timesteps spacing must be one of {TIMESTEP_SPACINGS[:-1]}, got {spacing!r}")
+        integer = tuple(s for s in TIMESTEP_SPACINGS if s not in SIGMA_SPACINGS)
+        raise ValueError(f"timesteps spacing must be one of {integer}, got {spacing!r}")
     return torch.from_numpy(np.sort(ts)[::-1].copy())
 
 
@@ -72,6 +81,24 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
+
+
+def logsnr_sigmas(sigma_min: float, sigma_max: float, steps: int) -> Tensor:
+    """σ values uniform in log-SNR (= -2 log σ), float64 ``(S,)``, from ``sigma_max`` down to
+    ``sigma_min``: the spacing of equal steps h = λ₁ - λ₀ of the exponential integrators
+    (DPM-Solver's "logSNR" skip type; k-diffusion's ``get_sigmas_exponential``). No final zero."""
+    require_int("steps", steps, low=1)
+    require_positive("sigma_min", sigma_min)
+    require_positive("sigma_max", sigma_max)
+    if sigma_min >= sigma_max and steps > 1:
+        raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min} and {sigma_max}")
+    if steps == 1:
+        return torch.tensor([sigma_max], dtype=torch.float64)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    sig = torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max)))
+    # the ends exactly as given, not through exp(log(·))
+    sig[0], sig[-1] = sigma_max, sigma_min
+    return sig
 
 
 def sigmas_from_timesteps(schedule: NoiseSchedule, ts: Tensor) -> Tensor:
@@ -126,7 +153,8 @@ def sigma_grid(
             an explicit tensor. ``None`` with a spacing name: :data:`DEFAULT_STEPS` (at most T),
             or for an adaptive solver (``adaptive=True``) the grid [σ_max, σ_min, 0], whose
             intervals the solver subdivides itself.
-        timesteps: a spacing name (see :func:`spaced_timesteps`, plus ``"karras"``), a strictly
+        timesteps: a spacing name (see :func:`spaced_timesteps`, plus ``"karras"`` and
+            ``"logsnr"``, see :func:`logsnr_sigmas`), a strictly
             decreasing integer tensor of training timesteps, or a strictly decreasing float
             tensor of σ values (a trailing 0 is appended when absent). Explicit tensors always
             describe the sampling grid, also for ``direction="encode"``.
@@ -208,6 +236,134 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
     if timesteps == "karras":
         sig = karras_sigmas(schedule.sigma_min, schedule.sigma_max_finite, steps, rho)
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+    if timesteps == "logsnr":
+        sig = logsnr_sigmas(schedule.sigma_min, schedule.sigma_max_finite, steps)
+        return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
     if timesteps not in TIMESTEP_SPACINGS:
         raise ValueError(f"timesteps must be one of {TIMESTEP_SPACINGS} or a tensor, got {timesteps!r}")
     return sigmas_from_timesteps(schedule, spaced_timesteps(schedule, steps, timesteps))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimised grids
+# ---------------------------------------------------------------------------------------------
+
+GRID_FORMAT = "diffode-sigma-grid/1"
+
+
+def optimize(
+    f: PredictingField,
+    pilot: Tensor,
+    sigma_max: float,
+    sigma_min: float,
+    nfe: int,
+    *,
+    solver: str | Solver = "euler",
+    candidates: int = 64,
+    reference_rtol: float = 1e-6,
+) -> Tensor:
+    """A σ grid for ``solver`` at ``nfe`` evaluations, chosen by dynamic programming (GITS).
+
+    Chen et al. (2024), "On the Trajectory Regularity of ODE-based Diffusion Sampling" (ICML,
+    arXiv 2405.11326): the sampling trajectories of one model share their shape, so a grid that
+    suits a few pilot trajectories suits the rest. The pilot states are integrated accurately
+    over ``candidates`` σ values uniform in log σ from ``sigma_max`` to ``sigma_min`` (Dopri5 at
+    ``reference_rtol``); every jump i → j between candidates is then taken once with one step of
+    ``solver`` from the reference state at σ_i, and its cost is the RMS distance in x
+    (x̄/√(1+σ²)) to the reference state at σ_j, the jump into σ = 0 included (x̂₀ against the
+    reference's). The grid is the chain of jumps from σ_max to 0 with the least total cost
+    (a shortest path of exactly the right number of steps), so its cost is ``nfe`` evaluations:
+    (S - 1)·k for S positive σ values and k evaluations per step, plus one for the step into 0.
+
+    A multistep solver is costed by its first step from each reference state (it has no
+    history there), so the grid is fitted to its local, start-up behaviour.
+
+    Args:
+        f: the field (e.g. ``diffode.EpsField(model, schedule)``).
+        pilot: x̄ at ``sigma_max``, ``(n, ...)``: a few noise samples times √(1+σ_max²).
+        sigma_max, sigma_min: the first σ and the smallest σ the grid may use.
+        nfe: the evaluation budget, 1 + k·(steps between positive σ values).
+        solver: a fixed-step solver or its name.
+        candidates: σ values the grid is chosen from (the cost grows with their square).
+        reference_rtol: tolerance of the reference solve (rtol = atol).
+
+    Returns:
+        float64 ``(S + 1,)``: decreasing σ values from ``sigma_max`` ending at 0, for
+        ``sample(..., timesteps=grid)`` or :func:`diffode.solve`; keep it with :func:`save_grid`.
+    """
+    # solve and the solvers import nothing from this module, but the package imports it first
+    from diffode.solve import solve
+    from diffode.solvers.adaptive import Dopri5
+    from diffode.solvers.registry import get_solver
+
+    stepper = get_solver(solver)
+    if stepper.adaptive or stepper.stochastic:
+        raise ValueError(f"optimize needs a deterministic fixed-step solver, got {stepper!r}")
+    require_positive("sigma_min", sigma_min)
+    require_positive("sigma_max", sigma_max)
+    if sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min} and {sigma_max}")
+    require_int("candidates", candidates, low=2)
+    k = stepper.evals_per_step
+    require_int("nfe", nfe, low=1)
+    if (nfe - 1) % k:
+        raise ValueError(
+            f"{stepper.name or stepper!r} takes {k} evaluations per step, and a grid ending at 0 costs "
+            f"1 + {k}·steps evaluations; nfe={nfe} is not of that form (try {nfe - (nfe - 1) % k})"
+        )
+    steps = (nfe - 1) // k
+    if steps > candidates - 1:
+        raise ValueError(f"nfe={nfe} needs {steps} steps but only {candidates} candidates; raise candidates")
+    grid = logsnr_sigmas(sigma_min, sigma_max, candidates)
+    values = grid.tolist()
+    ref = solve(f, pilot, grid, Dopri5(rtol=reference_rtol, atol=reference_rtol), save=True).xs
+    assert ref is not None
+    final_ref = solve(f, ref[-1], torch.tensor([sigma_min, 0.0], dtype=torch.float64)).x
+    scale = [math.sqrt(1 + v * v) for v in values]
+
+    def distance(a: Tensor, b: Tensor, s: float) -> float:
+        return float((a - b).double().square().mean().sqrt()) / s
+
+    inf = math.inf
+    cost = [[inf] * candidates for _ in range(candidates)]
+    to_zero = []
+    for i in range(candidates):
+        for j in range(i + 1, candidates):
+            pair = grid[[i, j]]
+            cost[i][j] = distance(solve(f, ref[i], pair, stepper).x, ref[j], scale[j])
+        into_zero = solve(f, ref[i], grid.new_tensor([values[i], 0.0]), stepper).x
+        to_zero.append(distance(into_zero, final_ref, 1.0))
+    # best[n][j]: least cost of n steps from candidate 0 to candidate j; back[n][j] its predecessor
+    best = [[inf] * candidates for _ in range(steps + 1)]
+    back = [[-1] * candidates for _ in range(steps + 1)]
+    best[0][0] = 0.0
+    for n in range(1, steps + 1):
+        for j in range(n, candidates):
+            options = [(best[n - 1][i] + cost[i][j], i) for i in range(n - 1, j)]
+            best[n][j], back[n][j] = min(options)
+    _, last = min((best[steps][j] + to_zero[j], j) for j in range(steps, candidates))
+    chain = [last]
+    for n in range(steps, 0, -1):
+        chain.append(back[n][chain[-1]])
+    chosen = [values[i] for i in reversed(chain)]
+    return torch.tensor([*chosen, 0.0], dtype=torch.float64)
+
+
+def save_grid(path: str | Path, grid: Tensor, **info: object) -> None:
+    """Write a σ grid (and JSON-serialisable ``info``, e.g. the solver and the model) to a small
+    JSON file; the σ values round-trip exactly (Python's shortest repr of each float64)."""
+    values = check_sigma_grid(grid, "grid").tolist()
+    payload = {"format": GRID_FORMAT, "sigmas": values, "info": info}
+    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def load_grid(path: str | Path) -> Tensor:
+    """The float64 σ grid written by :func:`save_grid`, checked as a grid; pass it as
+    ``sample(..., timesteps=grid)``."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read a σ grid from {path}: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != GRID_FORMAT:
+        raise ValueError(f"{path} is not a diffode σ grid file (format {GRID_FORMAT!r})")
+    return check_sigma_grid(torch.tensor(payload["sigmas"], dtype=torch.float64), "grid")

@@ -13,6 +13,7 @@ t(σ), the σ range and whether the schedule is a discrete table. Code that need
 
 from __future__ import annotations
 
+import bisect
 import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
@@ -212,6 +213,20 @@ class Schedule(NoiseSchedule):
     def t(self, sigma: float | Tensor) -> Tensor:
         """Network time t(σ) in float64, same shape as ``sigma``: linear in log σ between table
         entries, the exact integer on an entry, clamped to [0, T-1] outside the table."""
+        if isinstance(sigma, float | int) and sigma > 0:
+            # a Python scalar (the per-evaluation path of the fields): a bisection on the table
+            # in host arithmetic instead of half a dozen tensor operations
+            if not hasattr(self, "_table_lists"):
+                self._table_lists = (self.sigmas.tolist(), self._log_sigmas.tolist())
+            sigmas, logs = self._table_lists
+            entry = min(max(bisect.bisect_right(sigmas, sigma) - 1, 0), self.T - 2)
+            if sigma == sigmas[entry]:
+                return torch.tensor(float(entry), dtype=_F64)
+            lo, hi = logs[entry], logs[entry + 1]
+            if math.isinf(hi):  # zero terminal SNR: above the last finite entry is T-1
+                return torch.tensor(float(entry + (sigma > sigmas[entry])), dtype=_F64)
+            w = min(max((math.log(sigma) - lo) / (hi - lo), 0.0), 1.0)
+            return torch.tensor(entry + w, dtype=_F64)
         s = _as_f64(sigma)
         table = self._log_sigmas.to(s.device)
         log_s = torch.log(s)

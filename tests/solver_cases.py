@@ -6,6 +6,8 @@ from __future__ import annotations
 from diffode.solvers import (
     BDIA,
     DDIM,
+    DEIS,
+    IPNDM,
     RK4,
     AdamsBashforth,
     DPMSolverPP,
@@ -15,6 +17,7 @@ from diffode.solvers import (
     Midpoint,
     Ralston,
     Solver,
+    UniPC,
 )
 
 FIXED_STEP_SOLVERS: list[Solver] = [
@@ -31,8 +34,14 @@ FIXED_STEP_SOLVERS: list[Solver] = [
     DPMSolverPP(1),
     DPMSolverPP(2),
     DPMSolverPP(3),
+    DPMSolverPP(3, exact=True),
     DPMSolverPP(2, multistep=False),
     BDIA(),
+    *(UniPC(order, variant) for variant in ("bh1", "bh2") for order in (1, 2, 3)),
+    IPNDM(4),
+    DEIS(1),
+    DEIS(2),
+    DEIS(3),
 ]
 """One default-configured instance of each deterministic fixed-step solver; each one's ``name``
 is its registry string."""
@@ -45,8 +54,10 @@ def solver_id(solver: Solver) -> str:
 
 def is_multistep(solver: Solver) -> bool:
     """Whether ``solver`` reuses past evaluations (one evaluation per step, history in its state)."""
-    if isinstance(solver, BDIA):
-        return True
-    if isinstance(solver, AdamsBashforth):
+    if isinstance(solver, BDIA | UniPC):
+        return True  # UniPC's corrector reuses the previous step even at order 1
+    if isinstance(solver, AdamsBashforth | DEIS):
         return solver.order > 1
-    return isinstance(solver, DPMSolverPP) and solver.multistep and solver.order > 1
+    if isinstance(solver, IPNDM):
+        return solver.max_order > 1
+    return isinstance(solver, DPMSolverPP) and solver.multistep and solver.steps_order > 1

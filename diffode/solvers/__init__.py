@@ -5,8 +5,8 @@ from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Euler, Solver
 from diffode.solvers.controller import IController
 from diffode.solvers.ddim import DDIM
-from diffode.solvers.exponential import DPMSolverPP
-from diffode.solvers.multistep import AdamsBashforth
+from diffode.solvers.exponential import DEIS, DPMSolverPP
+from diffode.solvers.multistep import IPNDM, AdamsBashforth
 from diffode.solvers.registry import get_solver, solver_names
 from diffode.solvers.reversible import BDIA, InverseOf
 from diffode.solvers.runge_kutta import (
@@ -19,10 +19,13 @@ from diffode.solvers.runge_kutta import (
     RungeKutta,
     rk_stages,
 )
+from diffode.solvers.unipc import UniPC
 
 __all__ = [
     "BDIA",
     "DDIM",
+    "DEIS",
+    "IPNDM",
     "RK4",
     "AdamsBashforth",
     "Bosh3",
@@ -42,6 +45,7 @@ __all__ = [
     "Scipy",
     "Solver",
     "Torchdiffeq",
+    "UniPC",
     "get_solver",
     "rk_stages",
     "solver_names",

@@ -12,6 +12,9 @@ algebraically x̄₀ + (σ₁ - σ₀) f: first-order DPM-Solver++ *is* DDIM. Ev
 therefore written as that Euler step plus corrections built from differences of x̂₀, so the
 first-order case is Euler to the last bit. All formulas hold for h < 0 too (σ increasing,
 encoding).
+
+DEIS (:class:`DEIS`) is the exponential integrator of the ε form instead: in x̄ the linear part
+vanishes (dx̄/dσ = ε), and ε is interpolated by a polynomial in log σ over past evaluations.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from typing import Any
 
 from torch import Tensor
 
-from diffode.field import VectorField
+from diffode.field import PredictingField, VectorField
 from diffode.solvers.base import Solver
-from diffode.solvers.multistep import History, interpolation_weights, trim_history
+from diffode.solvers.multistep import MultistepState, interpolation_weights, lower_order_final
 
 
 def phi(k: int, z: float) -> float:
@@ -46,88 +49,189 @@ def phi(k: int, z: float) -> float:
 
 
 class DPMSolverPP(Solver):
-    """DPM-Solver++ with the data prediction x̂₀ = x̄ - σ f in λ = -log σ. Order ``order``;
-    1 evaluation per step when multistep (or order 1), 2 for the second-order singlestep variant.
+    """DPM-Solver++ with the data prediction x̂₀ in λ = -log σ (Lu et al., 2022, arXiv 2211.01095).
+    Order ``order`` (the published 3M: 2, see below); 1 evaluation per step when multistep (or
+    order 1), 2 for the second-order singlestep variant.
 
-    Configurations (``order``, ``multistep``):
+    Configurations (``order``, ``multistep``, ``exact``), each with its registry name:
 
-    - order 1: x̄₁ = (σ₁/σ₀) x̄₀ + (1 - σ₁/σ₀) x̂₀, identical to Euler/DDIM (computed as
-      x̄₀ + (σ₁ - σ₀) f, so it agrees to the last bit).
-    - 2M (``order=2``): DPM-Solver++(2M) of Lu et al. (2022) on variable steps: with r = h_prev/h,
-      x̄₁ = (σ₁/σ₀) x̄₀ + (1 - σ₁/σ₀) [(1 + 1/(2r)) x̂₀ - 1/(2r) x̂₀_prev].
-    - 3M (``order=3``): the quadratic through the last three x̂₀ values in λ, integrated exactly
-      against e^{-(λ₁-λ)}: x̄₁ = (σ₁/σ₀) x̄₀ + Σ_j w_j x̂₀_j with w_j = h ∫_0^1 e^{-h(1-u)} L_j(u) du
-      = h Σ_m c_jm m! φ_{m+1}(-h) (L_j = Σ_m c_jm u^m, the Lagrange basis in u = (λ - λ₀)/h).
-      Note: the third-order update in the authors' code (copied by diffusers and k-diffusion)
-      weights the second divided difference by h φ₃(-h), where the exact integral of the
-      quadratic needs 2 h φ₃(-h); with that weight the update measured order 2, not 3, in this
-      package's order test. This implementation uses the exact integral.
-    - 2S (``order=2, multistep=False``): DPM-Solver++(2S) of Lu et al. (2022) with r = 1/2: a first
-      order step to the geometric midpoint σ_m = √(σ₀σ₁) (the midpoint in λ), then
-      x̄₁ = (σ₁/σ₀) x̄₀ + (1 - σ₁/σ₀) x̂₀(σ_m, u). Two evaluations per step.
+    - ``"dpmpp-1"`` (order 1): x̄₁ = (σ₁/σ₀) x̄₀ + (1 - σ₁/σ₀) x̂₀, identical to Euler/DDIM
+      (computed as x̄₀ + (σ₁ - σ₀) f, so it agrees to the last bit).
+    - ``"dpmpp-2m"`` (order 2): DPM-Solver++(2M) on variable steps: with r = h_prev/h,
+      x̄₁ = (σ₁/σ₀) x̄₀ + (1 - σ₁/σ₀) [(1 + 1/(2r)) x̂₀ - 1/(2r) x̂₀_prev]; equal to diffusers'
+      ``DPMSolverMultistepScheduler(solver_order=2)`` and k-diffusion's ``sample_dpmpp_2m``
+      (tests/test_peers.py).
+    - ``"dpmpp-3m"`` (order 3): the published third-order multistep update of the authors'
+      code, as in diffusers' ``DPMSolverMultistepScheduler(solver_order=3)``: with r₀ = h₀/h,
+      r₁ = h₁/h the previous steps' ratios, D1₀ = (x̂₀ - x̂₀₋₁)/r₀, D1₁ = (x̂₀₋₁ - x̂₀₋₂)/r₁,
+      D1 = D1₀ + r₀/(r₀+r₁) (D1₀ - D1₁), D2 = (D1₀ - D1₁)/(r₀+r₁),
+      x̄₁ = (σ₁/σ₀) x̄₀ + (1 - e^{-h}) x̂₀ + h φ₂(-h) D1 + h φ₃(-h) D2.
+      D2 estimates h² x̂₀''/2, and the integral of the quadratic term needs 2 h φ₃(-h), so the
+      update is formally second order (its third-order term carries half its weight; measured
+      slope 2 in the order tests); it is kept as published because that is what users of the
+      name expect. It is declared ``order = 2``.
+    - ``"dpmpp-3m-exact"`` (``exact=True``, order 3): the quadratic through the last three x̂₀
+      in λ integrated exactly against e^{-(λ₁-λ)}: weights w_j = h Σ_m c_jm m! φ_{m+1}(-h). Third
+      order, but it extrapolates harder than the published update and is less stable at low
+      NFE (see docs/benchmarks.md, where it is measured on every grid).
+    - ``"dpmpp-2s"`` (``multistep=False``): DPM-Solver++(2S) with r = 1/2: a first-order step to
+      σ_m = √(σ₀σ₁) (the midpoint in λ), then x̄₁ = (σ₁/σ₀) x̄₀ + (1 - σ₁/σ₀) x̂₀(σ_m, u); equal
+      to k-diffusion's ``sample_dpmpp_2s_ancestral`` with η = 0. Two evaluations per step.
 
     Multistep start-up: while the history is shorter than ``order - 1`` steps, the step uses
-    the highest order the history allows (step 1 is first order), so any grid of two or more
-    points is valid and every step costs one evaluation. The start-up steps' larger local errors
-    add an O(h²) term to the global error of 3M; when sampling it is negligible (the first steps
-    sit at σ_max, where x̂₀ hardly changes, and the flow contracts what they leave), but when
-    encoding (σ increasing) it is not damped and bounds the order on fine grids by 2. The history
-    of (σ, x̂₀) pairs lives in the solver state; the object is stateless. The final step into
-    σ = 0 is taken by ``solve`` (first order, landing on x̂₀), the usual "lower order final" choice.
+    the highest order the history allows (step 1 is first order). Lower order final: on a
+    sampling grid (ending at σ = 0) with fewer than 15 positive σ values the last positive step
+    is at most second order, as diffusers' ``lower_order_final`` (and the authors' code, which
+    also lowers the final steps of short runs) does; ``lower_order_final=False`` turns that off.
+    The final step into σ = 0 is taken by ``solve`` (first order, landing on x̂₀), which is
+    also what diffusers does with ``final_sigmas_type="zero"``. x̂₀ comes from the field's own
+    ``predict``, the (σ, x̂₀) history lives in the solver state, and the object is stateless.
 
     Args:
         order: 1, 2 or 3 when ``multistep``; 1 or 2 otherwise.
         multistep: reuse past evaluations (one evaluation per step) or not.
+        exact: the exact-integral third-order update instead of the published one (order 3 only).
+        lower_order_final: lower the order of the last steps of short sampling grids.
     """
 
     name = "dpmpp"
     MULTISTEP_ORDERS = (1, 2, 3)
     SINGLESTEP_ORDERS = (1, 2)
+    SHORT_GRID = 15
+    """Sampling grids with fewer positive σ values than this get lower-order final steps."""
 
-    def __init__(self, order: int = 2, multistep: bool = True) -> None:
+    def __init__(
+        self, order: int = 2, multistep: bool = True, *, exact: bool = False, lower_order_final: bool = True
+    ) -> None:
         self.multistep = bool(multistep)
         supported = self.MULTISTEP_ORDERS if self.multistep else self.SINGLESTEP_ORDERS
         if isinstance(order, bool) or not isinstance(order, int) or order not in supported:
             kind = "multistep" if self.multistep else "singlestep (multistep=False)"
             raise ValueError(f"DPMSolverPP {kind} order must be one of {supported}, got {order!r}")
-        self.order = order
+        if exact and not (order == 3 and self.multistep):
+            raise ValueError("DPMSolverPP(exact=True) is the third-order multistep variant; pass order=3")
+        self.steps_order = order
+        self.exact = bool(exact)
+        self.lower_order_final = bool(lower_order_final)
+        self.order = 2 if (order == 3 and not self.exact) else order
         self.evals_per_step = 2 if (order == 2 and not self.multistep) else 1
         suffix = "" if order == 1 else ("m" if self.multistep else "s")
-        self.name = f"dpmpp-{order}{suffix}"
+        self.name = f"dpmpp-{order}{suffix}" + ("-exact" if self.exact else "")
 
-    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> History:
-        return ()
+    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> MultistepState:
+        below = self.SHORT_GRID if self.lower_order_final else 0
+        return MultistepState(left=lower_order_final(sigmas, below) if self.multistep else None)
 
-    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: History) -> tuple[Tensor, History]:
-        f0 = f(s0, x)
-        d0 = x - s0 * f0  # the data prediction x̂₀
+    def step(
+        self, f: PredictingField, s0: float, s1: float, x: Tensor, state: MultistepState
+    ) -> tuple[Tensor, MultistepState]:
+        f0, d0 = f.predict(s0, x)
         # exponential Euler (= DDIM) in the form of the Euler step it equals; higher orders add
         # corrections built from differences of x̂₀
         out = x + (s1 - s0) * f0
         decay = (s0 - s1) / s0  # 1 - e^{-h}
         h = math.log(s0 / s1)
-        if not self.multistep and self.order == 2:
+        if not self.multistep and self.steps_order == 2:
             s_mid = math.sqrt(s0 * s1)
             u = x + (s_mid - s0) * f0
-            d_mid = u - s_mid * f(s_mid, u)
+            d_mid = f.predict(s_mid, u)[1]
             return out + decay * (d_mid - d0), state
-        order = min(self.order, len(state) + 1)
+        order = state.cap(self.steps_order)
+        past = state.history[len(state.history) - order + 1 :] if order > 1 else ()
         if order == 2:
-            s_prev, d_prev = state[-1]
+            (s_prev, d_prev), *_ = past
             half_over_r = h / (2.0 * math.log(s_prev / s0))  # 1/(2r), r = h_prev/h
             out = out + (decay * half_over_r) * (d0 - d_prev)
-        elif order == 3:
-            past = state[-2:]
+        elif order == 3 and self.exact:
             nodes = [math.log(s0 / s) / h for s, _ in past] + [0.0]
             moments = [h * math.factorial(m) * phi(m + 1, -h) for m in range(3)]
             weights = interpolation_weights(nodes, moments)
             # the weights sum to 1 - e^{-h}, which the Euler part already applied to d0
             for w, (_, dj) in zip(weights[:-1], past, strict=True):
                 out = out + w * (dj - d0)
-        return out, trim_history((*state, (s0, d0)), self.order - 1)
+        elif order == 3:
+            (s2, d2), (s1_, d1) = past
+            r0, r1 = math.log(s1_ / s0) / h, math.log(s2 / s1_) / h
+            d1_0, d1_1 = (d0 - d1) / r0, (d1 - d2) / r1
+            w1, w2 = h * phi(2, -h), h * phi(3, -h)
+            # D1 = D1₀ + r₀/(r₀+r₁)(D1₀ - D1₁) and D2 = (D1₀ - D1₁)/(r₀+r₁), weighted by hφ₂ and hφ₃
+            out = out + w1 * d1_0 + ((w1 * r0 + w2) / (r0 + r1)) * (d1_0 - d1_1)
+        return out, state.advance((s0, d0), self.steps_order - 1)
 
     def __repr__(self) -> str:
-        return f"DPMSolverPP(order={self.order}, multistep={self.multistep})"
+        extra = ", exact=True" if self.exact else ""
+        extra += "" if self.lower_order_final else ", lower_order_final=False"
+        return f"DPMSolverPP(order={self.steps_order}, multistep={self.multistep}{extra})"
 
 
-__all__ = ["DPMSolverPP", "phi"]
+def log_sigma_moments(s0: float, s1: float, count: int) -> list[float]:
+    """μ_m = ∫_{σ₀}^{σ₁} u^m dσ for m < ``count``, u = log(σ/σ₀)/log(σ₁/σ₀) (0 at σ₀, 1 at σ₁).
+
+    With h = log(σ₀/σ₁), σ = σ₀ e^{-hu}: μ_m = -σ₁ h m! φ_{m+1}(h), the exact moments that
+    :func:`~diffode.solvers.multistep.interpolation_weights` turns into the weights of a
+    polynomial in log σ integrated over the step in σ."""
+    h = math.log(s0 / s1)
+    return [-s1 * h * math.factorial(m) * phi(m + 1, h) for m in range(count)]
+
+
+class DEIS(Solver):
+    """DEIS, the exponential Adams method on ε with a polynomial in log σ (log-ρ AB). Order
+    ``order`` (1 … 3), 1 evaluation per step.
+
+    Zhang & Chen (2023), "Fast sampling of diffusion models with exponential integrator"
+    (arXiv 2204.13902): the exponential integrator of the ε form of the probability-flow ODE,
+    with ε extrapolated from past evaluations by a polynomial. In x̄ = x/α the integrating
+    factor is 1 (dx̄/dσ = ε, ρ = σ in the paper's notation), so the step is
+
+        x̄₁ = x̄₀ + Σ_j w_j ε_j,   w_j = ∫_{σ₀}^{σ₁} L_j(log σ) dσ,
+
+    L_j the Lagrange basis through the last ``order`` log σ values, integrated exactly
+    (:func:`log_sigma_moments`). This is the variant diffusers implements
+    (``DEISMultistepScheduler``, ``algorithm_type="deis"``, its "log-ρ" basis): equal to it at
+    orders 1, 2 and 3 (tests/test_peers.py). The paper's tAB, a polynomial in the diffusion
+    time t, is a different basis with the same order; it is not implemented (diffusers does not
+    implement it either). Start-up and lower order final as :class:`DPMSolverPP` (diffusers
+    lowers the last steps of runs with fewer than 15 steps, and so does this solver on such a
+    sampling grid). Order 1 is Euler (DDIM) to the last bit.
+
+    Args:
+        order: 1, 2 or 3.
+        lower_order_final: lower the order of the last steps of short sampling grids.
+    """
+
+    name = "deis"
+    SUPPORTED_ORDERS = (1, 2, 3)
+
+    def __init__(self, order: int = 3, *, lower_order_final: bool = True) -> None:
+        if isinstance(order, bool) or not isinstance(order, int) or order not in self.SUPPORTED_ORDERS:
+            raise ValueError(f"DEIS order must be one of {self.SUPPORTED_ORDERS}, got {order!r}")
+        self.order = order
+        self.lower_order_final = bool(lower_order_final)
+        self.name = f"deis-{order}"
+
+    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> MultistepState:
+        below = DPMSolverPP.SHORT_GRID if self.lower_order_final else 0
+        return MultistepState(left=lower_order_final(sigmas, below))
+
+    def step(
+        self, f: VectorField, s0: float, s1: float, x: Tensor, state: MultistepState
+    ) -> tuple[Tensor, MultistepState]:
+        f0 = f(s0, x)
+        out = x + (s1 - s0) * f0
+        order = state.cap(self.order)
+        if order > 1:
+            past = state.history[len(state.history) - order + 1 :]
+            span = math.log(s1 / s0)
+            nodes = [math.log(s / s0) / span for s, _ in past] + [0.0]
+            weights = interpolation_weights(nodes, log_sigma_moments(s0, s1, order))
+            # the weights sum to σ₁ - σ₀, which the Euler part already applied to ε₀
+            for w, (_, fj) in zip(weights[:-1], past, strict=True):
+                out = out + w * (fj - f0)
+        return out, state.advance((s0, f0), self.order - 1)
+
+    def __repr__(self) -> str:
+        extra = "" if self.lower_order_final else ", lower_order_final=False"
+        return f"DEIS(order={self.order}{extra})"
+
+
+__all__ = ["DEIS", "DPMSolverPP", "log_sigma_moments", "phi"]

@@ -14,10 +14,11 @@ from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Euler, Solver
 from diffode.solvers.controller import DEFAULT_ATOL, DEFAULT_RTOL
 from diffode.solvers.ddim import DDIM
-from diffode.solvers.exponential import DPMSolverPP
-from diffode.solvers.multistep import AdamsBashforth
+from diffode.solvers.exponential import DEIS, DPMSolverPP
+from diffode.solvers.multistep import IPNDM, AdamsBashforth
 from diffode.solvers.reversible import BDIA
 from diffode.solvers.runge_kutta import RK4, Heun, Heun3, Midpoint, Ralston
+from diffode.solvers.unipc import UniPC
 
 _FACTORIES: dict[str, Callable[[], Solver]] = {
     "euler": Euler,
@@ -33,7 +34,11 @@ _FACTORIES: dict[str, Callable[[], Solver]] = {
     "dpmpp-1": partial(DPMSolverPP, 1),
     "dpmpp-2m": partial(DPMSolverPP, 2),
     "dpmpp-3m": partial(DPMSolverPP, 3),
+    "dpmpp-3m-exact": partial(DPMSolverPP, 3, exact=True),
     "dpmpp-2s": partial(DPMSolverPP, 2, multistep=False),
+    **{f"unipc-{v}-{p}": partial(UniPC, p, v) for v in ("bh1", "bh2") for p in UniPC.SUPPORTED_ORDERS},
+    "ipndm": IPNDM,
+    **{f"deis-{p}": partial(DEIS, p) for p in DEIS.SUPPORTED_ORDERS},
     "bdia": BDIA,
     "bosh3": partial(Bosh3, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
     "dopri5": partial(Dopri5, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),

@@ -1,0 +1,192 @@
+"""Published solvers against independent peer implementations, same grid, float64.
+
+Each diffode solver that carries a published name is run next to diffusers' scheduler loop or
+k-diffusion's sampler on the ring-mixture oracle (its exact ε, so any difference is the
+algorithm's). Both sides read the scheduler's own ᾱ table; diffusers computes its grid's σ
+values from it in float32 (relative round-off 6e-8 per value; the loop here then keeps them in
+float64), amplified by the O(1) Lipschitz constant of six to twenty steps, so the two loops may
+differ by about 1e-6 of the sample's scale (measured: 2e-8 … 3e-7); a wrong coefficient
+anywhere (e.g. the 2hφ₃ weight of the exact 3M) shows as 1e-3 … 1e-1. Hence 1e-5 relative.
+k-diffusion and the iPNDM reference loop run on diffode's own float64 grid: 1e-12.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from diffode import EpsField, Schedule, oracles, sigma_grid, solve
+from diffode.solvers import DEIS, IPNDM, DPMSolverPP, Heun, Solver, UniPC, get_solver
+from tests.peer_loops import diffusers_sample, diffusers_schedule, k_diffusion_sample, k_diffusion_sampling
+
+diffusers = pytest.importorskip("diffusers")
+# diffusers' set_timesteps converts a torch tensor with numpy (its own deprecation, not ours)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept:DeprecationWarning"),
+]
+
+F64 = torch.float64
+MIXTURE = oracles.GaussianMixture.ring()
+PEER_RTOL = 1e-5
+SAME_GRID_RTOL = 1e-12
+
+
+def noise(n: int = 16, seed: int = 0) -> Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def relative(a: Tensor, b: Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def scheduler(kind: str, steps: int, spacing: str, **config: object):
+    cls = getattr(diffusers, kind)
+    sched = cls(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, timestep_spacing=spacing, **config)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def diffode_run(solver: Solver, sched, z: Tensor, *, final_zero: bool = True) -> Tensor:
+    """diffode on the scheduler's own timesteps (and table); ``final_zero=False`` ends at σ(t=0),
+    as diffusers' DEIS does."""
+    schedule = diffusers_schedule(sched)
+    ts = sched.timesteps.to(torch.int64)
+    grid = sigma_grid(schedule, None, ts)
+    if not final_zero:
+        grid = torch.cat([grid[:-1], schedule.sigmas[:1]])
+    x = z * math.sqrt(1 + float(grid[0]) ** 2)
+    return solve(field(schedule), x, grid, solver).x
+
+
+def field(schedule: Schedule) -> EpsField:
+    return EpsField(MIXTURE.model(schedule), schedule)
+
+
+def peer_run(sched, z: Tensor) -> Tensor:
+    return diffusers_sample(sched, MIXTURE.model(diffusers_schedule(sched)), z)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("steps", [8, 20])
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpmpp_multistep_is_diffusers_dpm_solver_multistep(order, steps, spacing):
+    # 8 steps exercise diffusers' lower_order_final (fewer than 15 steps), 20 the full order
+    sched = scheduler(
+        "DPMSolverMultistepScheduler", steps, spacing, solver_order=order, algorithm_type="dpmsolver++"
+    )
+    z = noise()
+    assert relative(diffode_run(DPMSolverPP(order), sched, z), peer_run(sched, z)) <= PEER_RTOL
+
+
+def test_the_exact_third_order_variant_is_not_the_published_update():
+    sched = scheduler("DPMSolverMultistepScheduler", 20, "trailing", solver_order=3)
+    z = noise()
+    assert relative(diffode_run(DPMSolverPP(3, exact=True), sched, z), peer_run(sched, z)) > 100 * PEER_RTOL
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("steps", [6, 20])
+def test_unipc_is_diffusers_unipc_multistep(order, variant, steps):
+    sched = scheduler("UniPCMultistepScheduler", steps, "trailing", solver_order=order, solver_type=variant)
+    z = noise()
+    solver = UniPC(order, variant)
+    if variant == "bh2":
+        assert relative(diffode_run(solver, sched, z), peer_run(sched, z)) <= PEER_RTOL
+    # diffusers' bh1 step into σ = 0 computes B(h)·0 with B(h) = -∞ (NaN); compare every step
+    # but that one: the states at the last positive σ (UniPC-3's lower-order step included)
+    schedule = diffusers_schedule(sched)
+    grid = sigma_grid(schedule, None, sched.timesteps.to(torch.int64))
+    x = z * math.sqrt(1 + float(grid[0]) ** 2)
+    ours = solve(field(schedule), x, grid, solver, save=True).xs
+    theirs = diffusers_sample(sched, MIXTURE.model(schedule), z, stop=steps - 1)
+    theirs = theirs * math.sqrt(1 + float(grid[-2]) ** 2)  # diffusers' x to x̄
+    assert ours is not None
+    assert relative(ours[-2], theirs) <= PEER_RTOL
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_deis_is_diffusers_deis_multistep(order):
+    # diffusers' DEIS ends its grid at σ(t = 0) instead of 0, and lowers the order of its last
+    # two steps below 15 steps; with 20 steps every step is comparable on the same grid
+    sched = scheduler("DEISMultistepScheduler", 20, "trailing", solver_order=order)
+    z = noise()
+    got = diffode_run(DEIS(order), sched, z, final_zero=False)
+    x_got = got / math.sqrt(1 + float(diffusers_schedule(sched).sigmas[0]) ** 2)  # x̄ to x at σ(t = 0)
+    assert relative(x_got, peer_run(sched, z)) <= PEER_RTOL
+
+
+def test_euler_is_diffusers_ddim():
+    sched = scheduler("DDIMScheduler", 10, "trailing", clip_sample=False)
+    z = noise()
+    assert relative(diffode_run(get_solver("euler"), sched, z), peer_run(sched, z)) <= PEER_RTOL
+
+
+# ---------------------------------------------------------------------------------------------
+# k-diffusion, on diffode's own float64 grid
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timesteps", ["karras", "trailing"])
+@pytest.mark.parametrize(
+    "name, sampler, kwargs",
+    [
+        ("euler", "euler", {}),
+        ("heun", "heun", {}),
+        ("dpmpp-2m", "dpmpp_2m", {}),
+        ("dpmpp-2s", "dpmpp_2s_ancestral", {"eta": 0.0}),
+    ],
+)
+def test_solver_is_its_k_diffusion_sampler(name, sampler, kwargs, timesteps):
+    if k_diffusion_sampling() is None:
+        pytest.skip("k-diffusion is not installed")
+    schedule = Schedule.linear()
+    grid = sigma_grid(schedule, 10, timesteps)
+    z = noise()
+    ours = solve(field(schedule), z * math.sqrt(1 + float(grid[0]) ** 2), grid, name).x
+    theirs = k_diffusion_sample(sampler, MIXTURE.model(schedule), schedule, z, grid, **kwargs)
+    assert relative(ours, theirs) <= SAME_GRID_RTOL
+
+
+def test_heun_is_the_published_heun():
+    assert isinstance(get_solver("heun"), Heun)
+
+
+# ---------------------------------------------------------------------------------------------
+# iPNDM against a loop written from the published formulas
+# ---------------------------------------------------------------------------------------------
+
+
+def ipndm_reference(denoiser, x: Tensor, t_steps: list[float], max_order: int = 4) -> Tensor:
+    """AMED's ``ipndm`` sampler loop (Zhou et al., 2024, solvers.py), with its fixed
+    Adams–Bashforth coefficients and warm start, on a grid that does not end at 0."""
+    buffer: list[Tensor] = []
+    for i, (t_cur, t_next) in enumerate(itertools.pairwise(t_steps)):
+        d_cur = (x - denoiser(x, t_cur)) / t_cur
+        order = min(max_order, i + 1)
+        if order == 1:
+            x = x + (t_next - t_cur) * d_cur
+        elif order == 2:
+            x = x + (t_next - t_cur) * (3 * d_cur - buffer[-1]) / 2
+        elif order == 3:
+            x = x + (t_next - t_cur) * (23 * d_cur - 16 * buffer[-1] + 5 * buffer[-2]) / 12
+        else:
+            x = x + (t_next - t_cur) * (55 * d_cur - 59 * buffer[-1] + 37 * buffer[-2] - 9 * buffer[-3]) / 24
+        buffer = [*buffer, d_cur][-(max_order - 1) :]
+    return x
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_ipndm_is_the_published_loop(order):
+    schedule = Schedule.linear()
+    eps_field = field(schedule)
+    grid = sigma_grid(schedule, 12, "karras")[:-1]  # AMED's last step into 0 is not ours
+    z = noise() * math.sqrt(1 + float(grid[0]) ** 2)
+    ours = solve(eps_field, z, grid, IPNDM(order)).x
+    theirs = ipndm_reference(lambda x, s: eps_field.denoised(s, x), z, grid.tolist(), order)
+    assert relative(ours, theirs) <= SAME_GRID_RTOL
