@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from diffode import runs
 from diffode.data import DATASETS
@@ -155,6 +156,7 @@ def _sample(args: argparse.Namespace) -> int:
     solver = _solver_from_args(args)
     device, dtype = resolve_device(args.device), _DTYPES[args.dtype]
     loaded = load_model(args.model, device, dtype)
+    labels, guidance = _labels_and_guidance(args, loaded)
     runs.check_memory(len(seeds), loaded.sample_shape)
     start = time.perf_counter()
     x, nfe = runs.sample_seeds(
@@ -167,11 +169,13 @@ def _sample(args: argparse.Namespace) -> int:
         device=device,
         dtype=dtype,
         progress=not args.no_progress,
+        labels=runs.cycle_labels(labels, len(seeds)),
+        guidance=guidance,
     )
     wall = time.perf_counter() - start
     print(
         f"model={loaded.name} solver={solver!r} steps={args.steps} timesteps={args.timesteps} "
-        f"samples={len(seeds)} device={device} dtype={args.dtype}"
+        f"samples={len(seeds)} device={device} dtype={args.dtype}{_describe_labels(labels, guidance)}"
     )
     print(f"NFE={nfe} wall={wall:.3f}s")
     write_samples(args.out, x, columns=args.columns, scale=args.scale)
@@ -197,6 +201,8 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         model=model,
         checkpoint_every=args.checkpoint_every,
+        conditional=args.conditional,
+        label_dropout=args.label_dropout,
     )
     result = train(
         config,
@@ -252,6 +258,45 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_label_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--label",
+        default=None,
+        help=f"class-conditional models: the class of every {what} (7), or classes assigned to the "
+        f"{what}s in order and cycled (0-9, 1,3,5)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance weight w >= 0 with --label (1: conditional model; default: none)",
+    )
+
+
+def _labels_and_guidance(
+    args: argparse.Namespace, loaded: LoadedModel
+) -> tuple[list[int] | None, float | None]:
+    """``--label`` and ``--guidance`` checked against the model (one-line errors, exit 2)."""
+    labels = runs.parse_labels(args.label, loaded)
+    return labels, runs.check_guidance(args.guidance, labels)
+
+
+def _describe_labels(labels: list[int] | None, guidance: float | None) -> str:
+    """`` label=… guidance=…`` for the report line, or nothing for unconditional runs."""
+    if labels is None:
+        return ""
+    shown = ",".join(map(str, labels[:10])) + (",…" if len(labels) > 10 else "")
+    return f" label={shown}" + ("" if guidance is None else f" guidance={guidance:g}")
+
+
+def _conditioning(labels: Tensor | None, guidance: float | None, device: torch.device) -> dict[str, Any]:
+    """The ``cond=``/``guidance=`` keyword arguments of ``encode``/``decode`` for ``labels``
+    (int64 ``(n,)``); none without labels, so unconditional runs call them exactly as before."""
+    if labels is None:
+        return {}
+    return {"cond": labels.to(device), "guidance": guidance}
+
+
 def _model_and_grid(
     args: argparse.Namespace,
 ) -> tuple[LoadedModel, dict[str, Any], torch.device, torch.dtype]:
@@ -284,19 +329,22 @@ def _encode(args: argparse.Namespace) -> int:
             raise UsageError(f"--recon and --out name the same file {args.out!r}")
     loaded, grid, device, dtype = _model_and_grid(args)
     solver = grid["solver"]
+    labels, guidance = _labels_and_guidance(args, loaded)
     x0 = load_images(args.images, loaded.sample_shape).to(device, dtype)
+    # one label per image, in order and cycled; encoding and decoding use the same conditioning
+    cond = _conditioning(runs.cycle_labels(labels, len(x0)), guidance, device)
     start = time.perf_counter()
     info = encode(
-        loaded.model, loaded.schedule, x0, method=args.method, tol=args.tol, return_info=True, **grid
+        loaded.model, loaded.schedule, x0, method=args.method, tol=args.tol, return_info=True, **grid, **cond
     )
     wall = time.perf_counter() - start
     # BDIA's exact encoding ends in a pair of states; decoding retraces it only from both
-    back = decode(loaded.model, loaded.schedule, info.latents, companion=info.companion, **grid)
+    back = decode(loaded.model, loaded.schedule, info.latents, companion=info.companion, **grid, **cond)
     error = float((back.double() - x0.double()).pow(2).mean())
     z = info.latents.detach().float().cpu()
     print(
-        f"encoded {len(x0)} image(s) with {solver!r}, method={args.method}, steps={args.steps}: "
-        f"NFE={info.nfe} wall={wall:.3f}s"
+        f"encoded {len(x0)} image(s) with {solver!r}, method={args.method}, steps={args.steps}"
+        f"{_describe_labels(labels, guidance)}: NFE={info.nfe} wall={wall:.3f}s"
     )
     print(f"latents: mean={float(z.mean()):.4f} std={float(z.std()):.4f} (N(0, I) for data the model knows)")
     print(f"round trip decode(encode(x)): mean squared error per dimension {error:.3g}")
@@ -319,6 +367,10 @@ def _interpolate(args: argparse.Namespace) -> int:
     _output(args, "--out")
     loaded, grid, device, dtype = _model_and_grid(args)
     runs.check_memory(args.frames, loaded.sample_shape, "frames")
+    labels, guidance = _labels_and_guidance(args, loaded)
+    # one label per frame, in order and cycled; the two ends are encoded with their frames' labels
+    frame_labels = runs.cycle_labels(labels, args.frames)
+    ends = None if frame_labels is None else frame_labels[[0, -1]]
     solver = grid["solver"]
     if args.seeds is not None:
         seeds = parse_seeds(args.seeds)
@@ -330,18 +382,24 @@ def _interpolate(args: argparse.Namespace) -> int:
         images = load_images(args.images, loaded.sample_shape).to(device, dtype)
         if len(images) != 2:
             raise UsageError(f"--images must hold exactly two images, got {len(images)}")
-        z = encode(loaded.model, loaded.schedule, images, **grid)
+        z = encode(loaded.model, loaded.schedule, images, **grid, **_conditioning(ends, guidance, device))
         source = f"the encodings of {' and '.join(args.images)}"
     weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
     start = time.perf_counter()
     path = interpolate(z[:1], z[1:], weights, args.method)[:, 0]
     x = runs.decode_in_batches(
-        lambda latents: decode(loaded.model, loaded.schedule, latents, **grid),
+        lambda latents, y: decode(
+            loaded.model, loaded.schedule, latents, **grid, **_conditioning(y, guidance, device)
+        ),
         path,
         runs.batch_limit(solver, args.batch),
+        frame_labels,
     )
     wall = time.perf_counter() - start
-    print(f"{args.method} between {source}: {args.frames} frames decoded with {solver!r} in {wall:.3f}s")
+    print(
+        f"{args.method} between {source}{_describe_labels(labels, guidance)}: {args.frames} frames "
+        f"decoded with {solver!r} in {wall:.3f}s"
+    )
     write_samples(args.out, x, columns=args.frames, scale=args.scale)
     print(f"wrote {args.out}")
     return 0
@@ -380,10 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
         "write a PNG grid or an .npz of uint8 NHWC images under arr_0. Prints NFE and wall time.",
     )
     smp.add_argument(
-        "--model", default=None, help="diffode checkpoint folder (default: the bundled digits model)"
+        "--model",
+        default=None,
+        help="digits, digits-cond (bundled), a diffode checkpoint or diffusers folder (default: digits)",
     )
     _add_grid_options(smp, steps=50)
     smp.add_argument("--sigma-hat", action="store_true", help="with --solver ddim: the paper's σ̂ variant")
+    _add_label_options(smp, "seed")
     smp.add_argument(
         "--seeds", default="0-63", help="seeds, one sample each, e.g. 0-63 or 3,7,10-12 (default: 0-63)"
     )
@@ -422,6 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument(
         "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)"
     )
+    trn.add_argument(
+        "--conditional",
+        action="store_true",
+        help="train a class-conditional UNet on the labels (digits), with label dropout for guidance",
+    )
+    trn.add_argument(
+        "--label-dropout",
+        type=float,
+        default=0.1,
+        help="with --conditional: probability of training on the null class (default: 0.1)",
+    )
     trn.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
     _add_overwrite(trn)
     trn.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -456,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--model", default=None, help="diffode checkpoint or diffusers folder (default: bundled)"
+            "--model",
+            default=None,
+            help="digits, digits-cond (bundled), a diffode checkpoint or diffusers folder (default: digits)",
         )
         _add_grid_options(p, steps=50, eta=False)
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -482,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_overwrite(enc)
     add_model_options(enc)
+    _add_label_options(enc, "image")
     enc.set_defaults(run=_encode)
 
     itp = sub.add_parser(
@@ -510,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     itp.add_argument("--batch", type=_int_in(1), default=256, help="frames per decoding solve (default: 256)")
     _add_overwrite(itp)
     add_model_options(itp)
+    _add_label_options(itp, "frame")
     itp.set_defaults(run=_interpolate)
     return parser
 

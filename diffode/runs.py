@@ -1,8 +1,10 @@
 """Runs: what the ``diffode`` command does, as a library (the CLI only parses arguments).
 
-- :func:`load_model`: the bundled digits model, a diffode checkpoint or a diffusers folder;
+- :func:`load_model`: a bundled digits model, a diffode checkpoint or a diffusers folder;
 - :func:`parse_seeds`, :func:`seed_noise`, :func:`sample_seeds`: seeded sampling in batches,
-  under the rule that *a sample depends only on its seed*, whatever the batch;
+  under the rule that *a sample depends only on its seed* (and its label), whatever the batch;
+- :func:`parse_labels`, :func:`check_guidance`: class labels assigned to seeds (or images, or
+  frames) in order and cycled, and the guidance weight, checked against the model;
 - :func:`decode_in_batches`: deterministic decoding of many latents, a batch at a time;
 - :func:`check_output`, :func:`write_samples`, :func:`write_arrays`: outputs checked before the
   work and written atomically (:func:`diffode.atomic.atomic_write`);
@@ -67,13 +69,20 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class LoadedModel:
     """A network ready for sampling: ``model(x, t)``, its schedule, what it predicts
-    (``"epsilon"``, ...), the shape of one sample (``(C, H, W)`` or ``(d,)``), a name to print."""
+    (``"epsilon"``, ...), the shape of one sample (``(C, H, W)`` or ``(d,)``), a name to print,
+    and its number of classes (0: unconditional; else labels 0 … num_classes - 1 are passed as
+    ``model(x, t, class_labels=labels)``)."""
 
     model: Model
     schedule: Schedule
     prediction: str
     sample_shape: tuple[int, ...]
     name: str
+    num_classes: int = 0
+
+
+BUNDLED = {"digits": "digits", "digits-cond": "digits_cond"}
+"""``--model`` names of the bundled ε-networks and their folders in :mod:`diffode.pretrained`."""
 
 
 def _is_diffode_checkpoint(folder: Path) -> bool:
@@ -91,14 +100,18 @@ def _is_diffode_checkpoint(folder: Path) -> bool:
 
 
 def load_model(path: str | os.PathLike[str] | None, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """The bundled digits model (``path=None``), a diffode checkpoint folder, or a diffusers
-    folder written by ``save_pretrained`` (needs ``pip install "diffode[diffusers]"``), on
-    ``device`` in ``dtype``, frozen. Raises ``ValueError`` for anything else."""
-    if path is None:
-        from diffode.pretrained import digits
+    """The bundled digits model (``path=None`` or ``"digits"``), the bundled class-conditional
+    one (``"digits-cond"``; these names win over folders of the same name), a diffode
+    checkpoint folder, or a diffusers folder written by ``save_pretrained`` (needs
+    ``pip install "diffode[diffusers]"``), on ``device`` in ``dtype``, frozen. Raises
+    ``ValueError`` for anything else."""
+    if path is None or str(path) in BUNDLED:
+        from diffode.pretrained import load_unet
 
-        unet, schedule = digits(device, dtype)
-        return LoadedModel(unet, schedule, "epsilon", unet.sample_shape, "bundled digits model")
+        name = "digits" if path is None else str(path)
+        unet, schedule = load_unet(BUNDLED[name], device, dtype)
+        what = "bundled class-conditional digits model" if unet.num_classes else "bundled digits model"
+        return LoadedModel(unet, schedule, "epsilon", unet.sample_shape, what, unet.num_classes)
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"--model {path}: no such folder; pass a diffode checkpoint or diffusers folder")
@@ -110,7 +123,12 @@ def load_model(path: str | os.PathLike[str] | None, device: torch.device, dtype:
         if checkpoint.schedule is None or shape is None:
             raise ValueError(f"--model {path} is not an ε-network checkpoint (it has no schedule)")
         return LoadedModel(
-            checkpoint.model, checkpoint.schedule, checkpoint.prediction, tuple(shape), str(folder)
+            checkpoint.model,
+            checkpoint.schedule,
+            checkpoint.prediction,
+            tuple(shape),
+            str(folder),
+            int(getattr(checkpoint.model, "num_classes", 0)),
         )
     from diffode.diffusers_interop import load_diffusers
 
@@ -118,7 +136,11 @@ def load_model(path: str | os.PathLike[str] | None, device: torch.device, dtype:
     if wrapped.sample_shape is None:
         raise ValueError(f"--model {path}: the network's config gives no in_channels/sample_size")
     wrapped.model.unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return LoadedModel(wrapped.model, wrapped.schedule, wrapped.prediction, wrapped.sample_shape, str(folder))
+    # a class-conditional diffusers UNet2DModel declares its classes as num_class_embeds
+    classes = getattr(getattr(wrapped.model.unet, "config", None), "num_class_embeds", None) or 0
+    return LoadedModel(
+        wrapped.model, wrapped.schedule, wrapped.prediction, wrapped.sample_shape, str(folder), int(classes)
+    )
 
 
 # ----------------------------------------------------------------------------- seeded sampling
@@ -127,6 +149,13 @@ def load_model(path: str | os.PathLike[str] | None, device: torch.device, dtype:
 def parse_seeds(text: str, limit: int = MAX_SEEDS) -> list[int]:
     """``"0-63"`` → 0 … 63; ``"3,7,10-12"`` → [3, 7, 10, 11, 12]. Seeds are non-negative ints;
     more than ``limit`` of them is refused before the list is built."""
+    return _parse_ranges(text, "--seeds", "seeds", "samples", limit)
+
+
+def _parse_ranges(text: str, option: str, what: str, verb: str, limit: int) -> list[int]:
+    """Non-negative integers and ranges (``"0-9"``, ``"3,7,10-12"``) as a list; ``ValueError``
+    naming ``option`` for bad syntax or more than ``limit`` values (``what`` they are, and what one
+    run does with them: ``verb``)."""
     bounds: list[tuple[int, int]] = []
     try:
         for part in text.split(","):
@@ -137,12 +166,54 @@ def parse_seeds(text: str, limit: int = MAX_SEEDS) -> list[int]:
             bounds.append((low, high))
     except ValueError:
         raise ValueError(
-            f"--seeds must be non-negative integers and ranges like 0-63 or 3,7,10-12, got {text!r}"
+            f"{option} must be non-negative integers and ranges like 0-63 or 3,7,10-12, got {text!r}"
         ) from None
     count = sum(high - low + 1 for low, high in bounds)
     if count > limit:
-        raise ValueError(f"--seeds names {count} seeds; one run samples at most {limit}, split it into runs")
-    return [seed for low, high in bounds for seed in range(low, high + 1)]
+        raise ValueError(f"{option} names {count} {what}; one run {verb} at most {limit}, split it into runs")
+    return [value for low, high in bounds for value in range(low, high + 1)]
+
+
+def parse_labels(text: str | None, loaded: LoadedModel) -> list[int] | None:
+    """``--label``: one class (``"7"``) or a list/range (``"0-9"``, ``"1,3,5"``) of classes of the
+    model, to be assigned in order and cycled (:func:`cycle_labels`); ``None`` when not given.
+    ``ValueError`` for a label out of 0 … num_classes - 1 or any label for an unconditional model."""
+    if text is None:
+        return None
+    if not loaded.num_classes:
+        raise ValueError(
+            f"--label {text}: {loaded.name} is unconditional; drop --label or pass a class-conditional "
+            "model such as --model digits-cond"
+        )
+    labels = _parse_ranges(text, "--label", "labels", "takes", MAX_SEEDS)
+    bad = [label for label in labels if label >= loaded.num_classes]
+    if bad:
+        raise ValueError(
+            f"--label {text}: class {bad[0]} is out of range; {loaded.name} has classes "
+            f"0-{loaded.num_classes - 1}"
+        )
+    return labels
+
+
+def check_guidance(guidance: float | None, labels: Sequence[int] | None) -> float | None:
+    """``--guidance``: a finite weight w >= 0, which needs ``--label`` (the classes to guide
+    towards); ``ValueError`` otherwise."""
+    if guidance is None:
+        return None
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(
+            f"--guidance must be a finite weight w >= 0 (0: unconditional, 1: conditional), got {guidance}"
+        )
+    if labels is None:
+        raise ValueError(f"--guidance {guidance} needs --label, the classes to guide towards")
+    return guidance
+
+
+def cycle_labels(labels: Sequence[int] | None, n: int) -> Tensor | None:
+    """The labels of ``n`` samples (int64 ``(n,)``): ``labels`` in order, cycled; ``None`` stays."""
+    if labels is None:
+        return None
+    return torch.tensor([labels[i % len(labels)] for i in range(n)], dtype=torch.int64)
 
 
 def check_memory(n: int, shape: Sequence[int], what: str = "samples") -> None:
@@ -186,9 +257,15 @@ def sample_seeds(
     device: torch.device,
     dtype: torch.dtype,
     progress: bool = False,
+    labels: Tensor | None = None,
+    guidance: float | None = None,
 ) -> tuple[Tensor, int]:
     """Sample one image per seed; returns (float32 CPU samples ``(n, *shape)``, NFE of the last
     batch).
+
+    ``labels`` (int64 ``(n,)``, one per seed) condition a class-conditional model, with
+    classifier-free ``guidance`` w when given; each batch gets its seeds' labels, so a sample
+    depends only on its seed and its label.
 
     The noise of seed i is ``torch.randn(shape, generator=torch.Generator().manual_seed(i))``
     (drawn on the CPU, so it is the same on every device); a stochastic solver gets one generator
@@ -205,7 +282,10 @@ def sample_seeds(
     size = batch_limit(solver, batch)
     chunks = [list(seeds[i : i + size]) for i in range(0, len(seeds), size)]
     several = len(chunks) > 1
+    first = 0  # the chunk's position in seeds, where its labels are
     for chunk in tqdm(chunks, desc="sample", disable=not (progress and several)):
+        cond = None if labels is None else labels[first : first + len(chunk)].to(device)
+        first += len(chunk)
         noise, generators = [], []
         for seed in chunk:
             z, g = seed_noise(seed, loaded.sample_shape)
@@ -224,15 +304,26 @@ def sample_seeds(
             callback=count,
             progress=progress and not several,
             prediction=loaded.prediction,
+            cond=cond,
+            guidance=guidance,
         )
         outputs.append(x.detach().float().cpu())
     return torch.cat(outputs), nfe
 
 
-def decode_in_batches(decode: Callable[[Tensor], Tensor], latents: Tensor, batch: int) -> Tensor:
-    """``decode`` applied to ``latents`` ``(n, ...)`` ``batch`` rows at a time, concatenated on
-    the CPU as float32, so that memory grows with ``batch``, not ``n``."""
-    parts = [decode(latents[i : i + batch]).detach().float().cpu() for i in range(0, len(latents), batch)]
+def decode_in_batches(
+    decode: Callable[[Tensor, Tensor | None], Tensor],
+    latents: Tensor,
+    batch: int,
+    labels: Tensor | None = None,
+) -> Tensor:
+    """``decode(latents, labels)`` applied to ``latents`` ``(n, ...)`` and their ``labels``
+    (``(n,)`` or ``None``) ``batch`` rows at a time, concatenated on the CPU as float32, so that
+    memory grows with ``batch``, not ``n``."""
+    parts = []
+    for i in range(0, len(latents), batch):
+        part = decode(latents[i : i + batch], None if labels is None else labels[i : i + batch])
+        parts.append(part.detach().float().cpu())
     return torch.cat(parts)
 
 
