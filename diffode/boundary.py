@@ -25,7 +25,7 @@ import math
 from torch import Tensor
 
 from diffode.field import PredictingField
-from diffode.fixed_point import solve_fixed_point
+from diffode.fixed_point import FixedPoint, solve_fixed_point
 
 
 def into_zero(f: PredictingField, sigma: float, x: Tensor) -> Tensor:
@@ -53,19 +53,31 @@ def out_of_zero(f: PredictingField, sigma: float, x0: Tensor) -> Tensor:
 
 
 def invert_into_zero(
-    f: PredictingField, sigma: float, x0: Tensor, *, tol: float, max_iter: int, memory: int = 3
-) -> tuple[Tensor, int, Tensor]:
+    f: PredictingField,
+    sigma: float,
+    x0: Tensor,
+    *,
+    tol: float,
+    max_iter: int,
+    memory: int = 10,
+    floor_ok: bool = True,
+) -> FixedPoint:
     """The exact inverse of :func:`into_zero`: the x̄ at σ = ``sigma`` whose x̂₀ is ``x0``.
 
-    Solved per sample by :func:`~diffode.fixed_point.solve_fixed_point` from the guess x̄ = x₀.
+    Solved per sample by :func:`~diffode.fixed_point.solve_fixed_point` from the guess x̄ = x₀
+    (its first iteration is the explicit lift of :func:`out_of_zero`); samples that have
+    converged are no longer evaluated (``f.rows``). ``tol``, ``max_iter``, ``memory`` and
+    ``floor_ok`` are the iteration's.
 
     Returns:
-        (x̄, iterations, residual): x̄ shaped like ``x0``, the iterations made, and each sample's
-        residual as float64 ``(batch,)`` (compare with ``tol``; convergence is not asserted here).
+        The :class:`~diffode.fixed_point.FixedPoint` (x̄ shaped like ``x0``, per-sample residual
+        in x-space units, convergence); convergence is reported, not asserted.
     """
-    return solve_fixed_point(
-        lambda y: into_zero(f, sigma, y), x0, x0, tol=tol, max_iter=max_iter, memory=memory
-    )
+
+    def forward(y: Tensor, rows: Tensor | None) -> tuple[Tensor, None]:
+        return into_zero(f if rows is None else f.rows(rows), sigma, y), None
+
+    return solve_fixed_point(forward, x0, x0, tol=tol, max_iter=max_iter, memory=memory, floor_ok=floor_ok)
 
 
 def out_of_infinity(f: PredictingField, sigma: float, noise: Tensor) -> Tensor:

@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, overload
 
+import torch
 from torch import Tensor
 
+from diffode.conditioning import Cond, Guidance
 from diffode.field import Model, ModelField, field_for
 from diffode.grids import GridSpec, sigma_grid
 from diffode.sampling import graph_mode, ode_dtype, sample
 from diffode.schedule import NoiseSchedule
 from diffode.solve import Callback, solve
-from diffode.solvers.base import Solver
+from diffode.solvers.base import Euler, Solver
 from diffode.solvers.registry import get_solver
-from diffode.solvers.reversible import BDIA, InverseOf
+from diffode.solvers.reversible import BDIA, InverseOf, InverseStep
 from diffode.validation import describe, require_finite, require_floating
 
 METHODS = ("reverse", "exact")
@@ -38,7 +40,8 @@ Method = Literal["reverse", "exact"]
 
 @dataclass(frozen=True)
 class Encoding:
-    """What :func:`encode` returns with ``return_info=True``.
+    """What :func:`encode` returns with ``return_info=True``; :func:`decode` accepts it as is and
+    retraces it (grid, solver, companion, prediction and conditioning).
 
     Attributes:
         latents: x at σ_S (the top of the sampling grid), shape and dtype of the data.
@@ -46,9 +49,21 @@ class Encoding:
             (the state one grid point below the latents), which :func:`decode` needs to retrace
             the encoding exactly; ``None`` otherwise.
         sigmas: the sampling grid [σ_S, …, σ_1, 0] (float64) that decoding must follow.
-        nfe: network evaluations spent on encoding.
+        nfe: network calls of the encoding (on the whole batch or, for ``method="exact"``, on
+            the samples still iterating).
         iterations: fixed-point iterations of ``method="exact"`` in total (0 for ``"reverse"``;
             for BDIA only those of the step out of σ = 0, its other steps being explicit).
+        solver: the sampler that decodes the latents (not its inverse).
+        method: ``"reverse"`` or ``"exact"``.
+        prediction: what the network predicts (as given to :func:`encode`).
+        residual: ``method="exact"``: per sample, float64 ``(batch,)``, the sum over the steps of
+            how far each sampling step from the encoding's state lands from the state below it
+            (max abs, in x-space at that step). decode(encode(x)) differs from x by about that
+            plus decoding's own round-off, where the decoding flow does not expand perturbations
+            (data of scale ≤ 1). ``None`` for ``"reverse"``.
+        evaluations_per_step: network evaluations per sample and step (the cost: samples that
+            converge early stop costing evaluations).
+        cond, guidance, uncond: the conditioning the encoding used (see :func:`encode`).
     """
 
     latents: Tensor
@@ -56,6 +71,14 @@ class Encoding:
     sigmas: Tensor
     nfe: int
     iterations: int
+    solver: Solver = field(default_factory=Euler)
+    method: Method = "reverse"
+    prediction: str = "epsilon"
+    residual: Tensor | None = None
+    evaluations_per_step: float = 0.0
+    cond: Cond | None = None
+    guidance: float | Guidance | None = None
+    uncond: Cond | None = None
 
 
 @overload
@@ -71,6 +94,9 @@ def encode(
     tol: float | None = ...,
     max_iter: int = ...,
     prediction: str = ...,
+    cond: Cond | None = ...,
+    guidance: float | Guidance | None = ...,
+    uncond: Cond | None = ...,
     progress: bool = ...,
     grad: bool = ...,
     return_info: Literal[False] = ...,
@@ -90,6 +116,9 @@ def encode(
     tol: float | None = ...,
     max_iter: int = ...,
     prediction: str = ...,
+    cond: Cond | None = ...,
+    guidance: float | Guidance | None = ...,
+    uncond: Cond | None = ...,
     progress: bool = ...,
     grad: bool = ...,
     return_info: Literal[True],
@@ -108,6 +137,9 @@ def encode(
     tol: float | None = None,
     max_iter: int = 100,
     prediction: str = "epsilon",
+    cond: Cond | None = None,
+    guidance: float | Guidance | None = None,
+    uncond: Cond | None = None,
     progress: bool = False,
     grad: bool = False,
     return_info: bool = False,
@@ -130,16 +162,19 @@ def encode(
       for even p, whose leading local errors cancel between the two directions); see
       docs/encoding.md for measurements.
     - ``"exact"``: each sampling step of ``solver`` on this grid, the final one into σ = 0
-      included, is inverted (:class:`~diffode.solvers.InverseOf`) by fixed-point iteration to
-      the tolerance ``tol``, so that ``decode`` with the same solver and grid reproduces x to
-      that tolerance, amplified at most by how much the decoding flow expands perturbations
-      (plus its own round-off). Needs a deterministic single-step solver (Euler/DDIM, Heun,
-      Midpoint, RK4, …). Costs one evaluation per step plus the solver's evaluations per
-      iteration, and one host-device synchronisation per iteration. A step whose iteration does
-      not converge (coarse steps through strongly curved regions) raises ``ValueError`` naming
-      the step and residual. With ``solver="bdia"`` no iteration is needed beyond the final
-      step's (BDIA's step is its own inverse), and decoding with the returned companion
-      reproduces x to round-off (``return_info=True`` is then required, to receive it).
+      included, is inverted (:class:`~diffode.solvers.InverseOf`): per sample, Anderson
+      iterations from the explicit reverse step solve the step's implicit equation until the
+      residual reaches ``tol`` or stops improving, so that ``decode`` with the same solver and
+      grid reproduces x to the accumulated residuals (:attr:`Encoding.residual`), plus
+      decoding's own round-off. Needs a deterministic single-step solver (Euler/DDIM, Heun,
+      Midpoint, RK4, …). Costs the solver's evaluations per iteration, for the samples still
+      iterating (:attr:`Encoding.evaluations_per_step`), and one host-device synchronisation per
+      iteration. A sample that misses the tolerance (and, with the default tolerance, the
+      measured round-off floor of the step) raises :class:`~diffode.solvers.InversionError`
+      (a ``ValueError``) naming the sample, the step, the residual and the options. With
+      ``solver="bdia"`` only the step out of σ = 0 is iterated (BDIA's step is its own inverse),
+      and decoding with the returned companion reproduces x to round-off (``return_info=True``
+      is then required, to receive it).
 
     In float32, x̄ = x·√(1+σ²) resolves x at σ to about 1e-7·√(1+σ²); a model whose flow
     does not contract perturbations passes that to the round trip, so exact round trips are a
@@ -154,14 +189,17 @@ def encode(
             describes the sampling grid (decreasing), which encoding reverses itself.
         solver: a deterministic solver name or object; ``"ddim"`` means η = 0.
         method: ``"reverse"`` or ``"exact"``.
-        tol: ``method="exact"``: per-step tolerance of the fixed-point iteration (see
-            :class:`~diffode.solvers.InverseOf`); ``None``: 4 units of round-off of x0's dtype.
-        max_iter: ``method="exact"``: iterations allowed per step.
+        tol: ``method="exact"``: per-step tolerance on the residual relative to the state's
+            scale (see :class:`~diffode.solvers.InverseOf`); ``None``: 4 units of round-off of
+            x0's dtype, or the measured round-off floor of the step where that is higher.
+        max_iter: ``method="exact"``: iterations allowed per step and sample.
         prediction: what the network predicts (see :func:`diffode.field_for`).
+        cond, guidance, uncond: conditioning and classifier-free guidance, as for
+            :func:`diffode.sample`.
         progress: draw a progress bar on stderr.
         grad: build the autograd graph (off by default, see :func:`diffode.sampling.graph_mode`).
-        return_info: return an :class:`Encoding` (latents, companion, grid, NFE, iterations)
-            instead of the latents alone.
+        return_info: return an :class:`Encoding` (latents, companion, grid, solver, residuals,
+            cost) instead of the latents alone; :func:`decode` takes it as is.
 
     Returns:
         Latents x at σ_S, shape, dtype and device of ``x0``; ≈ N(0, I) for data from the
@@ -185,15 +223,18 @@ def encode(
             "their companion state; pass return_info=True and give Encoding.companion to decode()"
         )
     grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive, direction="encode")
-    field = field_for(model, schedule, prediction)
+    ode = field_for(model, schedule, prediction, cond=cond, guidance=guidance, uncond=uncond)
     # the last two states of the upward solve: BDIA's latents and companion
     trail: deque[Tensor] = deque(maxlen=2)
+    inverted: list[InverseStep] = []
     with graph_mode(grad):
         out = solve(
-            field,
+            ode,
             x0.to(ode_dtype(x0)),
             grid,
-            InverseOf(stepper, tol=tol, max_iter=max_iter) if method == "exact" else stepper,
+            InverseOf(stepper, tol=tol, max_iter=max_iter, observer=inverted.append)
+            if method == "exact"
+            else stepper,
             callback=(lambda info: trail.append(info.x)) if reversible else None,
             progress=progress,
         )
@@ -205,79 +246,128 @@ def encode(
     if reversible and method == "exact" and grid.numel() > 2:
         s_below = float(grid[-2])
         companion = (trail[0] / math.sqrt(1.0 + s_below * s_below)).to(x0.dtype)
+    n_steps = grid.numel() - 1
+    if method == "exact":
+        residual: Tensor | None = torch.stack([step.residual for step in inverted]).sum(0)
+        per_step = out.stats["sample_evaluations"] / (x0.shape[0] * n_steps)
+    else:
+        residual, per_step = None, out.nfe / n_steps
     return Encoding(
         latents=latents,
         companion=companion,
         sigmas=grid.flip(0),
         nfe=out.nfe,
         iterations=out.stats.get("iterations", 0),
+        solver=stepper,
+        method=method,
+        prediction=prediction,
+        residual=residual,
+        evaluations_per_step=per_step,
+        cond=cond,
+        guidance=guidance,
+        uncond=uncond,
     )
 
 
 def decode(
     model: Model | ModelField,
     schedule: NoiseSchedule,
-    latents: Tensor,
+    latents: Tensor | Encoding,
     *,
     steps: int | None = None,
-    timesteps: GridSpec = "uniform",
-    solver: str | Solver = "euler",
+    timesteps: GridSpec | None = None,
+    solver: str | Solver | None = None,
     companion: Tensor | None = None,
-    prediction: str = "epsilon",
+    prediction: str | None = None,
+    cond: Cond | None = None,
+    guidance: float | Guidance | None = None,
+    uncond: Cond | None = None,
     callback: Callback | None = None,
     progress: bool = False,
     grad: bool = False,
 ) -> Tensor:
     """Map latents back to data: deterministic sampling from ``latents`` (see :func:`encode`).
 
-    Without ``companion`` this is :func:`diffode.sample` with η = 0. With the ``companion``
-    returned by ``encode(..., solver="bdia", method="exact", return_info=True)``, the BDIA
-    sampler starts from the pair of states that encoding ended with and retraces it exactly.
+    Given the :class:`Encoding` that ``encode(..., return_info=True)`` returned, decoding
+    retraces it: its grid, solver, companion, prediction and conditioning, so none of those
+    arguments may be given. Given latents, this is :func:`diffode.sample` with η = 0 on the
+    grid of ``steps``/``timesteps`` (default ``"uniform"``) with ``solver`` (default Euler);
+    with a ``companion`` from ``encode(..., solver="bdia", method="exact")``, the BDIA sampler
+    starts from the pair of states that encoding ended with and retraces it exactly.
 
     Args:
-        latents: x at σ_S, shape ``(batch, ...)``, any float dtype (kept).
-        steps, timesteps, solver, prediction: as given to :func:`encode`.
+        latents: x at σ_S, shape ``(batch, ...)``, any float dtype (kept); or an :class:`Encoding`.
+        steps, timesteps, solver, prediction, cond, guidance, uncond: as given to :func:`encode`.
         companion: x at σ_{S-1}, shape and dtype of ``latents``; only with ``solver="bdia"``.
         callback, progress, grad: as for :func:`diffode.sample`.
 
     Returns:
-        x at σ = 0, shape, dtype and device of ``latents``.
+        x at σ = 0, shape, dtype and device of the latents.
     """
-    if companion is None:
-        return sample(
+    if isinstance(latents, Encoding):
+        given = {
+            "steps": steps,
+            "timesteps": timesteps,
+            "solver": solver,
+            "companion": companion,
+            "prediction": prediction,
+            "cond": cond,
+            "guidance": guidance,
+            "uncond": uncond,
+        }
+        clash = [name for name, value in given.items() if value is not None]
+        if clash:
+            raise ValueError(
+                f"decode() retraces the Encoding it is given, which fixes {', '.join(clash)}; leave "
+                "them out, or pass encoding.latents to decode with other settings"
+            )
+        encoding = latents
+        return decode(
             model,
             schedule,
-            latents,
-            steps=steps,
-            timesteps=timesteps,
-            solver=solver,
-            prediction=prediction,
+            encoding.latents,
+            timesteps=encoding.sigmas,
+            solver=encoding.solver,
+            companion=encoding.companion,
+            prediction=encoding.prediction,
+            cond=encoding.cond,
+            guidance=encoding.guidance,
+            uncond=encoding.uncond,
             callback=callback,
             progress=progress,
             grad=grad,
         )
-    stepper = get_solver(solver)
-    if not isinstance(stepper, BDIA):
-        raise ValueError(
-            f"companion is the second state of the reversible solver 'bdia', but solver={stepper!r}; "
-            "pass solver='bdia' or leave companion out"
-        )
-    companion = require_finite("companion", require_floating("companion", companion))
-    grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive, direction="encode")
-    if grid.numel() < 3:
-        raise ValueError(
-            f"a companion needs a grid with at least two positive σ, got {describe(grid)}; pass "
-            "companion=None"
-        )
-    s_below = float(grid[-2])
+    timesteps = "uniform" if timesteps is None else timesteps
+    solver = "euler" if solver is None else solver
+    prediction = "epsilon" if prediction is None else prediction
+    sampler: str | Solver = solver
+    if companion is not None:
+        stepper = get_solver(solver)
+        if not isinstance(stepper, BDIA):
+            raise ValueError(
+                f"companion is the second state of the reversible solver 'bdia', but solver={stepper!r}; "
+                "pass solver='bdia' or leave companion out"
+            )
+        companion = require_finite("companion", require_floating("companion", companion))
+        grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive, direction="encode")
+        if grid.numel() < 3:
+            raise ValueError(
+                f"a companion needs a grid with at least two positive σ, got {describe(grid)}; pass "
+                "companion=None"
+            )
+        s_below = float(grid[-2])
+        sampler = BDIA(stepper.sigma_data, companion=companion * math.sqrt(1.0 + s_below * s_below))
     return sample(
         model,
         schedule,
         latents,
         steps=steps,
         timesteps=timesteps,
-        solver=BDIA(stepper.sigma_data, companion=companion * math.sqrt(1.0 + s_below * s_below)),
+        solver=sampler,
         prediction=prediction,
+        cond=cond,
+        guidance=guidance,
+        uncond=uncond,
         callback=callback,
         progress=progress,
         grad=grad,

@@ -1,38 +1,80 @@
 """Solving a sampling step's implicit equation: safeguarded Anderson-accelerated fixed points.
 
 Exact inversion (:class:`~diffode.solvers.InverseOf`, and the inverse of the step into σ = 0 in
-:mod:`diffode.boundary`) asks for the y that a sampling step maps onto a given state.
+:mod:`diffode.boundary`) asks for the y that a sampling step maps onto a given state. The
+iteration runs per sample: a sample stops costing evaluations as soon as it has converged or
+stopped improving (the map is then called on the remaining rows only), and the result says per
+sample how close it got, against the tolerance and against the round-off floor of the map.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+ROUND_OFF_ULPS = 4
+"""Default tolerance in units of round-off of the state's dtype (relative to the state's scale)."""
+
+FLOOR_FACTOR = 4.0
+"""A residual within this factor of the measured round-off floor counts as converged: the floor is
+the difference of two evaluations of the map a few ulps apart, and the best residual an iteration
+reaches fluctuates around it."""
+
+Forward = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
+"""``forward(y, rows) -> (value, aux)``: the map at the states ``y`` of the batch rows ``rows``
+(1-D int64, ``None`` for the whole batch), and optionally an auxiliary tensor per row (kept for
+the accepted iterate, e.g. the field's value at y for the next step's predictor)."""
+
 
 def default_tolerance(dtype: torch.dtype) -> float:
-    """The fixed-point tolerance used when none is given: 4 units of round-off of ``dtype``
-    (4.8e-7 in float32), but 1e-12 in float64.
+    """The tolerance used when none is given: :data:`ROUND_OFF_ULPS` units of round-off of
+    ``dtype`` (4.8e-7 in float32, 8.9e-16 in float64), relative to the scale of the state.
 
-    Converged iterations reach 4 ulps on the oracles and random networks of the test suite
-    (below about 2 the residual's own round-off stalls the iteration). A real network's float64
-    evaluation carries more round-off than that: the bundled digits UNet stalls at a residual of
-    about 4e-14 (180 ulps), so float64 gets a fixed 1e-12, still far below any sampling error."""
-    if dtype == torch.float64:
-        return 1e-12
-    return 4 * torch.finfo(dtype).eps
+    Residuals below that cannot be asked of a map evaluated in ``dtype``; a network whose own
+    round-off is larger (the bundled digits UNet: about 4e-14 in float64) stalls above it, and
+    the iteration then accepts what is within :data:`FLOOR_FACTOR` of the measured floor."""
+    return ROUND_OFF_ULPS * torch.finfo(dtype).eps
 
 
-def _anderson_correction(dy: list[Tensor], dg: list[Tensor], g: Tensor, beta: Tensor) -> Tensor:
+@dataclass(frozen=True)
+class FixedPoint:
+    """The result of :func:`solve_fixed_point`; per-sample tensors have shape ``(batch,)``.
+
+    Attributes:
+        y: the last accepted iterate, shape and dtype of the target.
+        residual: float64 ‖target - forward(y)‖∞ / scale.
+        scale: float64 max(1, ‖target‖∞, ‖guess‖∞): residual × scale is absolute.
+        floor: float64 measured round-off floor of the map at y, in the units of ``residual``
+            (0 where it was not needed: samples that reached the tolerance).
+        converged: bool, residual ≤ tol, or (``floor_ok``) ≤ :data:`FLOOR_FACTOR` × floor.
+        iterations: int64 iterations per sample.
+        calls: calls of ``forward`` (on any number of rows), the floor measurement included.
+        evaluations: rows passed to ``forward`` in total (per-sample cost).
+        aux: ``forward``'s auxiliary output at y (``None`` if it gives none).
+    """
+
+    y: Tensor
+    residual: Tensor
+    scale: Tensor
+    floor: Tensor
+    converged: Tensor
+    iterations: Tensor
+    calls: int
+    evaluations: int
+    aux: Tensor | None
+
+
+def _anderson_correction(dy: Tensor, dg: Tensor, g: Tensor, beta: Tensor) -> Tensor:
     """Anderson's correction (ΔY + βΔG)γ with γ = argmin ‖g - ΔG γ‖ per sample (type II).
 
-    The small least-squares problems are solved through their normal equations in float64 with
-    a relative ridge; a sample whose history was cleared has zero columns and gets γ = 0.
+    ``dy``, ``dg``: ``(rows, n, m)`` histories; ``g``: ``(rows, n)``. The small least-squares
+    problems are solved through their normal equations in float64 with a relative ridge; a
+    sample whose history was cleared has zero columns and gets γ = 0.
     """
-    big_y = torch.stack(dy, -1).to(torch.float64)
-    big_g = torch.stack(dg, -1).to(torch.float64)
+    big_y, big_g = dy.to(torch.float64), dg.to(torch.float64)
     gram = big_g.mT @ big_g
     ridge = 1e-12 * gram.diagonal(dim1=-2, dim2=-1).sum(-1) + torch.finfo(torch.float64).tiny
     eye = torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
@@ -41,75 +83,124 @@ def _anderson_correction(dy: list[Tensor], dg: list[Tensor], g: Tensor, beta: Te
 
 
 def solve_fixed_point(
-    forward: Callable[[Tensor], Tensor],
+    forward: Forward,
     target: Tensor,
     guess: Tensor,
     *,
     tol: float,
     max_iter: int,
-    memory: int = 3,
-) -> tuple[Tensor, int, Tensor]:
+    memory: int = 10,
+    patience: int = 10,
+    floor_ok: bool = True,
+) -> FixedPoint:
     """Solve ``forward(y) = target`` for y, per sample, by safeguarded Anderson acceleration.
 
-    The underlying iteration is y ← y + β (target - forward(y)), which converges when the map
-    ``forward`` is close to the identity (a sampling step with a small step size). Anderson
-    acceleration (type II, Walker & Ni 2011) with the last ``memory`` differences turns a near
-    linear problem into a few iterations. Safeguard: a sample whose new residual is not finite
-    or exceeds 4 times the best it has reached keeps its previous iterate, forgets its history
-    and halves its β; otherwise the step is taken and β doubles back up to 1. (Requiring a
-    decrease at every iteration stalls on the Gaussian-mixture oracle, where the residual of a
-    converging iteration is not monotone.) Each iteration evaluates ``forward`` once and
-    synchronises with the device to test convergence.
+    The underlying iteration is y ← y + β (target - forward(y)), which converges when the map is
+    close to the identity (a sampling step with a small step size). Anderson acceleration (type
+    II, Walker & Ni 2011) with the last ``memory`` differences solves nearly linear problems in
+    a few iterations. Safeguard: a sample whose new residual is not finite or exceeds 4 times the
+    best it has reached keeps its previous iterate, forgets its history and halves its β;
+    otherwise the step is taken and β doubles back up to 1.
+
+    Per sample, the iteration stops when the residual is at most ``tol``, when its best residual
+    has not improved for ``patience`` iterations (stagnation: round-off or a hard problem), or
+    after ``max_iter`` iterations; stopped samples are no longer passed to ``forward``. For each
+    sample left above ``tol``, one more call measures the round-off floor of the map: the
+    difference of ``forward`` at y and at y moved by one ulp per element.
 
     Args:
-        forward: the map to invert, applied to a batch of shape ``target.shape``.
+        forward: the map, see :data:`Forward`.
         target: the right-hand side, shape ``(batch, ...)``.
-        guess: the starting iterate, shape of ``target``.
-        tol: convergence when every sample's residual (see below) is at most ``tol``.
-        max_iter: iterations allowed after the first evaluation.
+        guess: the starting iterate (the predictor), shape of ``target``.
+        tol: per-sample tolerance on the residual ‖target - forward(y)‖∞ / max(1, ‖target‖∞,
+            ‖guess‖∞): absolute for small states, relative to the magnitudes the step works with
+            for large ones (the guess stands for y, whose own size must not excuse a runaway).
+        max_iter: iterations allowed per sample after the first evaluation.
         memory: Anderson history length; 0 gives the damped plain iteration.
+        patience: iterations without a new best residual before a sample stops.
+        floor_ok: count a sample within :data:`FLOOR_FACTOR` of its floor as converged.
 
     Returns:
-        (y, iterations, residual): the last accepted iterate, the iterations made, and each
-        sample's residual ‖target - forward(y)‖∞ / max(1, ‖target‖∞, ‖guess‖∞) as float64
-        ``(batch,)``: absolute for small states, relative to the magnitudes the step works with for
-        large ones (the guess stands for y, whose own size must not excuse a runaway iterate).
-        Convergence is not asserted here: compare ``residual`` with ``tol``.
+        A :class:`FixedPoint`. Convergence is reported, not asserted.
     """
     shape, batch = target.shape, target.shape[0]
     flat_target = target.reshape(batch, -1)
-    y = guess.reshape(batch, -1)
+    y = guess.reshape(batch, -1).clone()
     scale = torch.maximum(flat_target.abs().amax(1), y.abs().amax(1)).clamp(min=1.0).to(torch.float64)
+    calls = evaluations = 0
 
-    def evaluate(y: Tensor) -> tuple[Tensor, Tensor]:
-        g = flat_target - forward(y.reshape(shape)).reshape(batch, -1)
-        return g, g.abs().amax(1).to(torch.float64) / scale
+    def evaluate(y_rows: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        nonlocal calls, evaluations
+        calls += 1
+        evaluations += y_rows.shape[0]
+        value, aux = forward(y_rows.reshape(-1, *shape[1:]), rows)
+        part = flat_target if rows is None else flat_target[rows]
+        g = part - value.reshape(y_rows.shape)
+        sc = scale if rows is None else scale[rows]
+        return g, g.abs().amax(1).to(torch.float64) / sc, aux
 
-    g, res = evaluate(y)
-    best = res
+    g, res, aux = evaluate(y, None)
+    best = res.clone()
+    stale = torch.zeros(batch, dtype=torch.int64, device=target.device)
     beta = torch.ones(batch, dtype=torch.float64, device=target.device)
-    dy: list[Tensor] = []
-    dg: list[Tensor] = []
-    iterations = 0
-    while iterations < max_iter and not bool((res <= tol).all()):
-        iterations += 1
-        y_new = y + beta[:, None].to(y.dtype) * g
-        if dy:
-            y_new = y_new - _anderson_correction(dy, dg, g, beta)
-        g_new, res_new = evaluate(y_new)
-        accept = res_new < 4 * best  # False where the new residual is NaN
+    iterations = torch.zeros(batch, dtype=torch.int64, device=target.device)
+    width = y.shape[1]
+    dy = y.new_zeros(batch, width, memory)
+    dg = y.new_zeros(batch, width, memory)
+    filled = 0  # history columns in use (the newest last)
+    active = res > tol
+    # one host sync per iteration: which samples still iterate
+    while bool(active.any()):
+        rows = active.nonzero()[:, 0]
+        y_a, g_a, b_a = y[rows], g[rows], beta[rows]
+        y_new = y_a + b_a[:, None].to(y.dtype) * g_a
+        if filled:
+            y_new = y_new - _anderson_correction(dy[rows, :, -filled:], dg[rows, :, -filled:], g_a, b_a)
+        g_new, res_new, aux_new = evaluate(y_new, rows)
+        accept = res_new < 4 * best[rows]  # False where the new residual is NaN
         keep = accept[:, None]
-        zero = torch.zeros((), dtype=y.dtype, device=y.device)
         if memory > 0:
-            start = max(0, len(dy) + 1 - memory)
-            dy = [torch.where(keep, d, zero) for d in dy[start:]] + [torch.where(keep, y_new - y, zero)]
-            dg = [torch.where(keep, d, zero) for d in dg[start:]] + [torch.where(keep, g_new - g, zero)]
-        y = torch.where(keep, y_new, y)
-        g = torch.where(keep, g_new, g)
-        res = torch.where(accept, res_new, res)
-        best = torch.minimum(best, res)
-        beta = torch.where(accept, (2 * beta).clamp(max=1.0), 0.5 * beta)
-    return y.reshape(shape), iterations, res
+            # rejected samples forget their history; all shift by one column
+            hist_y = torch.where(keep[..., None], dy[rows], 0).roll(-1, dims=2)
+            hist_g = torch.where(keep[..., None], dg[rows], 0).roll(-1, dims=2)
+            hist_y[..., -1] = torch.where(keep, y_new - y_a, 0)
+            hist_g[..., -1] = torch.where(keep, g_new - g_a, 0)
+            dy[rows], dg[rows] = hist_y, hist_g
+            filled = min(filled + 1, memory)
+        y[rows] = torch.where(keep, y_new, y_a)
+        g[rows] = torch.where(keep, g_new, g_a)
+        if aux is not None and aux_new is not None:
+            aux[rows] = torch.where(accept.reshape(-1, *[1] * (aux.ndim - 1)), aux_new, aux[rows])
+        res_rows = torch.where(accept, res_new, res[rows])
+        res[rows] = res_rows
+        improved = res_rows < best[rows]
+        best[rows] = torch.minimum(best[rows], res_rows)
+        stale[rows] = torch.where(improved, 0, stale[rows] + 1)
+        beta[rows] = torch.where(accept, (2 * b_a).clamp(max=1.0), 0.5 * b_a)
+        iterations[rows] += 1
+        active[rows] = (res_rows > tol) & (stale[rows] < patience) & (iterations[rows] < max_iter)
+    floor = torch.zeros_like(res)
+    above = (res > tol).nonzero()[:, 0]
+    if above.numel():
+        y_a = y[above]
+        # one ulp per element, alternating in sign so that no direction is favoured
+        signs = torch.ones(width, dtype=y.dtype, device=y.device)
+        signs[1::2] = -1
+        nudged = y_a + signs * torch.finfo(y.dtype).eps * y_a.abs()
+        g_nudged, _, _ = evaluate(nudged, above)
+        floor[above] = (g_nudged - g[above]).abs().amax(1).to(torch.float64) / scale[above]
+    converged = (res <= tol) | (floor_ok & (res <= FLOOR_FACTOR * floor))
+    return FixedPoint(
+        y=y.reshape(shape),
+        residual=res,
+        scale=scale,
+        floor=floor,
+        converged=converged,
+        iterations=iterations,
+        calls=calls,
+        evaluations=evaluations,
+        aux=aux,
+    )
 
 
-__all__ = ["default_tolerance", "solve_fixed_point"]
+__all__ = ["FLOOR_FACTOR", "ROUND_OFF_ULPS", "FixedPoint", "default_tolerance", "solve_fixed_point"]

@@ -18,14 +18,16 @@ Two ways to undo sampling steps, both usable as solvers on an increasing σ grid
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import Tensor
 
 from diffode.boundary import invert_into_zero
-from diffode.field import PredictingField, VectorField
-from diffode.fixed_point import default_tolerance, solve_fixed_point
+from diffode.field import PredictingField, Sigma, VectorField
+from diffode.fixed_point import FLOOR_FACTOR, FixedPoint, default_tolerance, solve_fixed_point
 from diffode.solvers.base import Solver
 from diffode.validation import describe, require_floating, require_int, require_nonnegative, require_positive
 
@@ -112,13 +114,87 @@ class BDIA(Solver):
         return f"BDIA(sigma_data={self.sigma_data}{companion})"
 
 
+@dataclass(frozen=True)
+class InverseStep:
+    """What :class:`InverseOf` reports after inverting one step (to its ``observer``).
+
+    Attributes:
+        sigma, sigma_next: the step, upwards (the sampling step runs from ``sigma_next`` down).
+        residual: per sample, float64 ``(batch,)``: how far the sampling step from the result
+            lands from the given state, max abs in x-space at ``sigma`` (0 for a reversible
+            solver's algebraic steps).
+        iterations: per sample, int64 ``(batch,)``.
+        evaluations: network rows evaluated for this step (per-sample cost: divide by batch).
+    """
+
+    sigma: float
+    sigma_next: float
+    residual: Tensor
+    iterations: Tensor
+    evaluations: int
+
+
+class InversionError(ValueError):
+    """Exact inversion missed its tolerance: ``sample`` on the step σ ``sigma`` → ``sigma_next``
+    ended at ``residual`` (x-space, max abs) above what was asked (``tol``, relative to the
+    state's scale; ``floor``: the measured round-off floor, relative)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sample: int,
+        sigma: float,
+        sigma_next: float,
+        residual: float,
+        tol: float,
+        floor: float,
+    ) -> None:
+        super().__init__(message)
+        self.sample, self.sigma, self.sigma_next = sample, sigma, sigma_next
+        self.residual, self.tol, self.floor = residual, tol, floor
+
+
 @dataclass
 class _InverseRun:
-    """Per-solve state of :class:`InverseOf`: the inner solver's state and counters."""
+    """Per-solve state of :class:`InverseOf`: the inner solver's state, counters, and the field's
+    value at the last result (the next step's predictor)."""
 
     inner: Any
     iterations: int = 0
     max_iterations: int = 0
+    evaluations: int = 0
+    carry: tuple[float, Tensor, Tensor] | None = None
+
+
+class _Tap:
+    """The field as :class:`InverseOf` passes it on: counts the rows it evaluates (the
+    per-sample cost), and keeps the value of its first evaluation at (``watch``) σ and state
+    (every Runge–Kutta step starts there), for the next step's predictor."""
+
+    def __init__(
+        self, f: PredictingField, run: _InverseRun, watch: tuple[float, Tensor] | None = None
+    ) -> None:
+        self.f, self.run, self.watch = f, run, watch
+        self.value: Tensor | None = None
+
+    def __call__(self, sigma: Sigma, x: Tensor) -> Tensor:
+        return self.predict(sigma, x)[0]
+
+    def predict(self, sigma: Sigma, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.run.evaluations += x.shape[0]
+        value, x0 = self.f.predict(sigma, x)
+        watch = self.watch
+        if watch is not None and self.value is None and sigma == watch[0] and x is watch[1]:
+            self.value = value
+        return value, x0
+
+    def predict_x(self, sigma: Sigma, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.run.evaluations += x.shape[0]
+        return self.f.predict_x(sigma, x)
+
+    def rows(self, index: Tensor) -> _Tap:
+        return _Tap(self.f.rows(index), self.run)
 
 
 def _is_empty(state: Any) -> bool:
@@ -127,25 +203,31 @@ def _is_empty(state: Any) -> bool:
 
 class InverseOf(Solver):
     """The exact inverse of sampling with a deterministic single-step or reversible solver.
-    Order: that of ``solver``; per step 1 evaluation for the starting guess plus
-    ``solver.evals_per_step`` per iteration (a reversible solver: its own evaluations, no
-    iteration).
+    Order: that of ``solver``. Evaluations per step: ``solver.evals_per_step`` per iteration
+    and sample, plus one to measure the round-off floor for a sample that stalls above the
+    tolerance; the predictor is free (the field's value at the step's start is the first stage
+    of the previous step's last iteration). A reversible solver: its own evaluations.
 
     On an increasing σ grid, the step from s0 up to s1 returns the y that the wrapped solver's
     step from s1 down to s0 maps onto the given state: ``solver.step(f, s1, s0, y) = x``. Run
     on the reversed sampling grid [0, σ₁, …, σ_S] it undoes sampling step by step, so decoding
-    the result with ``solver`` on the same grid reproduces the input to the tolerance (plus the
-    round-off of the decoding itself). Its first step, out of σ = 0, inverts the step into σ = 0
-    that :func:`diffode.solve` takes itself (:func:`diffode.boundary.invert_into_zero`), whatever
-    the wrapped solver. An algebraically reversible solver (``solver.reversible``, e.g.
+    the result with ``solver`` on the same grid reproduces the input up to the residuals (plus
+    the round-off of the decoding itself). Its first step, out of σ = 0, inverts the step into
+    σ = 0 that :func:`diffode.solve` takes itself (:func:`diffode.boundary.invert_into_zero`),
+    whatever the wrapped solver. An algebraically reversible solver (``solver.reversible``, e.g.
     :class:`BDIA`) is its own inverse: its steps are taken as they are, upwards.
 
-    Each implicit equation is solved by :func:`~diffode.fixed_point.solve_fixed_point`, starting
-    from the reverse Euler step y₀ = x + (s1 - s0) f(s0, x). The iteration converges when the
-    sampling step is a small perturbation of the identity: for Euler its contraction factor is
-    (s1 - s0)‖∂f/∂x̄‖, so fine grids converge in a few iterations and coarse steps through
-    strongly curved regions may not converge at all. Non-convergence raises ``ValueError``
-    naming the step and the residual, never returns silently. Testing convergence synchronises
+    Each implicit equation is solved per sample by
+    :func:`~diffode.fixed_point.solve_fixed_point` (Anderson acceleration), starting from the
+    explicit reverse Euler step y₀ = x + (s1 - s0) f(s0, x); samples that have converged are no
+    longer evaluated (the field's ``rows``). A sample stops at the tolerance, or when its
+    residual stops improving; it has converged when it reached the tolerance or, with the
+    default tolerance, the round-off floor of the sampling step measured at its result. A
+    sample that has not raises :class:`InversionError` (a ``ValueError``) naming the sample,
+    the step, the residual and the options that help; it never returns silently. The iteration
+    converges when the sampling step is a small perturbation of the identity; coarse steps
+    through regions where the network's Jacobian exceeds 1/Δσ (a real network near σ = 0,
+    where the sampling step folds) may not converge at all. Testing convergence synchronises
     with the device once per iteration.
 
     Args:
@@ -153,16 +235,25 @@ class InverseOf(Solver):
             Runge–Kutta method, singlestep DPM-Solver++) or a reversible one (:class:`BDIA`).
             Multistep solvers (their state carries history), adaptive and stochastic ones are
             refused.
-        tol: per-sample tolerance on ‖solver.step(y) - x‖∞ / max(1, ‖x‖∞, ‖y₀‖∞) (y₀ the guess);
-            ``None`` uses :func:`~diffode.fixed_point.default_tolerance` of the state's dtype.
-        max_iter: fixed-point iterations allowed per step.
+        tol: per-sample tolerance on ‖solver.step(y) - x‖∞ / max(1, ‖x‖∞, ‖y₀‖∞) (y₀ the
+            predictor); ``None``: :func:`~diffode.fixed_point.default_tolerance` of the state's
+            dtype, or the measured round-off floor where that is higher.
+        max_iter: fixed-point iterations allowed per step and sample.
         memory: Anderson history length (0: plain damped iteration).
+        observer: called with an :class:`InverseStep` after every step (per-sample residuals,
+            iterations and cost); :func:`diffode.encode` collects them.
     """
 
     name = "inverse"
 
     def __init__(
-        self, solver: Solver, *, tol: float | None = None, max_iter: int = 100, memory: int = 3
+        self,
+        solver: Solver,
+        *,
+        tol: float | None = None,
+        max_iter: int = 100,
+        memory: int = 10,
+        observer: Callable[[InverseStep], None] | None = None,
     ) -> None:
         if not isinstance(solver, Solver):
             raise TypeError(
@@ -185,9 +276,10 @@ class InverseOf(Solver):
         self.tol = None if tol is None else require_positive("tol", tol)
         self.max_iter = require_int("max_iter", max_iter, low=1)
         self.memory = require_int("memory", memory, low=0)
+        self.observer = observer
         self.order = solver.order
-        # per fixed-point iteration; a step costs 1 + evals_per_step × iterations (the iteration
-        # count is data-dependent, so NFE is only known after the solve)
+        # per fixed-point iteration; the iteration count is data-dependent, so NFE is only known
+        # after the solve
         self.evals_per_step = solver.evals_per_step
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _InverseRun:
@@ -203,52 +295,95 @@ class InverseOf(Solver):
         return _InverseRun(inner)
 
     def leave_zero(self, f: PredictingField, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
-        tol = self._tolerance(x)
-        y, iterations, residual = invert_into_zero(
-            f, s1, x, tol=tol, max_iter=self.max_iter, memory=self.memory
+        tol, floor_ok = self._tolerance(x)
+        found = invert_into_zero(
+            _Tap(f, state), s1, x, tol=tol, max_iter=self.max_iter, memory=self.memory, floor_ok=floor_ok
         )
-        self._check(state, 0.0, s1, tol, iterations, residual)
-        return y, state
+        self._finish(state, 0.0, s1, tol, found, before=0)
+        return found.y, state
 
-    def step(
-        self, f: PredictingField, s0: float, s1: float, x: Tensor, state: _InverseRun
-    ) -> tuple[Tensor, Any]:
+    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
+        before = state.evaluations
         if self.solver.reversible:
-            y, state.inner = self.solver.step(f, s0, s1, x, state.inner)
+            y, state.inner = self.solver.step(_Tap(cast(PredictingField, f), state), s0, s1, x, state.inner)
+            zero = x.new_zeros(x.shape[0], dtype=torch.float64)
+            self._report(state, s0, s1, zero, before, zero.long())
             return y, state
+        field = cast(PredictingField, f)
 
-        def sampling_step(y: Tensor) -> Tensor:
-            out, after = self.solver.step(f, s1, s0, y, state.inner)
+        def sampling_step(y: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor | None]:
+            tap = _Tap(field if rows is None else field.rows(rows), state, watch=(s1, y))
+            out, after = self.solver.step(tap, s1, s0, y, state.inner)
             self._require_single_step(after)
-            return out
+            return out, tap.value
 
-        tol = self._tolerance(x)
-        y, iterations, residual = solve_fixed_point(
-            sampling_step, x, x + (s1 - s0) * f(s0, x), tol=tol, max_iter=self.max_iter, memory=self.memory
+        carry = state.carry
+        # the field at (s0, x) is the first stage of the previous step's accepted iterate
+        reuse = carry is not None and carry[0] == s0 and carry[1] is x
+        slope = carry[2] if carry is not None and reuse else _Tap(field, state)(s0, x)
+        tol, floor_ok = self._tolerance(x)
+        found = solve_fixed_point(
+            sampling_step,
+            x,
+            x + (s1 - s0) * slope,
+            tol=tol,
+            max_iter=self.max_iter,
+            memory=self.memory,
+            floor_ok=floor_ok,
         )
-        self._check(state, s0, s1, tol, iterations, residual)
-        return y, state
+        state.carry = None if found.aux is None else (s1, found.y, found.aux)
+        self._finish(state, s0, s1, tol, found, before)
+        return found.y, state
 
-    def _tolerance(self, x: Tensor) -> float:
-        return self.tol if self.tol is not None else default_tolerance(x.dtype)
+    def _tolerance(self, x: Tensor) -> tuple[float, bool]:
+        """(tol, whether the measured round-off floor may stand in for it)."""
+        return (self.tol, False) if self.tol is not None else (default_tolerance(x.dtype), True)
 
-    def _check(
-        self, state: _InverseRun, s0: float, s1: float, tol: float, iterations: int, residual: Tensor
+    def _report(
+        self, state: _InverseRun, s0: float, s1: float, residual: Tensor, before: int, iterations: Tensor
     ) -> None:
-        """Record the iterations of the step σ ``s0`` → ``s1``; raise if a sample missed ``tol``."""
-        state.iterations += iterations
-        state.max_iterations = max(state.max_iterations, iterations)
-        if not bool((residual <= tol).all()):
-            worst = int(residual.argmax())
-            raise ValueError(
-                f"{self!r} did not converge on the step σ {s0:.6g} -> {s1:.6g}: residual "
-                f"{float(residual[worst]):.3g} > tol {tol:.3g} for sample {worst} after {iterations} "
-                "iterations; take more (smaller) steps, raise max_iter, loosen tol, or encode with "
-                "method='reverse'"
-            )
+        if self.observer is not None:
+            self.observer(InverseStep(s0, s1, residual, iterations, state.evaluations - before))
+
+    def _finish(
+        self, state: _InverseRun, s0: float, s1: float, tol: float, found: FixedPoint, before: int
+    ) -> None:
+        """Record the step σ ``s0`` → ``s1``; raise if a sample missed the tolerance."""
+        most = int(found.iterations.max())
+        state.iterations += most
+        state.max_iterations = max(state.max_iterations, most)
+        # x-space: the target x̄ lives at s0
+        absolute = found.residual * found.scale / math.sqrt(1.0 + s0 * s0)
+        self._report(state, s0, s1, absolute, before, found.iterations)
+        if bool(found.converged.all()):
+            return
+        failed = (~found.converged).nonzero()[:, 0]
+        worst = int(failed[found.residual[failed].argmax()])
+        residual, floor = float(found.residual[worst]), float(found.floor[worst])
+        # a tolerance that this sample would have met, rounded up to one significant digit
+        accept = float(f"{1.01 * residual:.0e}")
+        raise InversionError(
+            f"exact inversion of {self.solver!r} did not converge on the step σ {s0:.6g} -> {s1:.6g} for "
+            f"sample {worst} ({failed.numel()} of {found.residual.numel()} samples): residual "
+            f"{residual:.3g} (relative; {float(absolute[worst]):.3g} in x) after "
+            f"{int(found.iterations[worst])} iterations, above tol {tol:.3g}"
+            + (f" and {FLOOR_FACTOR:g} times the round-off floor {floor:.3g}" if self.tol is None else "")
+            + f". Options: more steps (steps=), more iterations (max_iter={self.max_iter} now; CLI "
+            f"--max-iter), accept this residual (tol={accept:g}; CLI --tol), or method='reverse'",
+            sample=worst,
+            sigma=s0,
+            sigma_next=s1,
+            residual=float(absolute[worst]),
+            tol=tol,
+            floor=floor,
+        )
 
     def stats(self, state: _InverseRun) -> dict[str, int]:
-        return {"iterations": state.iterations, "max_iterations": state.max_iterations}
+        return {
+            "iterations": state.iterations,
+            "max_iterations": state.max_iterations,
+            "sample_evaluations": state.evaluations,
+        }
 
     def _require_single_step(self, state: Any) -> None:
         if not _is_empty(state):
@@ -262,4 +397,4 @@ class InverseOf(Solver):
         return f"InverseOf({self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, memory={self.memory})"
 
 
-__all__ = ["BDIA", "InverseOf", "default_tolerance", "solve_fixed_point"]
+__all__ = ["BDIA", "InverseOf", "InverseStep", "InversionError", "default_tolerance", "solve_fixed_point"]
