@@ -8,7 +8,8 @@
   ``diffode.cli.build_parser()``, and every notebook is a page.
 - Every ```python block of ``docs/index.md`` and ``docs/guides/*.md`` runs, each on its own in an
   empty working folder, with warnings as errors. A block directly preceded by the line
-  ``<!-- no-run -->`` is shown but not run (for commands that need torchrun or large downloads).
+  ``<!-- no-run -->`` (or ``<!-- no-run: the reason -->``) is shown but not run: for programs that
+  need torchrun or GPUs, used sparingly.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from diffode.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-NO_RUN = "<!-- no-run -->"
+NO_RUN = re.compile(r"<!-- no-run(: [^>]*)? -->")
 BLOCK = re.compile(r"^```python[^\n]*\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -123,7 +124,7 @@ def snippets() -> list[tuple[str, str]]:
         text = path.read_text()
         for match in BLOCK.finditer(text):
             before = text[: match.start()].rstrip().splitlines()
-            if before and before[-1].strip() == NO_RUN:
+            if before and NO_RUN.fullmatch(before[-1].strip()):
                 continue
             line = text.count("\n", 0, match.start()) + 1
             found.append((f"{path.relative_to(DOCS)}:{line}", match.group("code")))
