@@ -328,20 +328,21 @@ def test_bad_inputs_name_the_fix():
         likelihood(model, ZTSNR, torch.zeros(2, 2), prediction="v_prediction")
 
 
-def test_bundled_digits_model_smoke():
-    """Two test digits through the real network, Hutchinson (the exact trace costs 64 products
-    per evaluation): finite, and the bound is plausible for 17-level 8×8 images (< log₂ 17 bits,
-    the uniform distribution's)."""
-    model, schedule = diffode.pretrained.digits()
+def test_cli_prints_mean_bpd_with_its_standard_error(tmp_path, capsys):
+    """Two test digits through the bundled network (Hutchinson, loose tolerance: the exact trace
+    costs 64 products per evaluation); the bound is below the uniform distribution's log₂ 17."""
+    from diffode.cli import main
+    from diffode.images import to_uint8
+    from diffode.runs import write_arrays
+
     images = diffode.data.digits("test")[0][:2]
-    result = likelihood(
-        model,
-        schedule,
-        images,
-        divergence="hutchinson",
-        levels=17,
-        rtol=1e-3,
-        atol=1e-3,
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert torch.isfinite(result.bpd).all() and (result.bpd < math.log2(17)).all()
+    write_arrays(tmp_path / "two.npz", arr_0=to_uint8(images))  # 17 levels stored as 8 bits
+    argv = [str(tmp_path / "two.npz"), "--levels", "17", "--divergence", "hutchinson", "--tol", "1e-2"]
+    assert main(["likelihood", *argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "images=2" in out and "± " in out and "upper bound" in out
+    assert 0 < float(out.split("bits/dim ")[1].split()[0]) < math.log2(17)
+    assert main(["likelihood", str(tmp_path / "two.npz"), "--split", "test"]) == 2
+    assert "not both or neither" in capsys.readouterr().err
+    assert main(["likelihood", str(tmp_path / "two.npz"), "--levels", "5"]) == 2
+    assert "not on 5 levels" in capsys.readouterr().err
