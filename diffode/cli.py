@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffode import runs
+from diffode import distributed, runs
 from diffode.data import DATASETS
 from diffode.grids import TIMESTEP_SPACINGS
 from diffode.images import load_images, read_npz_array
@@ -151,6 +152,8 @@ def _solver_from_args(args: argparse.Namespace) -> Solver:
 
 def _sample(args: argparse.Namespace) -> int:
     """Sample the bundled digits model (or a checkpoint) and write a PNG grid or an .npz."""
+    if args.outdir:
+        return _sample_to_folder(args)
     _output(args, "--out")
     seeds = parse_seeds(args.seeds)
     solver = _solver_from_args(args)
@@ -180,6 +183,87 @@ def _sample(args: argparse.Namespace) -> int:
     print(f"NFE={nfe} wall={wall:.3f}s")
     write_samples(args.out, x, columns=args.columns, scale=args.scale)
     print(f"wrote {args.out}")
+    return 0
+
+
+_NOT_SAMPLING = frozenset(
+    {"command", "run", "command_line", "threads", "model", "seeds", "batch", "device"}
+    | {"out", "outdir", "shard_size", "columns", "scale", "overwrite", "no_progress"}
+)
+"""Parsed ``sample`` options that do not decide the samples: the model (its weights are hashed
+instead), the seeds (recorded as a range), where outputs go, how they look, and how the work is
+laid out (batch and device change samples by round-off at most)."""
+
+
+def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``args`` that decide the samples (solver, grid, η, dtype, labels, guidance,
+    and any sampling option the parser gains), for the shard folder's manifest."""
+    return {key: value for key, value in sorted(vars(args).items()) if key not in _NOT_SAMPLING}
+
+
+def _sample_to_folder(args: argparse.Namespace) -> int:
+    """``sample --outdir``: the seeds into shard files, from one process or every rank torchrun
+    starts; resumes a folder with an equal manifest, refuses one with another."""
+    seeds = parse_seeds(args.seeds)
+    solver = _solver_from_args(args)
+    dtype = _DTYPES[args.dtype]
+    with distributed.stop_on_signals() as stopped, distributed.process_group(args.device) as device:
+        try:
+            loaded = load_model(args.model, device, dtype)
+            labels, guidance = _labels_and_guidance(args, loaded)
+            runs.check_memory(args.shard_size, loaded.sample_shape)
+            run = distributed.sample_shards(
+                loaded,
+                seeds,
+                solver,
+                args.outdir,
+                steps=args.steps,
+                timesteps=args.timesteps,
+                batch=args.batch,
+                device=device,
+                dtype=dtype,
+                shard_size=args.shard_size,
+                labels=runs.cycle_labels(labels, len(seeds)),
+                guidance=guidance,
+                options=_sampling_options(args),
+                progress=not args.no_progress,
+            )
+        except BaseException:
+            # after a stop signal, whatever broke (a peer rank gone too) is that stop
+            if not stopped:
+                raise
+            name = signal.Signals(stopped[0]).name
+            print(
+                f"diffode: stopped by {name}; finished shards stay in {args.outdir}, the one in flight "
+                "was dropped: rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return 128 + stopped[0]
+    if run.rank == 0:
+        print(
+            f"model={loaded.name} solver={solver!r} steps={args.steps} timesteps={args.timesteps} "
+            f"seeds={len(seeds)} ranks={run.world_size} device={device} dtype={args.dtype}"
+            f"{_describe_labels(labels, guidance)}"
+        )
+        print(
+            f"wrote {run.written} shard(s), {run.samples} samples, in {run.seconds:.3f}s "
+            f"({run.samples_per_second:.1f} images/s); {run.skipped} shard(s) were already there; "
+            f"{run.skipped + run.written} of {run.shards} shards in {args.outdir}"
+        )
+        print(f"pack them with: diffode pack {shlex.quote(args.outdir)} --out samples.npz")
+    return 0
+
+
+def _pack(args: argparse.Namespace) -> int:
+    """Check a shard folder and pack it into one .npz in seed order (and PNGs)."""
+    _output(args, "--out", (".npz",))
+    if args.png and Path(args.png).exists() and any(Path(args.png).iterdir()) and not args.overwrite:
+        raise UsageError(f"--png {args.png} is not empty; pass --overwrite to write into it")
+    packed = distributed.pack(args.outdir, args.out, png=args.png or None)
+    shape = "×".join(map(str, packed.shape))
+    print(f"packed {packed.count} samples ({packed.dtype} {shape}) from {args.outdir} into {args.out}")
+    if args.png:
+        print(f"wrote {packed.pngs} PNG files to {args.png}")
     return 0
 
 
@@ -496,7 +580,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smp.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     smp.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
-    smp.add_argument("--out", default="digits.png", help="output .png grid or .npz (default: digits.png)")
+    target = smp.add_mutually_exclusive_group()
+    target.add_argument("--out", default="digits.png", help="output .png grid or .npz (default: digits.png)")
+    target.add_argument(
+        "--outdir",
+        default="",
+        help="a folder of shard files instead (resumable; torchrun -m diffode for several processes)",
+    )
+    smp.add_argument(
+        "--shard-size",
+        type=_int_in(1),
+        default=distributed.DEFAULT_SHARD_SIZE,
+        help=f"with --outdir: seeds per shard file (default: {distributed.DEFAULT_SHARD_SIZE})",
+    )
     smp.add_argument(
         "--columns", type=_int_in(0), default=0, help="images per row of the PNG grid (default: square)"
     )
@@ -568,6 +664,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference", default="train", choices=("train", "test"), help="real split (default: train)"
     )
     evl.set_defaults(run=_eval)
+
+    pck = sub.add_parser(
+        "pack",
+        help="check a folder of shards (sample --outdir) and pack it into one .npz",
+        description="Check that every shard of a folder written by 'diffode sample --outdir' is there "
+        "and holds what its manifest says (listing the missing seed ranges otherwise), then write one "
+        ".npz with the samples in seed order under arr_0 (uint8 NHWC images, as FID tools read them).",
+    )
+    pck.add_argument("outdir", help="the folder of shards")
+    pck.add_argument("--out", required=True, help="output .npz")
+    pck.add_argument("--png", default="", help="also write one PNG per seed into this folder")
+    _add_overwrite(pck)
+    pck.set_defaults(run=_pack)
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
