@@ -28,6 +28,7 @@ from diffode.oracles import Gaussian, GaussianMixture
 from diffode.schedule import Schedule
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
+from diffode.solvers.reversible import InversionError
 from diffode.study import Reference, convergence_study
 from diffode.validation import require_floating, require_int, require_nonnegative, require_positive
 
@@ -240,13 +241,30 @@ def assert_round_trip(
     ``encoder``/``decoder`` with these signatures to test them.
 
     Passes when max |decoded - x0| ≤ ``atol`` + ``rtol``·max |x0|. Returns that error (float).
+    Raises ``AssertionError`` with the achieved error when it is missed, and also when exact
+    inversion does not converge (:class:`~diffode.solvers.reversible.InversionError`: the residual reached).
     """
     x0 = require_floating("x0", x0)
     require_nonnegative("atol", atol)
     require_nonnegative("rtol", rtol)
-    encoded = encoder(
-        model, schedule, x0, steps=steps, timesteps=timesteps, solver=solver, method=method, return_info=True
-    )
+    try:
+        encoded = encoder(
+            model,
+            schedule,
+            x0,
+            steps=steps,
+            timesteps=timesteps,
+            solver=solver,
+            method=method,
+            return_info=True,
+        )
+    except InversionError as err:
+        raise AssertionError(
+            f"round trip (solver={solver!r}, method={method!r}, steps={steps}, timesteps={timesteps!r}): "
+            f"exact inversion did not converge for sample {err.sample} on the step σ {err.sigma:.6g} -> "
+            f"{err.sigma_next:.6g}, reaching a residual of {err.residual:.3g} (bound atol={atol:g}, "
+            f"rtol={rtol:g}): {err}"
+        ) from err
     latents, companion = (
         (encoded.latents, encoded.companion) if isinstance(encoded, Encoding) else (encoded, None)
     )

@@ -166,3 +166,20 @@ def test_exact_round_trip_of_my_network(model, seed):
     x0 = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     assert_round_trip(model, schedule, x0, steps=10, method="exact", atol=1e-10)
     assert_euler_is_ddim(model, schedule, x0, [900, 500, 100, 0])
+
+
+def test_assert_round_trip_turns_an_inversion_that_does_not_converge_into_an_assertion():
+    # the bundled digits network at 10 Euler steps: the step σ 0.34 -> 0.01 folds and cannot be
+    # inverted for real digits; the assertion reports the residual reached
+    pytest.importorskip("sklearn")
+    from diffode.data import digits as digits_data
+    from diffode.pretrained import digits
+
+    model, schedule = digits()
+    x0 = digits_data("test")[0][:4]
+    with pytest.raises(
+        AssertionError, match=r"did not converge for sample \d on the step σ 0.01.*residual of"
+    ):
+        assert_round_trip(model, schedule, x0, steps=10, atol=2e-5)
+    # BDIA, with the same single implicit step out of σ = 0, meets the float32 target
+    assert assert_round_trip(model, schedule, x0, steps=10, solver="bdia", atol=2e-5) <= 2e-5

@@ -1,0 +1,156 @@
+"""Exact encoding on the bundled digits network (issue 10): round trips within the dtype's
+targets, per-sample residuals and cost on ``Encoding``, ``decode(Encoding)``, errors that name the
+sample, the step and an existing option, and the CLI's sample -> encode round trip.
+
+Targets (max abs over all pixels, images in [-1, 1]): float32 2e-5 ≈ 170 units of round-off,
+float64 1e-9; the round trip is the sum of the per-step residuals (each a few units of
+round-off of the step) plus decoding's own round-off, one rounding per step and pixel.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffode import decode, encode
+from diffode.pretrained import digits
+from diffode.solvers.reversible import InversionError
+
+F32, F64 = torch.float32, torch.float64
+TARGET = {F32: 2e-5, F64: 1e-9}
+
+
+@pytest.fixture(scope="module")
+def held_out() -> torch.Tensor:
+    pytest.importorskip("sklearn")
+    from diffode.data import digits as digits_data
+
+    return digits_data("test")[0][:4]
+
+
+def round_trip(x0: torch.Tensor, **kwargs) -> tuple[float, object]:
+    model, schedule = digits(dtype=x0.dtype)
+    info = encode(model, schedule, x0, method="exact", return_info=True, **kwargs)
+    back = decode(model, schedule, info)
+    return float((back.double() - x0.double()).abs().max()), info
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_bdia_round_trips_held_out_digits_within_the_target(held_out, dtype, steps):
+    error, info = round_trip(held_out.to(dtype), steps=steps, solver="bdia")
+    assert error <= TARGET[dtype]
+    # only the step out of σ = 0 iterates; its residual is what the Encoding reports
+    assert info.residual is not None and info.residual.shape == (4,)
+    assert float(info.residual.max()) <= TARGET[dtype]
+    if dtype == F32:
+        assert info.evaluations_per_step <= 4
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_euler_round_trips_held_out_digits_at_100_steps(held_out, dtype):
+    error, info = round_trip(held_out.to(dtype), steps=100, solver="euler")
+    assert error <= TARGET[dtype]
+    # decoding adds about one rounding per step to the accumulated step residuals
+    assert error <= float(info.residual.max()) + 100 * torch.finfo(dtype).eps
+    if dtype == F32:
+        assert info.evaluations_per_step <= 4
+
+
+def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options(held_out):
+    # 10 Euler steps: the sampling step σ 0.34 -> 0.01 folds on the digits network (its Jacobian
+    # has eigenvalues ≤ 0 there), and the iteration stalls far above round-off
+    model, schedule = digits()
+    with pytest.raises(InversionError) as caught:
+        encode(model, schedule, held_out, steps=10, method="exact")
+    err = caught.value
+    assert isinstance(err, ValueError) and 0 <= err.sample < 4 and err.residual > TARGET[F32]
+    assert err.sigma == pytest.approx(0.0100005, rel=1e-4)
+    message = str(err)
+    for option in ("steps=", "max_iter=100", "--max-iter", "tol=", "--tol", "method='reverse'"):
+        assert option in message
+    # the tolerance it suggests is one this sample meets
+    encode(
+        model, schedule, held_out, steps=10, method="exact", tol=float(message.split("tol=")[1].split(";")[0])
+    )
+
+
+def test_an_explicit_tolerance_is_what_is_asked(held_out):
+    model, schedule = digits()
+    with pytest.raises(InversionError, match="above tol 1e-09"):
+        encode(model, schedule, held_out, steps=10, solver="bdia", method="exact", tol=1e-9, return_info=True)
+
+
+def test_decode_retraces_an_encoding(held_out):
+    model, schedule = digits()
+    info = encode(
+        model,
+        schedule,
+        held_out,
+        steps=10,
+        timesteps="quadratic",
+        solver="bdia",
+        method="exact",
+        return_info=True,
+    )
+    by_hand = decode(
+        model,
+        schedule,
+        info.latents,
+        steps=10,
+        timesteps="quadratic",
+        solver="bdia",
+        companion=info.companion,
+    )
+    assert torch.equal(decode(model, schedule, info), by_hand)
+    with pytest.raises(ValueError, match="retraces the Encoding it is given, which fixes steps, solver"):
+        decode(model, schedule, info, steps=10, solver="euler")
+    reverse = encode(model, schedule, held_out, steps=10, return_info=True)
+    assert reverse.residual is None and reverse.evaluations_per_step == 1.0
+    assert torch.equal(decode(model, schedule, reverse), decode(model, schedule, reverse.latents, steps=10))
+
+
+def test_cli_sample_then_exact_encode(tmp_path, capsys):
+    from diffode.cli import main
+
+    images = tmp_path / "s.npz"
+    assert main(["sample", "--seeds", "0-3", "--steps", "20", "--out", str(images)]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(images),
+                "--method",
+                "exact",
+                "--solver",
+                "bdia",
+                "--steps",
+                "20",
+                "--out",
+                str(tmp_path / "z.npz"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    error = float(out.split("round trip max abs error ")[1].split(";")[0])
+    cost = float(out.split("encoding cost ")[1].split(" ")[0])
+    assert error <= TARGET[F32] and cost <= 4
+    # Euler at 50 steps stalls on the quantised images' step out of σ 0.01; --tol accepts it
+    assert (
+        main(
+            [
+                "encode",
+                str(images),
+                "--method",
+                "exact",
+                "--tol",
+                "0.05",
+                "--max-iter",
+                "50",
+                "--out",
+                str(tmp_path / "z2.npz"),
+            ]
+        )
+        == 0
+    )
