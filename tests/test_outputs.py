@@ -338,10 +338,19 @@ VALUES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "--channels": (("8,8",), ("a",)),
     "--hidden": (("8",), ("0",)),
     "--checkpoint-every": (("0", "1"), ("-1",)),
+    "--outdir": (("run",), ("existing.npz", "/proc/run")),
+    "--shard-size": (("1", "2"), ("0",)),
+    "--png": (("", "pngs"), ("existing.npz", "/proc/pngs")),
+    "--label": (("0", "0-2"), ("10", "x")),
+    "--guidance": (("1", "2.5"), ("-1", "nan")),
+    "--max-iter": (("5", "50"), ("0",)),
+    "--levels": (("0", "17"), ("1", "-1")),
+    "--conditional": FLAG,
+    "--label-dropout": (("0.1", "0"), ("1", "-0.5")),
 }
 # options always given (unless the bad one): no example runs for long, none trips on the output
 # of the one before (defaults: 50 steps, 64 seeds, 10000 training steps, digits.png)
-ALWAYS = {"--steps", "--seeds", "--n", "--out", "--no-progress", "--overwrite"}
+ALWAYS = {"--steps", "--seeds", "--n", "--out", "--no-progress", "--overwrite", "--tol"}
 INPUTS = (("good.npz", "one.png"), ("truncated.npz", "notzip.npz", "empty.npz", "missing.npz"))
 # what one command wants differently (a value with spaces stands for several arguments)
 OVERRIDES: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -351,6 +360,9 @@ OVERRIDES: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
     ("interpolate", "--seeds"): (("3,7", "0,1"), ("0-2", "x")),
     ("interpolate", "--images"): (("good.npz", "one.png one.png"), INPUTS[1]),
     ("train", "--out"): (("run",), ("", "existing.npz", "/proc/run")),
+    # a whole data split through an adaptive solve takes minutes: the fuzzer reads its files only
+    ("likelihood", "--split"): ((), ("bad",)),
+    ("likelihood", "--tol"): (("0.1",), ("0", "-1")),
     ("train-classifier", "--out"): (("classifier",), ("", "existing.npz", "/proc/run")),
 }
 
