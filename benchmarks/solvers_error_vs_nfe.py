@@ -2,7 +2,7 @@
 
 Samples a batch from the 8-component ring mixture through its exact ε model (DDPM linear
 schedule, T = 1000, float64) with every fixed-step solver of the registry at about 5, 10, 20, 50
-and 100 network evaluations, on the Karras grid and on DDIM's uniform grid, and with the adaptive
+and 100 network evaluations, on the Karras, log-SNR and DDIM uniform grids, and with the adaptive
 solvers at a few tolerances. The error is the RMS deviation of the final samples from a float64
 Dopri5 solve at rtol = atol = 1e-10 of the same span, which takes the same final first-order step
 into σ = 0 (diffode.study.reference_solution). Writes the tables into docs/solvers.md between
@@ -32,7 +32,7 @@ from diffode.solvers.backends import Scipy, Torchdiffeq
 
 COMMAND = ".venv/bin/python benchmarks/solvers_error_vs_nfe.py"
 TARGETS = (5, 10, 20, 50, 100)
-GRIDS = {"karras": "Karras (ρ = 7)", "uniform": "DDIM uniform"}
+GRIDS = {"karras": "Karras (ρ = 7)", "logsnr": "log-SNR uniform", "uniform": "DDIM uniform"}
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-5)
 ADAPTIVE = {
     "bosh3": lambda tol: Bosh3(rtol=tol, atol=tol),

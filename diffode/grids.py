@@ -259,32 +259,42 @@ def optimize(
     nfe: int,
     *,
     solver: str | Solver = "euler",
-    candidates: int = 64,
+    candidates: int = 40,
+    sweeps: int = 3,
     reference_rtol: float = 1e-6,
 ) -> Tensor:
-    """A σ grid for ``solver`` at ``nfe`` evaluations, chosen by dynamic programming (GITS).
+    """A σ grid for ``solver`` at ``nfe`` evaluations, fitted to pilot trajectories.
 
-    Chen et al. (2024), "On the Trajectory Regularity of ODE-based Diffusion Sampling" (ICML,
-    arXiv 2405.11326): the sampling trajectories of one model share their shape, so a grid that
-    suits a few pilot trajectories suits the rest. The pilot states are integrated accurately
-    over ``candidates`` σ values uniform in log σ from ``sigma_max`` to ``sigma_min`` (Dopri5 at
-    ``reference_rtol``); every jump i → j between candidates is then taken once with one step of
-    ``solver`` from the reference state at σ_i, and its cost is the RMS distance in x
-    (x̄/√(1+σ²)) to the reference state at σ_j, the jump into σ = 0 included (x̂₀ against the
-    reference's). The grid is the chain of jumps from σ_max to 0 with the least total cost
-    (a shortest path of exactly the right number of steps), so its cost is ``nfe`` evaluations:
-    (S - 1)·k for S positive σ values and k evaluations per step, plus one for the step into 0.
+    Chen et al. (2024), "On the Trajectory Regularity of ODE-based Diffusion Sampling" (GITS,
+    ICML, arXiv 2405.11326): the sampling trajectories of one model share their shape, so a grid
+    that suits a few pilot trajectories suits the rest. Two stages:
 
-    A multistep solver is costed by its first step from each reference state (it has no
-    history there), so the grid is fitted to its local, start-up behaviour.
+    1. **Dynamic programming (GITS).** The pilot states are integrated accurately (Dopri5 at
+       ``reference_rtol``) over ``candidates`` σ values uniform in log σ from ``sigma_max`` to
+       ``sigma_min``. Every jump i → j between candidates is taken once with one step of
+       ``solver`` from the reference state at σ_i; its cost is the RMS distance in x
+       (x̄/√(1+σ²)) to the reference state at σ_j. The chain from σ_max to σ_min with the least
+       total cost in exactly the right number of steps is found by dynamic programming.
+    2. **Refinement on the real objective.** Summed local costs ignore how errors propagate
+       and how a multistep solver carries its history, so the chain (or the log-SNR grid, if it
+       does better) is then refined by coordinate descent in log σ: each interior σ is moved a
+       half and a quarter of the way towards either neighbour, and kept where the pilot's RMS
+       distance at σ = 0 to the reference solution falls, for up to ``sweeps`` sweeps. Each trial
+       is one solve of the pilot at ``nfe`` evaluations.
+
+    Both ends are fixed as in GITS (σ_max, then σ_min and the step into 0). A multistep solver's
+    DP stage sees its start-up step from each reference state; the refinement sees the solver
+    as it runs.
 
     Args:
         f: the field (e.g. ``diffode.EpsField(model, schedule)``).
         pilot: x̄ at ``sigma_max``, ``(n, ...)``: a few noise samples times √(1+σ_max²).
-        sigma_max, sigma_min: the first σ and the smallest σ the grid may use.
-        nfe: the evaluation budget, 1 + k·(steps between positive σ values).
-        solver: a fixed-step solver or its name.
-        candidates: σ values the grid is chosen from (the cost grows with their square).
+        sigma_max, sigma_min: the first σ and the last positive σ of the grid.
+        nfe: the evaluation budget: (S - 1)·k for S positive σ values and k evaluations per
+            step, plus one for the step into 0.
+        solver: a deterministic fixed-step solver or its name.
+        candidates: σ values the DP chooses from (its cost grows with their square).
+        sweeps: refinement sweeps (0: the DP's chain as it is).
         reference_rtol: tolerance of the reference solve (rtol = atol).
 
     Returns:
@@ -304,6 +314,7 @@ def optimize(
     if sigma_min >= sigma_max:
         raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min} and {sigma_max}")
     require_int("candidates", candidates, low=2)
+    require_int("sweeps", sweeps, low=0)
     k = stepper.evals_per_step
     require_int("nfe", nfe, low=1)
     if (nfe - 1) % k:
@@ -312,40 +323,58 @@ def optimize(
             f"1 + {k}·steps evaluations; nfe={nfe} is not of that form (try {nfe - (nfe - 1) % k})"
         )
     steps = (nfe - 1) // k
-    if steps > candidates - 1:
-        raise ValueError(f"nfe={nfe} needs {steps} steps but only {candidates} candidates; raise candidates")
+    if steps < 1 or steps > candidates - 1:
+        raise ValueError(
+            f"nfe={nfe} gives {steps} steps between sigma_max and sigma_min, which needs 1 to "
+            f"candidates - 1 = {candidates - 1}; raise nfe or candidates"
+        )
     grid = logsnr_sigmas(sigma_min, sigma_max, candidates)
     values = grid.tolist()
     ref = solve(f, pilot, grid, Dopri5(rtol=reference_rtol, atol=reference_rtol), save=True).xs
     assert ref is not None
-    final_ref = solve(f, ref[-1], torch.tensor([sigma_min, 0.0], dtype=torch.float64)).x
-    scale = [math.sqrt(1 + v * v) for v in values]
+    final = solve(f, ref[-1], grid.new_tensor([sigma_min, 0.0])).x
 
-    def distance(a: Tensor, b: Tensor, s: float) -> float:
-        return float((a - b).double().square().mean().sqrt()) / s
+    def rms(a: Tensor, b: Tensor) -> float:
+        return float((a - b).double().square().mean().sqrt())
 
-    inf = math.inf
-    cost = [[inf] * candidates for _ in range(candidates)]
-    to_zero = []
+    # 1. GITS: best[n][j], the least summed cost of n jumps from candidate 0 to candidate j
+    cost = [[math.inf] * candidates for _ in range(candidates)]
     for i in range(candidates):
         for j in range(i + 1, candidates):
-            pair = grid[[i, j]]
-            cost[i][j] = distance(solve(f, ref[i], pair, stepper).x, ref[j], scale[j])
-        into_zero = solve(f, ref[i], grid.new_tensor([values[i], 0.0]), stepper).x
-        to_zero.append(distance(into_zero, final_ref, 1.0))
-    # best[n][j]: least cost of n steps from candidate 0 to candidate j; back[n][j] its predecessor
-    best = [[inf] * candidates for _ in range(steps + 1)]
+            step = solve(f, ref[i], grid[[i, j]], stepper).x
+            cost[i][j] = rms(step, ref[j]) / math.sqrt(1 + values[j] ** 2)
+    best = [[math.inf] * candidates for _ in range(steps + 1)]
     back = [[-1] * candidates for _ in range(steps + 1)]
     best[0][0] = 0.0
     for n in range(1, steps + 1):
         for j in range(n, candidates):
-            options = [(best[n - 1][i] + cost[i][j], i) for i in range(n - 1, j)]
-            best[n][j], back[n][j] = min(options)
-    _, last = min((best[steps][j] + to_zero[j], j) for j in range(steps, candidates))
-    chain = [last]
+            best[n][j], back[n][j] = min((best[n - 1][i] + cost[i][j], i) for i in range(n - 1, j))
+    chain = [candidates - 1]
     for n in range(steps, 0, -1):
         chain.append(back[n][chain[-1]])
-    chosen = [values[i] for i in reversed(chain)]
+    starts = [[values[i] for i in reversed(chain)], logsnr_sigmas(sigma_min, sigma_max, steps + 1).tolist()]
+
+    # 2. refinement of the pilot's distance at σ = 0, in log σ
+    def error(points: list[float]) -> float:
+        return rms(solve(f, pilot, torch.tensor([*points, 0.0], dtype=torch.float64), stepper).x, final)
+
+    scored = [(error(points), points) for points in starts]
+    current, points = min(scored, key=lambda pair: pair[0])
+    logs = [math.log(v) for v in points]
+    for _ in range(sweeps):
+        improved = False
+        for p in range(1, len(logs) - 1):
+            for neighbour in (p - 1, p + 1):
+                for fraction in (0.5, 0.25):
+                    trial = [*logs]
+                    trial[p] = logs[p] + fraction * (logs[neighbour] - logs[p])
+                    value = error([math.exp(v) for v in trial])
+                    if value < current:
+                        current, logs, improved = value, trial, True
+        if not improved:
+            break
+    # the ends exactly as given, not through exp(log(·))
+    chosen = [sigma_max, *(math.exp(v) for v in logs[1:-1]), sigma_min][: len(logs)]
     return torch.tensor([*chosen, 0.0], dtype=torch.float64)
 
 

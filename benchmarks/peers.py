@@ -1,0 +1,568 @@
+"""diffode's solvers and grids against diffusers' schedulers and k-diffusion's samplers.
+
+On the same noise, at NFE 5, 10 and 20, on the bundled digits network and on the 8-component
+ring mixture (exact ε):
+
+- distance: RMS distance in x to the converged ODE solution started from the same x-space noise
+  at σ_max (t = T - 1), integrated to σ_min (t = 0) and followed by the step into 0 that every
+  sampler takes (x̂₀). A grid that starts lower (DDIM's "leading"/"uniform") starts from the
+  same noise at its own first σ and pays for the difference; every configuration uses at most
+  the stated NFE.
+- stability: at 10 NFE, every solver on every named grid against Euler on the same grid, both
+  measured against the converged solution from that grid's own first point (digits).
+- digits Fréchet distance (1000 samples, float32) at 5, 10, 20 NFE for the best configurations.
+- loop overhead: 100 Euler steps through ``diffode.solve`` and diffusers' DDIM loop against the
+  bare network calls, on a tiny MLP and the digits UNet.
+
+Writes docs/benchmarks.md (between its markers), the plots docs/benchmarks_*.png, and prints
+everything. Run from the repository root (needs the ``bench`` extra: diffusers; k-diffusion with
+``pip install --no-deps k-diffusion``):
+
+    .venv/bin/python benchmarks/peers.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from docs_block import write_block
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the peer loops live with the tests that check them
+
+import diffusers  # noqa: E402
+
+from diffode import EpsField, Schedule, oracles, sigma_grid, solve, study  # noqa: E402
+from diffode.grids import optimize  # noqa: E402
+from diffode.models import MLP  # noqa: E402
+from diffode.pretrained import digits, digits_fd  # noqa: E402
+from diffode.solvers import get_solver  # noqa: E402
+from diffode.solvers.adaptive import Dopri5  # noqa: E402
+from tests.peer_loops import diffusers_sample, k_diffusion_sample, k_diffusion_sampling  # noqa: E402
+
+COMMAND = ".venv/bin/python benchmarks/peers.py"
+DOC = ROOT / "docs" / "benchmarks.md"
+NFES = (5, 10, 20)
+GRIDS = ("uniform", "quadratic", "trailing", "linspace", "karras", "logsnr")
+"""Every named grid ("leading" is "uniform")."""
+OPTIMIZED = "optimized"
+"""The grid of :func:`diffode.grids.optimize` fitted for each solver of :data:`OPTIMIZED_FOR`."""
+OPTIMIZED_FOR = ("euler", "ipndm", "unipc-bh2-2")
+OPTIMIZE = {"candidates": 24, "sweeps": 2}
+FAMILIES = (
+    "euler",
+    "heun",
+    "dpmpp-2s",
+    "ab3",
+    "dpmpp-2m",
+    "dpmpp-3m",
+    "dpmpp-3m-exact",
+    "unipc-bh1-2",
+    "unipc-bh2-2",
+    "unipc-bh1-3",
+    "unipc-bh2-3",
+    "ipndm",
+    "deis-3",
+)
+"""One or two solvers of each family for the error-versus-NFE tables."""
+REFERENCE_TOL = 1e-6
+"""rtol = atol of the Dopri5 solve that gives the converged solution from σ_max (float64)."""
+STABILITY_TOL = 1e-5
+"""rtol = atol of the converged solutions from each grid's own first point (stability table)."""
+
+
+def fixed_step_solvers() -> list[str]:
+    """Every deterministic fixed-step solver name ("ddim" with η = 0 is "euler")."""
+    from diffode.solvers import solver_names
+
+    names = [n for n in solver_names() if ":" not in n and n != "ddim"]
+    return [n for n in names if not get_solver(n).adaptive and not get_solver(n).stochastic]
+
+
+def positive_points(nfe: int, evals_per_step: int) -> int:
+    """σ values before the final 0 so that (S - 1)·k + 1 ≤ ``nfe`` evaluations."""
+    return (nfe - 1) // evals_per_step + 1
+
+
+@dataclass
+class Problem:
+    """A network on its schedule with a fixed batch of x-space noise, float64 throughout."""
+
+    name: str
+    model: Callable[[Tensor, Tensor], Tensor]
+    schedule: Schedule
+    noise: Tensor
+    pilot: Tensor
+    cache: dict[float, Tensor] = field(default_factory=dict)
+    fitted: dict[tuple[str, int], Tensor] = field(default_factory=dict)
+
+    @property
+    def field(self) -> EpsField:
+        return EpsField(self.model, self.schedule)
+
+    def start(self, sigma: float, noise: Tensor | None = None) -> Tensor:
+        return (self.noise if noise is None else noise) * math.sqrt(1 + sigma * sigma)
+
+    def converged(self, sigma: float | None = None) -> Tensor:
+        """The converged solution from the noise at ``sigma`` (default σ_max) through σ_min to 0."""
+        top = self.schedule.sigma_max if sigma is None else sigma
+        if top not in self.cache:
+            span = torch.tensor([top, self.schedule.sigma_min, 0.0], dtype=torch.float64)
+            tol = REFERENCE_TOL if sigma is None else STABILITY_TOL
+            self.cache[top] = solve(self.field, self.start(top), span, Dopri5(rtol=tol, atol=tol)).x
+        return self.cache[top]
+
+    def distance(self, x: Tensor, sigma: float | None = None) -> float:
+        return float((x.double() - self.converged(sigma)).square().mean().sqrt())
+
+    def grid(self, spacing: str, nfe: int, solver: str) -> Tensor:
+        if spacing == OPTIMIZED:
+            if (solver, nfe) not in self.fitted:
+                s = self.schedule
+                pilot = self.start(s.sigma_max, self.pilot)
+                self.fitted[solver, nfe] = optimize(
+                    self.field, pilot, s.sigma_max, s.sigma_min, nfe, solver=solver, **OPTIMIZE
+                )
+            return self.fitted[solver, nfe]
+        return sigma_grid(self.schedule, positive_points(nfe, get_solver(solver).evals_per_step), spacing)
+
+    def run(self, solver: str, spacing: str, nfe: int) -> tuple[Tensor, int, float]:
+        """(final x, NFE, first σ) of ``solver`` on ``spacing`` within ``nfe`` evaluations."""
+        grid = self.grid(spacing, nfe, solver)
+        top = float(grid[0])
+        out = solve(self.field, self.start(top), grid, solver)
+        return out.x, out.nfe, top
+
+
+def digits_problem(batch: int) -> Problem:
+    model, schedule = digits(dtype=torch.float64)
+    noise = torch.randn(batch, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pilot = torch.randn(8, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return Problem("digits", model, schedule, noise, pilot)
+
+
+def mixture_problem(batch: int) -> Problem:
+    schedule = Schedule.linear()
+    model = oracles.GaussianMixture.ring().model(schedule)
+    noise = torch.randn(batch, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    pilot = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return Problem("mixture", model, schedule, noise, pilot)
+
+
+# ---------------------------------------------------------------------------------------------
+# Peers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer configuration: ``run(problem, nfe) -> (x, NFE)``."""
+
+    name: str
+    run: Callable[[Problem, int], tuple[Tensor, int]]
+
+
+def diffusers_peer(label: str, cls: str, two_stage: bool = False, **config: object) -> Peer:
+    def run(problem: Problem, nfe: int) -> tuple[Tensor, int]:
+        betas = 1 - problem.schedule.alphas_cumprod / torch.cat(
+            [torch.ones(1, dtype=torch.float64), problem.schedule.alphas_cumprod[:-1]]
+        )
+        scheduler = getattr(diffusers, cls)(
+            num_train_timesteps=problem.schedule.T, trained_betas=betas.numpy(), **config
+        )
+        # Heun's last step is Euler: 2·steps - 1 evaluations
+        steps = (nfe + 1) // 2 if two_stage else nfe
+        scheduler.set_timesteps(steps)
+        calls = [0]
+
+        def model(x: Tensor, t: Tensor) -> Tensor:
+            calls[0] += 1
+            return problem.model(x, t)
+
+        return diffusers_sample(scheduler, model, problem.noise), calls[0]
+
+    return Peer(f"diffusers {label}", run)
+
+
+def k_diffusion_peer(sampler: str, two_stage: bool = False) -> Peer:
+    def run(problem: Problem, nfe: int) -> tuple[Tensor, int]:
+        s = problem.schedule
+        # two-stage samplers take 2n - 1 evaluations on n positive σ (the last step is Euler)
+        n = (nfe + 1) // 2 if two_stage else nfe
+        grid = sigma_grid(s, n, "karras")
+        calls = [0]
+
+        def model(x: Tensor, t: Tensor) -> Tensor:
+            calls[0] += 1
+            return problem.model(x, t)
+
+        return k_diffusion_sample(sampler, model, s, problem.noise, grid), calls[0]
+
+    return Peer(f"k-diffusion {sampler} (Karras)", run)
+
+
+def peers() -> list[Peer]:
+    out = [
+        diffusers_peer("DDIM", "DDIMScheduler", clip_sample=False),
+        diffusers_peer("DPM++ 2M", "DPMSolverMultistepScheduler", solver_order=2),
+        diffusers_peer(
+            "DPM++ 2M Karras", "DPMSolverMultistepScheduler", solver_order=2, use_karras_sigmas=True
+        ),
+        diffusers_peer("DPM++ 3M", "DPMSolverMultistepScheduler", solver_order=3),
+        diffusers_peer(
+            "DPM++ 3M Karras", "DPMSolverMultistepScheduler", solver_order=3, use_karras_sigmas=True
+        ),
+        diffusers_peer("UniPC", "UniPCMultistepScheduler"),
+        diffusers_peer("Euler", "EulerDiscreteScheduler"),
+        diffusers_peer("Heun", "HeunDiscreteScheduler", two_stage=True),
+        diffusers_peer("LMS", "LMSDiscreteScheduler"),
+    ]
+    if k_diffusion_sampling() is not None:
+        out += [
+            k_diffusion_peer("euler"),
+            k_diffusion_peer("heun", two_stage=True),
+            k_diffusion_peer("dpm_2", two_stage=True),
+            k_diffusion_peer("lms"),
+            k_diffusion_peer("dpmpp_2m"),
+        ]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    who: str
+    grid: str
+    target: int
+    nfe: int
+    distance: float
+    x: Tensor | None = None
+
+
+def diffode_cells(problem: Problem, solvers: list[str], grids: list[str]) -> list[Cell]:
+    cells = []
+    for solver in solvers:
+        for spacing in grids:
+            if spacing == OPTIMIZED and solver not in OPTIMIZED_FOR:
+                continue
+            for target in NFES:
+                x, nfe, _ = problem.run(solver, spacing, target)
+                cells.append(Cell(solver, spacing, target, nfe, problem.distance(x)))
+    return cells
+
+
+def peer_cells(problem: Problem, contestants: list[Peer]) -> list[Cell]:
+    cells = []
+    for peer in contestants:
+        for target in NFES:
+            x, nfe = peer.run(problem, target)
+            cells.append(Cell(peer.name, "", target, nfe, problem.distance(x)))
+    return cells
+
+
+def best(cells: list[Cell], target: int) -> Cell:
+    finite = [c for c in cells if c.target == target and math.isfinite(c.distance)]
+    return min(finite, key=lambda c: c.distance)
+
+
+def distance_table(cells: list[Cell], by_grid: bool) -> str:
+    rows: dict[tuple[str, str], dict[str, object]] = {}
+    for c in cells:
+        key = (c.who, c.grid)
+        row = rows.setdefault(
+            key, {"solver" if by_grid else "peer": c.who, **({"grid": c.grid} if by_grid else {})}
+        )
+        row[f"NFE {c.target}"] = f"{c.distance:.2e} ({c.nfe})"
+    return study.to_markdown(list(rows.values()))
+
+
+def targets_table(problem: str, ours: list[Cell], theirs: list[Cell]) -> tuple[str, list[dict[str, object]]]:
+    rows = []
+    for target in NFES:
+        a, b = best(ours, target), best(theirs, target)
+        rows.append(
+            {
+                "problem": problem,
+                "NFE": target,
+                "diffode best": f"{a.who} / {a.grid}: {a.distance:.2e} ({a.nfe})",
+                "peer best": f"{b.who}: {b.distance:.2e} ({b.nfe})",
+                "ratio": round(a.distance / b.distance, 3),
+                "target ≤ 0.5 (NFE 10, 20)": "—"
+                if target == 5
+                else ("met" if a.distance <= 0.5 * b.distance else "not met"),
+            }
+        )
+    return study.to_markdown(rows), rows
+
+
+def stability_table(problem: Problem, solvers: list[str]) -> tuple[str, list[str]]:
+    """At 10 NFE: each solver's distance on each named grid, as a multiple of Euler's, both from
+    the grid's own first point; the cells of order-2+ solvers beyond 3× are listed."""
+    rows, failures = [], []
+    euler = {}
+    for spacing in GRIDS:
+        x, _, top = problem.run("euler", spacing, 10)
+        euler[spacing] = problem.distance(x, top)
+    for solver in solvers:
+        row: dict[str, object] = {"solver": solver, "order": get_solver(solver).order}
+        for spacing in GRIDS:
+            x, _, top = problem.run(solver, spacing, 10)
+            d = problem.distance(x, top)
+            ratio = d / euler[spacing]
+            row[spacing] = f"{d:.3f} ({ratio:.2f}×)"
+            if get_solver(solver).order >= 2 and not ratio <= 3:
+                failures.append(f"{solver} on {spacing}: {ratio:.2f}× Euler")
+        rows.append(row)
+    return study.to_markdown(rows), failures
+
+
+# ---------------------------------------------------------------------------------------------
+# Fréchet distance and overhead
+# ---------------------------------------------------------------------------------------------
+
+
+def fd_table(
+    samples: int,
+    configs: list[tuple[str, Callable[[Problem, int], tuple[Tensor, int]]]],
+    fitted: dict[tuple[str, int], Tensor],
+) -> str:
+    """Digits FD of each configuration at each NFE; optimised grids are those of the distance
+    part (``fitted``), fitted on the float64 pilot."""
+    model, schedule = digits()
+    noise = torch.randn(samples, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    problem = Problem("digits", model, schedule, noise, noise[:1], fitted=dict(fitted))
+    rows = []
+    for name, run in configs:
+        row: dict[str, object] = {"configuration": name}
+        for target in NFES:
+            with torch.no_grad():
+                x, nfe = run(problem, target)
+            row[f"NFE {target}"] = f"{digits_fd(x.float().clamp(-1, 1)):.1f} ({nfe})"
+        rows.append(row)
+    return study.to_markdown(rows)
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def overhead_table(repeat: int) -> tuple[str, list[dict[str, object]]]:
+    """100 Euler steps: diffode.solve and diffusers' DDIM loop against the bare network calls,
+    float32, batch 64, no autograd; best of ``repeat`` runs, interleaved."""
+    torch.manual_seed(0)
+    schedule = Schedule.linear()
+    nets = {"tiny MLP (2-D, width 128, depth 3)": (MLP(2).eval(), (64, 2), schedule)}
+    unet, digits_schedule = digits()
+    nets["digits UNet (1×8×8)"] = (unet, (64, 1, 8, 8), digits_schedule)
+    rows = []
+    steps = 100
+    for name, (net, shape, sched) in nets.items():
+        x = torch.randn(*shape)
+        grid = sigma_grid(sched, steps, "leading")
+        field_ = EpsField(net, sched)
+        times = [torch.full((shape[0],), float(t)) for t in sched.t(grid[:-1]).tolist()]
+        ddim = diffusers.DDIMScheduler(
+            num_train_timesteps=sched.T,
+            trained_betas=(
+                1
+                - sched.alphas_cumprod
+                / torch.cat([torch.ones(1, dtype=torch.float64), sched.alphas_cumprod[:-1]])
+            ).numpy(),
+            clip_sample=False,
+        )
+        ddim.set_timesteps(steps)
+
+        def bare(net=net, x=x, times=times) -> None:
+            for t in times:
+                net(x, t)
+
+        def ours(field_=field_, x=x, grid=grid) -> None:
+            solve(field_, x * math.sqrt(1 + float(grid[0]) ** 2), grid, "euler")
+
+        def theirs(ddim=ddim, net=net, x=x) -> None:
+            diffusers_sample(ddim, net, x)
+
+        results = {"bare": [], "diffode": [], "diffusers": []}
+        with torch.no_grad():
+            for fn in (bare, ours, theirs):
+                fn()  # warm-up
+            for _ in range(repeat):
+                for key, fn in (("bare", bare), ("diffode", ours), ("diffusers", theirs)):
+                    results[key].append(best_of(fn, 1))
+        b, o, d = (min(results[k]) for k in ("bare", "diffode", "diffusers"))
+        rows.append(
+            {
+                "network": name,
+                "bare calls (ms)": round(b * 1e3, 1),
+                "diffode Euler (ms)": round(o * 1e3, 1),
+                "diffusers DDIM (ms)": round(d * 1e3, 1),
+                "diffode / bare": round(o / b, 3),
+                "diffusers / bare": round(d / b, 3),
+            }
+        )
+    return study.to_markdown(rows), rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots and the page
+# ---------------------------------------------------------------------------------------------
+
+
+def plot(problem: str, ours: list[Cell], theirs: list[Cell]) -> str:
+    """Log-log distance against NFE: each diffode family on its best grid, each peer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for who in dict.fromkeys(c.who for c in ours):
+        mine = [c for c in ours if c.who == who]
+        grid = min(
+            {c.grid for c in mine}, key=lambda g: sum(math.log(c.distance) for c in mine if c.grid == g)
+        )
+        points = sorted((c.nfe, c.distance) for c in mine if c.grid == grid)
+        ax.loglog(*zip(*points, strict=True), "o-", label=f"{who} / {grid}")
+    for who in dict.fromkeys(c.who for c in theirs):
+        points = sorted((c.nfe, c.distance) for c in theirs if c.who == who)
+        ax.loglog(*zip(*points, strict=True), "x--", alpha=0.7, label=who)
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel("RMS distance to the converged ODE solution")
+    ax.set_title(f"{problem}: diffode (solid, best grid per solver) vs peers (dashed)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    name = f"benchmarks_{problem}.png"
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
+def fd_configs(best_digits: list[Cell]) -> list[tuple[str, Callable[[Problem, int], tuple[Tensor, int]]]]:
+    """diffode's configurations closest to the converged solution at each NFE, a few fixed ones,
+    and every peer."""
+
+    def ours(solver: str, spacing: str) -> Callable[[Problem, int], tuple[Tensor, int]]:
+        def run(problem: Problem, nfe: int) -> tuple[Tensor, int]:
+            x, used, _ = problem.run(solver, spacing, nfe)
+            return x, used
+
+        return run
+
+    chosen = [("euler", "uniform"), ("ipndm", "logsnr"), ("ipndm", OPTIMIZED), ("unipc-bh2-2", OPTIMIZED)]
+    chosen += [(c.who, c.grid) for c in best_digits]
+    configs = [(f"diffode {s} / {g}", ours(s, g)) for s, g in dict.fromkeys(chosen)]
+    return configs + [(p.name, p.run) for p in peers()]
+
+
+PARTS = ("distance", "stability", "fd", "overhead")
+RESULTS = ROOT / "benchmarks" / "peers.json"
+"""The best digits configurations found by the distance part, read by the FD part."""
+
+
+def distance_part(args: argparse.Namespace) -> str:
+    summary, parts, best_digits, fitted = [], [], [], {}
+    for problem in (mixture_problem(args.mixture_batch), digits_problem(args.digits_batch)):
+        ours = diffode_cells(problem, list(FAMILIES), [*GRIDS, OPTIMIZED])
+        theirs = peer_cells(problem, peers())
+        summary.append(targets_table(problem.name, ours, theirs)[0])
+        if problem.name == "digits":
+            best_digits, fitted = [best(ours, n) for n in NFES], problem.fitted
+        picture = plot(problem.name, ours, theirs)
+        parts.append(
+            f"#### {problem.name}: distance to the converged solution\n\n"
+            f"{len(problem.noise)} samples, float64. Cells: RMS distance in x (NFE used).\n\n"
+            f"![error against NFE, {problem.name}]({picture})\n\n"
+            f"Peers:\n\n{distance_table(theirs, by_grid=False)}\n\n"
+            f"diffode ({OPTIMIZED!r}: `diffode.grids.optimize(..., solver=that solver, candidates=24, "
+            f"sweeps=2)` on {len(problem.pilot)} pilot samples of other noise):\n\n"
+            + distance_table(ours, by_grid=True)
+        )
+        print(parts[-1], flush=True)
+    results = {
+        "best": [[c.who, c.grid, c.target] for c in best_digits],
+        "grids": [[solver, nfe, grid.tolist()] for (solver, nfe), grid in fitted.items()],
+    }
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    return "#### Targets: best configuration against best peer\n\n" + "\n\n".join([*summary, *parts])
+
+
+def stability_part(args: argparse.Namespace) -> str:
+    table, failures = stability_table(digits_problem(args.digits_batch), fixed_step_solvers())
+    verdict = (
+        "Every solver of order ≥ 2 stays within 3× of Euler on every grid."
+        if not failures
+        else "Beyond 3× of Euler (order ≥ 2): " + "; ".join(failures) + "."
+    )
+    return (
+        f"Digits, {args.digits_batch} samples, float64, at most 10 NFE. Cells: RMS distance to the "
+        "converged solution from the grid's own first point (Dopri5 at rtol = atol = "
+        f"{STABILITY_TOL:g}), and its multiple of Euler's on the same grid.\n\n{table}\n\n{verdict}"
+    )
+
+
+def fd_part(args: argparse.Namespace) -> str:
+    results = json.loads(RESULTS.read_text())
+    chosen = [Cell(who, grid, target, 0, 0.0) for who, grid, target in results["best"]]
+    fitted = {(solver, n): torch.tensor(grid, dtype=torch.float64) for solver, n, grid in results["grids"]}
+    fd = fd_table(args.fd_samples, fd_configs(chosen), fitted)
+    return (
+        f"{args.fd_samples} samples (noise seed 10), float32, clamped to [-1, 1]. Cells: digits FD "
+        "(NFE). DDIM with 1000 steps: about 21 (docs/digits.md); the metric's own noise at 1000 "
+        f"samples is about ±2.\n\n{fd}"
+    )
+
+
+def overhead_part(args: argparse.Namespace) -> str:
+    return (
+        "100 Euler (DDIM) steps, batch 64, float32, no autograd, best of "
+        f"{args.repeat} interleaved runs; diffode through `diffode.solve` (validation included), "
+        f"diffusers through its scheduler loop.\n\n{overhead_table(args.repeat)[0]}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all", help="what to run (all)")
+    parser.add_argument("--digits-batch", type=int, default=32, help="digits samples for distances (32)")
+    parser.add_argument("--mixture-batch", type=int, default=1024, help="mixture samples (1024)")
+    parser.add_argument("--fd-samples", type=int, default=1000, help="samples per Fréchet distance (1000)")
+    parser.add_argument("--repeat", type=int, default=7, help="timing repetitions (7)")
+    parser.add_argument("--no-write", action="store_true", help="print without updating docs/")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    run = {"distance": distance_part, "stability": stability_part, "fd": fd_part, "overhead": overhead_part}
+    for part in PARTS if args.part == "all" else (args.part,):
+        began = time.perf_counter()
+        with torch.no_grad():
+            text = run[part](args)
+        took = time.perf_counter() - began
+        text += f"\n\nReproduce with `{COMMAND} --part {part}` ({took:.0f} s, 1 CPU thread)."
+        print(text, flush=True)
+        if not args.no_write:
+            write_block(DOC, f"peers-{part}", text)
+            print(f"\nwrote {DOC} ({part})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
