@@ -271,6 +271,8 @@ def _train(args: argparse.Namespace) -> int:
     """Train an ε-network with the DDPM objective and write a checkpoint folder."""
     from diffode.train import TrainConfig, train
 
+    if args.label_dropout is not None and not args.conditional:
+        raise UsageError("--label-dropout applies to conditional training only; add --conditional or drop it")
     model: dict[str, object] = {}
     if args.channels:
         model["channels"] = _int_list("--channels", args.channels)
@@ -286,7 +288,7 @@ def _train(args: argparse.Namespace) -> int:
         model=model,
         checkpoint_every=args.checkpoint_every,
         conditional=args.conditional,
-        label_dropout=args.label_dropout,
+        **({} if args.label_dropout is None else {"label_dropout": args.label_dropout}),
     )
     result = train(
         config,
@@ -643,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument(
         "--label-dropout",
         type=float,
-        default=0.1,
+        default=None,
         help="with --conditional: probability of training on the null class (default: 0.1)",
     )
     trn.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
