@@ -65,20 +65,25 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
     return torch.from_numpy(np.sort(ts)[::-1].copy())
 
 
+def _ramp(sigma_min: float, sigma_max: float, steps: int) -> Tensor:
+    """The checked arguments of a σ-spaced grid builder and its ramp 0 … 1 over ``steps`` points."""
+    require_int("steps", steps, low=1)
+    require_positive("sigma_min", sigma_min)
+    require_positive("sigma_max", sigma_max)
+    if sigma_min >= sigma_max and steps > 1:
+        raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min} and {sigma_max}")
+    return torch.linspace(0, 1, steps, dtype=torch.float64)
+
+
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:
     """Karras et al. (2022) σ_i = (σ_max^{1/ρ} + i/(S-1)(σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ, float64 ``(S,)``.
 
     Descending from ``sigma_max`` to ``sigma_min``; no final zero (see :func:`sigma_grid`).
     """
-    require_int("steps", steps, low=1)
-    require_positive("sigma_min", sigma_min)
-    require_positive("sigma_max", sigma_max)
     require_positive("rho", rho)
-    if sigma_min >= sigma_max and steps > 1:
-        raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min} and {sigma_max}")
+    ramp = _ramp(sigma_min, sigma_max, steps)
     if steps == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
 
@@ -87,14 +92,9 @@ def logsnr_sigmas(sigma_min: float, sigma_max: float, steps: int) -> Tensor:
     """σ values uniform in log-SNR (= -2 log σ), float64 ``(S,)``, from ``sigma_max`` down to
     ``sigma_min``: the spacing of equal steps h = λ₁ - λ₀ of the exponential integrators
     (DPM-Solver's "logSNR" skip type; k-diffusion's ``get_sigmas_exponential``). No final zero."""
-    require_int("steps", steps, low=1)
-    require_positive("sigma_min", sigma_min)
-    require_positive("sigma_max", sigma_max)
-    if sigma_min >= sigma_max and steps > 1:
-        raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min} and {sigma_max}")
+    ramp = _ramp(sigma_min, sigma_max, steps)
     if steps == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     sig = torch.exp(math.log(sigma_max) + ramp * (math.log(sigma_min) - math.log(sigma_max)))
     # the ends exactly as given, not through exp(log(·))
     sig[0], sig[-1] = sigma_max, sigma_min

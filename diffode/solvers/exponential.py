@@ -26,7 +26,7 @@ from torch import Tensor
 
 from diffode.field import PredictingField, VectorField
 from diffode.solvers.base import Solver
-from diffode.solvers.multistep import MultistepState, interpolation_weights, lower_order_final
+from diffode.solvers.multistep import MultistepState, check_order, interpolation_weights, lower_order_final
 
 
 def phi(k: int, z: float) -> float:
@@ -203,9 +203,7 @@ class DEIS(Solver):
     SUPPORTED_ORDERS = (1, 2, 3)
 
     def __init__(self, order: int = 3, *, lower_order_final: bool = True) -> None:
-        if isinstance(order, bool) or not isinstance(order, int) or order not in self.SUPPORTED_ORDERS:
-            raise ValueError(f"DEIS order must be one of {self.SUPPORTED_ORDERS}, got {order!r}")
-        self.order = order
+        self.order = check_order("DEIS", order, self.SUPPORTED_ORDERS)
         self.lower_order_final = bool(lower_order_final)
         self.name = f"deis-{order}"
 

@@ -49,6 +49,13 @@ def interpolation_weights(nodes: Sequence[float], moments: Sequence[float]) -> l
     return weights
 
 
+def check_order(kind: str, order: object, supported: Sequence[int]) -> int:
+    """``order`` if it is one of the ``supported`` ints, else ``ValueError`` listing them."""
+    if isinstance(order, bool) or not isinstance(order, int) or order not in supported:
+        raise ValueError(f"{kind} order must be one of {tuple(supported)}, got {order!r}")
+    return order
+
+
 def trim_history(history: History, keep: int) -> History:
     """The last ``keep`` entries of ``history`` (all of them when it is shorter, none when ``keep`` is 0)."""
     return history[max(len(history) - keep, 0) :]
@@ -133,9 +140,7 @@ class AdamsBashforth(Solver):
     SUPPORTED_ORDERS = (1, 2, 3, 4)
 
     def __init__(self, order: int = 2) -> None:
-        if isinstance(order, bool) or not isinstance(order, int) or order not in self.SUPPORTED_ORDERS:
-            raise ValueError(f"AdamsBashforth order must be one of {self.SUPPORTED_ORDERS}, got {order!r}")
-        self.order = order
+        self.order = check_order("AdamsBashforth", order, self.SUPPORTED_ORDERS)
         self.name = f"ab{order}"
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> History:
@@ -184,9 +189,7 @@ class IPNDM(Solver):
     SUPPORTED_ORDERS = (1, 2, 3, 4)
 
     def __init__(self, order: int = 4) -> None:
-        if isinstance(order, bool) or not isinstance(order, int) or order not in self.SUPPORTED_ORDERS:
-            raise ValueError(f"IPNDM order must be one of {self.SUPPORTED_ORDERS}, got {order!r}")
-        self.max_order = order
+        self.max_order = check_order("IPNDM", order, self.SUPPORTED_ORDERS)
         self.order = min(order, 2)
         self.name = "ipndm" if order == 4 else f"ipndm-{order}"
         # the uniform-grid Adams–Bashforth constants, newest evaluation first
@@ -219,6 +222,7 @@ __all__ = [
     "AdamsBashforth",
     "History",
     "MultistepState",
+    "check_order",
     "interpolation_weights",
     "lower_order_final",
     "trim_history",

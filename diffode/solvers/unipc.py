@@ -32,7 +32,7 @@ from torch import Tensor
 from diffode.field import PredictingField, VectorField
 from diffode.solvers.base import Solver
 from diffode.solvers.exponential import phi
-from diffode.solvers.multistep import History, MultistepState, lower_order_final
+from diffode.solvers.multistep import History, MultistepState, check_order, lower_order_final
 
 Variant = Literal["bh1", "bh2"]
 
@@ -112,8 +112,7 @@ class UniPC(Solver):
     SUPPORTED_ORDERS = (1, 2, 3)
 
     def __init__(self, order: int = 2, variant: Variant = "bh2") -> None:
-        if isinstance(order, bool) or not isinstance(order, int) or order not in self.SUPPORTED_ORDERS:
-            raise ValueError(f"UniPC order must be one of {self.SUPPORTED_ORDERS}, got {order!r}")
+        check_order("UniPC", order, self.SUPPORTED_ORDERS)
         if variant not in ("bh1", "bh2"):
             raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
         self.predictor_order = order
