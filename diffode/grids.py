@@ -85,7 +85,10 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     if steps == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    # (σ^{1/ρ})^ρ is σ only to round-off (2.8e-14 above σ_max at ρ = 5): the ends are the given σ
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min
+    return sigmas
 
 
 def logsnr_sigmas(sigma_min: float, sigma_max: float, steps: int) -> Tensor:

@@ -180,3 +180,11 @@ def test_grid_files_round_trip_exactly_and_feed_sample(linear, tmp_path):
         load_grid(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="cannot read a σ grid"):
         load_grid(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("rho", [3.0, 5.0, 7.0])
+def test_karras_grid_ends_exactly_on_the_schedules_sigmas(linear, rho):
+    # (σ^{1/ρ})^ρ alone lands a few ulps off, above σ_max, where sample() refuses the grid
+    grid = sigma_grid(linear, 10, "karras", rho=rho)
+    assert float(grid[0]) == linear.sigma_max and float(grid[-2]) == linear.sigma_min
+    sample(lambda x, t: 0.1 * x, linear, torch.randn(2, 3), timesteps=grid)
