@@ -8,7 +8,7 @@ from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DEIS, DPMSolverPP
 from diffode.solvers.multistep import IPNDM, AdamsBashforth
 from diffode.solvers.registry import get_solver, solver_names
-from diffode.solvers.reversible import BDIA, InverseOf
+from diffode.solvers.reversible import BDIA, InverseOf, InversionError
 from diffode.solvers.runge_kutta import (
     RK4,
     ButcherTableau,
@@ -39,6 +39,7 @@ __all__ = [
     "Heun3",
     "IController",
     "InverseOf",
+    "InversionError",
     "Midpoint",
     "Ralston",
     "RungeKutta",
