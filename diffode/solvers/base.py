@@ -42,6 +42,9 @@ class Solver(ABC):
     adaptive: bool = False
     stochastic: bool = False
     reversible: bool = False
+    single_step: bool = False
+    """Whether a step depends on (s0, s1, x) alone, with no history carried between steps, so that
+    one step can be inverted on its own (:class:`~diffode.solvers.InverseOf`)."""
     """Whether the step is algebraically its own inverse when run on the reversed grid (BDIA)."""
     max_nfe: int | None = None
     """Evaluation budget of a whole solve (``None``: unlimited); :func:`diffode.solve` counts the
@@ -78,6 +81,7 @@ class Euler(Solver):
     name = "euler"
     order = 1
     evals_per_step = 1
+    single_step = True
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         return x + (s1 - s0) * f(s0, x), state

@@ -36,6 +36,7 @@ class DDIM(Solver):
     name = "ddim"
     order = 1
     evals_per_step = 1
+    single_step = True
 
     def __init__(self, eta: float = 0.0, *, sigma_hat: bool = False) -> None:
         self.eta = require_nonnegative("eta", eta)

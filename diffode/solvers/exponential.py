@@ -115,6 +115,8 @@ class DPMSolverPP(Solver):
         self.lower_order_final = bool(lower_order_final)
         self.order = 2 if (order == 3 and not self.exact) else order
         self.evals_per_step = 2 if (order == 2 and not self.multistep) else 1
+        # the singlestep variants (and first order) use no past evaluations
+        self.single_step = not self.multistep or order == 1
         suffix = "" if order == 1 else ("m" if self.multistep else "s")
         self.name = f"dpmpp-{order}{suffix}" + ("-exact" if self.exact else "")
 

@@ -197,10 +197,6 @@ class _Tap:
         return _Tap(self.f.rows(index), self.run)
 
 
-def _is_empty(state: Any) -> bool:
-    return state is None or (isinstance(state, (tuple, list, dict)) and len(state) == 0)
-
-
 class InverseOf(Solver):
     """The exact inverse of sampling with a deterministic single-step or reversible solver.
     Order: that of ``solver``. Evaluations per step: ``solver.evals_per_step`` per iteration
@@ -272,6 +268,12 @@ class InverseOf(Solver):
             )
         if isinstance(solver, InverseOf):
             raise ValueError(f"{solver!r} is an inverse already; invert the sampler itself")
+        if not (solver.single_step or solver.reversible):
+            raise ValueError(
+                f"{solver!r} carries state between steps (a multistep history), so one of its "
+                "steps cannot be inverted on its own; invert a single-step solver (euler, heun, "
+                "midpoint, rk4, dpmpp-2s) or encode with method='reverse'"
+            )
         self.solver = solver
         self.tol = None if tol is None else require_positive("tol", tol)
         self.max_iter = require_int("max_iter", max_iter, low=1)
@@ -290,9 +292,7 @@ class InverseOf(Solver):
             )
         if self.solver.reversible:
             return _InverseRun(self.solver.init(f, sigmas, x, None))
-        inner = self.solver.init(f, sigmas.flip(0), x, None)
-        self._require_single_step(inner)
-        return _InverseRun(inner)
+        return _InverseRun(self.solver.init(f, sigmas.flip(0), x, None))
 
     def leave_zero(self, f: PredictingField, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
         tol, floor_ok = self._tolerance(x)
@@ -313,8 +313,7 @@ class InverseOf(Solver):
 
         def sampling_step(y: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor | None]:
             tap = _Tap(field if rows is None else field.rows(rows), state, watch=(s1, y))
-            out, after = self.solver.step(tap, s1, s0, y, state.inner)
-            self._require_single_step(after)
+            out, _ = self.solver.step(tap, s1, s0, y, state.inner)
             return out, tap.value
 
         carry = state.carry
@@ -384,14 +383,6 @@ class InverseOf(Solver):
             "max_iterations": state.max_iterations,
             "sample_evaluations": state.evaluations,
         }
-
-    def _require_single_step(self, state: Any) -> None:
-        if not _is_empty(state):
-            raise ValueError(
-                f"{self.solver!r} carries state between steps (a multistep history), so one of its "
-                "steps cannot be inverted on its own; invert a single-step solver (euler, heun, "
-                "midpoint, rk4, dpmpp-2s) or encode with method='reverse'"
-            )
 
     def __repr__(self) -> str:
         return f"InverseOf({self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, memory={self.memory})"

@@ -330,6 +330,7 @@ class RungeKutta(Solver):
     """
 
     name = "runge-kutta"
+    single_step = True
 
     def __init__(self, tableau: ButcherTableau) -> None:
         if not isinstance(tableau, ButcherTableau):
