@@ -90,7 +90,7 @@ def solve_fixed_point(
     tol: float,
     max_iter: int,
     memory: int = 10,
-    patience: int = 10,
+    patience: int = 30,
     floor_ok: bool = True,
 ) -> FixedPoint:
     """Solve ``forward(y) = target`` for y, per sample, by safeguarded Anderson acceleration.
