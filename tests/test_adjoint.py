@@ -128,7 +128,10 @@ def test_the_continuous_adjoint_matches_autograd_through_a_tight_solve():
         for want, got in zip(reference, adjoint, strict=True):
             # relative to the gradient's scale: entries near zero carry the same absolute error
             scale = float(want.abs().max())
-            assert float((got - want).abs().max()) <= 1e-5 * scale, (solver, float((got - want).abs().max()) / scale)
+            assert float((got - want).abs().max()) <= 1e-5 * scale, (
+                solver,
+                float((got - want).abs().max()) / scale,
+            )
 
 
 def test_fields_are_modules_that_odeint_adjoint_accepts():

@@ -31,7 +31,7 @@ def test_demo_runs_and_writes_png(tmp_path, capsys):
         ([], "required"),
         (["demo", "--n", "1", "--out", ""], "argument --n: must be at least 2, got 1"),
         (["sample", "--scale", "0"], "argument --scale: must be at least 1, got 0"),
-        (["train", "--label-dropout", "0.2", "--out", "x"], "--label-dropout applies to conditional training"),
+        (["train", "--label-dropout", "0.2", "--out", "x"], "--label-dropout applies to conditional"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message):
