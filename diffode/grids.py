@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -264,6 +265,7 @@ def optimize(
     solver: str | Solver = "euler",
     candidates: int = 40,
     sweeps: int = 3,
+    init: Sequence[Tensor] = (),
     reference_rtol: float = 1e-6,
 ) -> Tensor:
     """A σ grid for ``solver`` at ``nfe`` evaluations, fitted to pilot trajectories.
@@ -279,15 +281,18 @@ def optimize(
        (x̄/√(1+σ²)) to the reference state at σ_j. The chain from σ_max to σ_min with the least
        total cost in exactly the right number of steps is found by dynamic programming.
     2. **Refinement on the real objective.** Summed local costs ignore how errors propagate
-       and how a multistep solver carries its history, so the chain (or the log-SNR grid, if it
-       does better) is then refined by coordinate descent in log σ: each interior σ is moved a
-       half and a quarter of the way towards either neighbour, and kept where the pilot's RMS
-       distance at σ = 0 to the reference solution falls, for up to ``sweeps`` sweeps. Each trial
-       is one solve of the pilot at ``nfe`` evaluations.
+       and how a multistep solver carries its history, so the best of the chain, the log-SNR
+       grid and the polynomial (Karras) grids with ρ = 2, 3, 5, 7 on the pilot's actual error is
+       refined by coordinate descent in log σ: each interior σ is moved a half and a fifth of
+       the way towards either neighbour, and kept where the pilot's RMS distance at σ = 0 to
+       the reference solution falls, for up to ``sweeps`` sweeps. Each trial is one solve of the
+       pilot at ``nfe`` evaluations.
 
-    Both ends are fixed as in GITS (σ_max, then σ_min and the step into 0). A multistep solver's
-    DP stage sees its start-up step from each reference state; the refinement sees the solver
-    as it runs.
+    The DP fixes both ends as GITS does; the refinement may also lower the first σ, the grid
+    then starting from the same x-space noise at that σ (as DDIM's uniform and quadratic grids
+    do), which saves the evaluation at σ_max, where ε is nearly the noise itself. The last
+    positive σ stays σ_min. A multistep solver's DP stage sees its start-up step from each
+    reference state; the refinement sees the solver as it runs.
 
     Args:
         f: the field (e.g. ``diffode.EpsField(model, schedule)``).
@@ -297,11 +302,14 @@ def optimize(
             step, plus one for the step into 0.
         solver: a deterministic fixed-step solver or its name.
         candidates: σ values the DP chooses from (its cost grows with their square).
-        sweeps: refinement sweeps (0: the DP's chain as it is).
+        sweeps: refinement sweeps (0: the best starting grid as it is).
+        init: more starting grids for the refinement, each with the grid's number of positive σ
+            values, at most ``sigma_max`` and ending with ``sigma_min`` (a final 0 is dropped):
+            e.g. ``sigma_grid(schedule, S, "quadratic")``.
         reference_rtol: tolerance of the reference solve (rtol = atol).
 
     Returns:
-        float64 ``(S + 1,)``: decreasing σ values from ``sigma_max`` ending at 0, for
+        float64 ``(S + 1,)``: decreasing σ values from at most ``sigma_max`` ending at 0, for
         ``sample(..., timesteps=grid)`` or :func:`diffode.solve`; keep it with :func:`save_grid`.
     """
     # solve and the solvers import nothing from this module, but the package imports it first
@@ -356,19 +364,31 @@ def optimize(
     for n in range(steps, 0, -1):
         chain.append(back[n][chain[-1]])
     starts = [[values[i] for i in reversed(chain)], logsnr_sigmas(sigma_min, sigma_max, steps + 1).tolist()]
+    starts += [karras_sigmas(sigma_min, sigma_max, steps + 1, rho).tolist() for rho in (2.0, 3.0, 5.0, 7.0)]
+    for given in init:
+        points = check_sigma_grid(given, "init").tolist()
+        points = points[:-1] if points[-1] == 0.0 else points
+        if len(points) != steps + 1 or points[0] > sigma_max or points[-1] != sigma_min:
+            raise ValueError(
+                f"each init grid needs {steps + 1} positive σ values from at most sigma_max down to "
+                f"sigma_min = {sigma_min:.6g}, got {describe(given)}"
+            )
+        starts.append(points)
 
-    # 2. refinement of the pilot's distance at σ = 0, in log σ
+    # 2. refinement of the pilot's distance at σ = 0, in log σ; a first σ below σ_max starts from
+    # the same x-space noise there
     def error(points: list[float]) -> float:
-        return rms(solve(f, pilot, torch.tensor([*points, 0.0], dtype=torch.float64), stepper).x, final)
+        start = pilot * math.sqrt((1 + points[0] ** 2) / (1 + sigma_max**2))
+        return rms(solve(f, start, torch.tensor([*points, 0.0], dtype=torch.float64), stepper).x, final)
 
     scored = [(error(points), points) for points in starts]
     current, points = min(scored, key=lambda pair: pair[0])
     logs = [math.log(v) for v in points]
     for _ in range(sweeps):
         improved = False
-        for p in range(1, len(logs) - 1):
-            for neighbour in (p - 1, p + 1):
-                for fraction in (0.5, 0.25):
+        for p in range(len(logs) - 1):
+            for neighbour in (p - 1, p + 1) if p else (1,):
+                for fraction in (0.5, 0.2):
                     trial = [*logs]
                     trial[p] = logs[p] + fraction * (logs[neighbour] - logs[p])
                     value = error([math.exp(v) for v in trial])
@@ -376,8 +396,9 @@ def optimize(
                         current, logs, improved = value, trial, True
         if not improved:
             break
-    # the ends exactly as given, not through exp(log(·))
-    chosen = [sigma_max, *(math.exp(v) for v in logs[1:-1]), sigma_min][: len(logs)]
+    # σ_max and σ_min exactly as given, not through exp(log(·))
+    first = sigma_max if logs[0] == math.log(sigma_max) else math.exp(logs[0])
+    chosen = [first, *(math.exp(v) for v in logs[1:-1]), sigma_min][: len(logs)]
     return torch.tensor([*chosen, 0.0], dtype=torch.float64)
 
 
