@@ -6,6 +6,7 @@
 - Every name in ``diffode.__all__`` and ``diffode.solvers.__all__`` is rendered in the API pages
   (read from the site's ``objects.inv``), the CLI reference lists every command and option of
   ``diffode.cli.build_parser()``, and every notebook is a page.
+- Every relative link and image of ``README.md`` is a file of the repository.
 - Every ```python block of ``docs/index.md`` and ``docs/guides/*.md`` runs, each on its own in an
   empty working folder, with warnings as errors. A block directly preceded by the line
   ``<!-- no-run -->`` (or ``<!-- no-run: the reason -->``) is shown but not run: for programs that
@@ -115,6 +116,19 @@ def test_every_notebook_is_a_page(site: Path) -> None:
 
 def test_changelog_is_a_page(site: Path) -> None:
     assert (site / "changelog" / "index.html").is_file()
+
+
+README_LINK = re.compile(r"\]\((?P<target>[^)#\s]+)(#[^)]*)?\)")
+
+
+def test_readme_links_and_images_exist() -> None:
+    """Every relative link and image of the README names a file of the repository (on a clean
+    checkout, a committed one), so they work on GitHub; the site links the same pages."""
+    targets = [m.group("target") for m in README_LINK.finditer((ROOT / "README.md").read_text())]
+    relative = [t for t in targets if "://" not in t]
+    assert relative
+    for target in relative:
+        assert (ROOT / target).is_file(), f"README links {target}, which is not a file"
 
 
 def snippets() -> list[tuple[str, str]]:
