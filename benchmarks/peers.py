@@ -264,7 +264,11 @@ def diffode_cells(problem: Problem, solvers: list[str], grids: list[str]) -> lis
             if spacing == OPTIMIZED and solver not in OPTIMIZED_FOR:
                 continue
             for target in NFES:
-                x, nfe, _ = problem.run(solver, spacing, target)
+                try:
+                    x, nfe, _ = problem.run(solver, spacing, target)
+                except ValueError:  # a grid the solver refuses
+                    cells.append(Cell(solver, spacing, target, 0, math.nan))
+                    continue
                 cells.append(Cell(solver, spacing, target, nfe, problem.distance(x)))
     return cells
 
@@ -324,7 +328,11 @@ def stability_table(problem: Problem, solvers: list[str]) -> tuple[str, list[str
     for solver in solvers:
         row: dict[str, object] = {"solver": solver, "order": get_solver(solver).order}
         for spacing in GRIDS:
-            x, _, top = problem.run(solver, spacing, 10)
+            try:
+                x, _, top = problem.run(solver, spacing, 10)
+            except ValueError:
+                row[spacing] = "refused"
+                continue
             d = problem.distance(x, top)
             ratio = d / euler[spacing]
             row[spacing] = f"{d:.3f} ({ratio:.2f}×)"
@@ -460,7 +468,7 @@ def plot(problem: str, ours: list[Cell], theirs: list[Cell]) -> str:
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for who in dict.fromkeys(c.who for c in ours):
-        mine = [c for c in ours if c.who == who]
+        mine = [c for c in ours if c.who == who and math.isfinite(c.distance)]
         grid = min(
             {c.grid for c in mine}, key=lambda g: sum(math.log(c.distance) for c in mine if c.grid == g)
         )

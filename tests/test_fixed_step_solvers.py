@@ -514,7 +514,8 @@ def test_batch_equals_single_solves_and_nfe_is_evals_per_step_times_steps(solver
         return MIXTURE.eps(s, x)
 
     x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1), dtype=F64) * 30
-    grid = sigma_grid(SCHEDULE, 7, "karras")  # 7 positive σ, then 0
+    # 7 positive σ, then 0 (log-SNR: every solver accepts its steps, unipc-bh1 included)
+    grid = sigma_grid(SCHEDULE, 7, "logsnr")
     out = solve(field, x, grid, solver)
     positive_steps = grid.numel() - 2
     assert out.nfe == len(calls) == solver.evals_per_step * positive_steps + 1
@@ -638,6 +639,24 @@ def test_any_grid_is_long_enough(solver):
 def test_unsupported_orders_are_refused_with_the_choices(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_unipc_bh1_refuses_steps_where_its_simplified_weight_overshoots(order):
+    # DDIM's linspace grid at 10 steps ends with σ(111) -> σ(0), h = 3.6 in log σ
+    model = MIXTURE.model(SCHEDULE)
+    noise = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=f"unipc-bh1-{order}: the step σ 0.38.* -> 0.01 spans h = 3.64"):
+        sample(model, SCHEDULE, noise, steps=10, timesteps="linspace", solver=f"unipc-bh1-{order}")
+    # bh2, order 1 and grids with smaller steps run
+    for solver, spacing in (
+        (f"unipc-bh2-{order}", "linspace"),
+        ("unipc-bh1-1", "linspace"),
+        (f"unipc-bh1-{order}", "karras"),
+    ):
+        assert torch.isfinite(
+            sample(model, SCHEDULE, noise, steps=10, timesteps=spacing, solver=solver)
+        ).all()
 
 
 def test_names_and_reprs():

@@ -23,6 +23,7 @@ diffusers' ``UniPCMultistepScheduler``, which this module follows operation by o
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Literal
 
@@ -120,8 +121,34 @@ class UniPC(Solver):
         self.order = order + 1
         self.name = f"unipc-{variant}-{order}"
 
+    BH1_MAX_STEP = 2.5
+    """The largest step h = |log(σ₀/σ₁)| that ``variant="bh1"`` of order ≥ 2 accepts (see init)."""
+
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> MultistepState:
+        if self.variant == "bh1" and self.predictor_order >= 2:
+            self._check_bh1_steps(sigmas)
         return MultistepState(left=lower_order_final(sigmas, None))
+
+    def _check_bh1_steps(self, sigmas: Tensor) -> None:
+        """Refuse grids on which bh1's published simplified weight is unstable.
+
+        UniP-2 and UniC-1 use ρ = 1/2 in place of the exact weight, so their correction is
+        B(h)/2 = h/2 times the difference where the exact exponential integral weights it by
+        h φ₂(-h): an overshoot of 1/(2 φ₂(-h)), 1.4 at h = 1 but 2 at h = 2.5 and 2.5 at h = 3.5,
+        the last positive step of DDIM's uniform and linspace grids at 10-20 steps (σ(t ≈ 100)
+        → σ(0)), where it measured 5-7× Euler's distance on the digits model
+        (docs/benchmarks.md). bh2's B(h) = e^h - 1 stays below 1 and needs no such limit.
+        """
+        values = [v for v in sigmas.tolist() if 0.0 < v < math.inf]
+        for s0, s1 in itertools.pairwise(values):
+            h = abs(math.log(s0 / s1))
+            if h > self.BH1_MAX_STEP:
+                raise ValueError(
+                    f"{self.name}: the step σ {s0:.4g} -> {s1:.4g} spans h = {h:.2f} in log σ, beyond "
+                    f"{self.BH1_MAX_STEP} where bh1's simplified weight overshoots the exact one "
+                    f"{1 / (2 * phi(2, -h)):.1f}-fold and the method is unstable; use variant='bh2' "
+                    "(e.g. 'unipc-bh2-2') or a grid without so large a step (karras, logsnr, trailing)"
+                )
 
     def step(
         self, f: PredictingField, s0: float, s1: float, x: Tensor, state: MultistepState
