@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -164,18 +164,17 @@ class _InverseRun:
     iterations: int = 0
     max_iterations: int = 0
     evaluations: int = 0
-    carry: tuple[float, Tensor, Tensor] | None = None
+    carry: tuple[float, Tensor] | None = None
 
 
 class _Tap:
     """The field as :class:`InverseOf` passes it on: counts the rows it evaluates (the
-    per-sample cost), and keeps the value of its first evaluation at (``watch``) σ and state
-    (every Runge–Kutta step starts there), for the next step's predictor."""
+    per-sample cost) and, with ``keep_first``, keeps the value of its first evaluation. A
+    single-step solver's first evaluation is f at the step's start (a Runge–Kutta tableau has
+    c₁ = 0), which is the next step's predictor."""
 
-    def __init__(
-        self, f: PredictingField, run: _InverseRun, watch: tuple[float, Tensor] | None = None
-    ) -> None:
-        self.f, self.run, self.watch = f, run, watch
+    def __init__(self, f: PredictingField, run: _InverseRun, keep_first: bool = False) -> None:
+        self.f, self.run, self.keep_first = f, run, keep_first
         self.value: Tensor | None = None
 
     def __call__(self, sigma: Sigma, x: Tensor) -> Tensor:
@@ -184,8 +183,7 @@ class _Tap:
     def predict(self, sigma: Sigma, x: Tensor) -> tuple[Tensor, Tensor]:
         self.run.evaluations += x.shape[0]
         value, x0 = self.f.predict(sigma, x)
-        watch = self.watch
-        if watch is not None and self.value is None and sigma == watch[0] and x is watch[1]:
+        if self.keep_first and self.value is None:
             self.value = value
         return value, x0
 
@@ -302,24 +300,25 @@ class InverseOf(Solver):
         self._finish(state, 0.0, s1, tol, found, before=0)
         return found.y, state
 
-    def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
+    def step(
+        self, f: PredictingField, s0: float, s1: float, x: Tensor, state: _InverseRun
+    ) -> tuple[Tensor, Any]:
         before = state.evaluations
         if self.solver.reversible:
-            y, state.inner = self.solver.step(_Tap(cast(PredictingField, f), state), s0, s1, x, state.inner)
+            y, state.inner = self.solver.step(_Tap(f, state), s0, s1, x, state.inner)
             zero = x.new_zeros(x.shape[0], dtype=torch.float64)
             self._report(state, s0, s1, zero, before, zero.long())
             return y, state
-        field = cast(PredictingField, f)
 
         def sampling_step(y: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor | None]:
-            tap = _Tap(field if rows is None else field.rows(rows), state, watch=(s1, y))
+            tap = _Tap(f if rows is None else f.rows(rows), state, keep_first=True)
             out, _ = self.solver.step(tap, s1, s0, y, state.inner)
             return out, tap.value
 
         carry = state.carry
-        # the field at (s0, x) is the first stage of the previous step's accepted iterate
-        reuse = carry is not None and carry[0] == s0 and carry[1] is x
-        slope = carry[2] if carry is not None and reuse else _Tap(field, state)(s0, x)
+        # the field at (s0, x) is the first stage of the previous step's accepted iterate: solve
+        # hands each step the x the previous one returned, so the σ tells that it applies
+        slope = carry[1] if carry is not None and carry[0] == s0 else _Tap(f, state)(s0, x)
         tol, floor_ok = self._tolerance(x)
         found = solve_fixed_point(
             sampling_step,
@@ -330,7 +329,7 @@ class InverseOf(Solver):
             memory=self.memory,
             floor_ok=floor_ok,
         )
-        state.carry = None if found.aux is None else (s1, found.y, found.aux)
+        state.carry = None if found.aux is None else (s1, found.aux)
         self._finish(state, s0, s1, tol, found, before)
         return found.y, state
 
