@@ -61,13 +61,14 @@ def invert_into_zero(
     max_iter: int,
     memory: int = 10,
     floor_ok: bool = True,
+    accept: float | None = None,
 ) -> FixedPoint:
     """The exact inverse of :func:`into_zero`: the x̄ at σ = ``sigma`` whose x̂₀ is ``x0``.
 
     Solved per sample by :func:`~diffode.fixed_point.solve_fixed_point` from the guess x̄ = x₀
     (its first iteration is the explicit lift of :func:`out_of_zero`); samples that have
-    converged are no longer evaluated (``f.rows``). ``tol``, ``max_iter``, ``memory`` and
-    ``floor_ok`` are the iteration's.
+    converged are no longer evaluated (``f.rows``). ``tol``, ``max_iter``, ``memory``,
+    ``floor_ok`` and ``accept`` are the iteration's.
 
     Returns:
         The :class:`~diffode.fixed_point.FixedPoint` (x̄ shaped like ``x0``, per-sample residual
@@ -77,7 +78,9 @@ def invert_into_zero(
     def forward(y: Tensor, rows: Tensor | None) -> tuple[Tensor, None]:
         return into_zero(f if rows is None else f.rows(rows), sigma, y), None
 
-    return solve_fixed_point(forward, x0, x0, tol=tol, max_iter=max_iter, memory=memory, floor_ok=floor_ok)
+    return solve_fixed_point(
+        forward, x0, x0, tol=tol, max_iter=max_iter, memory=memory, floor_ok=floor_ok, accept=accept
+    )
 
 
 def out_of_infinity(f: PredictingField, sigma: float, noise: Tensor) -> Tensor:

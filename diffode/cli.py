@@ -63,14 +63,18 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _add_grid_options(p: argparse.ArgumentParser, steps: int, *, eta: bool = True) -> None:
+def _add_grid_options(
+    p: argparse.ArgumentParser, steps: int, *, eta: bool = True, timesteps: str | None = "uniform"
+) -> None:
     p.add_argument("--solver", default="euler", help="solver name (default: euler = DDIM)")
     p.add_argument("--steps", type=int, default=steps, help=f"sampling steps (default: {steps})")
     p.add_argument(
         "--timesteps",
-        default="uniform",
+        default=timesteps,
         choices=TIMESTEP_SPACINGS,
-        help="timestep spacing (default: uniform)",
+        help="timestep spacing (default: "
+        + (timesteps or "uniform; logsnr with --method exact and a solver other than bdia")
+        + ")",
     )
     if eta:
         p.add_argument("--eta", type=float, default=0.0, help="DDIM eta, with --solver ddim (default: 0)")
@@ -432,8 +436,8 @@ def _encode(args: argparse.Namespace) -> int:
         **cond,
     )
     wall = time.perf_counter() - start
-    # BDIA's exact encoding ends in a pair of states; decoding retraces it only from both
-    back = decode(loaded.model, loaded.schedule, info.latents, companion=info.companion, **grid, **cond)
+    # the Encoding fixes the grid, solver and BDIA's companion: decoding retraces the encoding
+    back = decode(loaded.model, loaded.schedule, info)
     error = float((back.double() - x0.double()).pow(2).mean())
     z = info.latents.detach().float().cpu()
     print(
@@ -693,13 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(pck)
     pck.set_defaults(run=_pack)
 
-    def add_model_options(p: argparse.ArgumentParser) -> None:
+    def add_model_options(p: argparse.ArgumentParser, timesteps: str | None = "uniform") -> None:
         p.add_argument(
             "--model",
             default=None,
             help="digits, digits-cond (bundled), a diffode checkpoint or diffusers folder (default: digits)",
         )
-        _add_grid_options(p, steps=50, eta=False)
+        _add_grid_options(p, steps=50, eta=False, timesteps=timesteps)
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
         p.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
 
@@ -728,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recon", default="", help="also write inputs and reconstructions to this .png (or .npz)"
     )
     _add_overwrite(enc)
-    add_model_options(enc)
+    add_model_options(enc, timesteps=None)
     _add_label_options(enc, "image")
     enc.set_defaults(run=_encode)
 

@@ -37,6 +37,9 @@ from diffode.validation import describe, require_finite, require_floating
 METHODS = ("reverse", "exact")
 Method = Literal["reverse", "exact"]
 
+EXACT_TIMESTEPS = "logsnr"
+"""The default spacing of ``encode(..., method="exact")`` for solvers inverted implicitly."""
+
 
 @dataclass(frozen=True)
 class Encoding:
@@ -88,7 +91,7 @@ def encode(
     x0: Tensor,
     *,
     steps: int | None = ...,
-    timesteps: GridSpec = ...,
+    timesteps: GridSpec | None = ...,
     solver: str | Solver = ...,
     method: Method = ...,
     tol: float | None = ...,
@@ -110,7 +113,7 @@ def encode(
     x0: Tensor,
     *,
     steps: int | None = ...,
-    timesteps: GridSpec = ...,
+    timesteps: GridSpec | None = ...,
     solver: str | Solver = ...,
     method: Method = ...,
     tol: float | None = ...,
@@ -131,7 +134,7 @@ def encode(
     x0: Tensor,
     *,
     steps: int | None = None,
-    timesteps: GridSpec = "uniform",
+    timesteps: GridSpec | None = None,
     solver: str | Solver = "euler",
     method: Method = "reverse",
     tol: float | None = None,
@@ -148,7 +151,18 @@ def encode(
 
     The grid is the sampling grid of :func:`diffode.sample` for the same ``steps``,
     ``timesteps`` and ``solver``: [σ_S > … > σ_1, 0]. Encoding follows it upwards and returns
-    x at σ_S; :func:`decode` with the same arguments follows it down again.
+    x at σ_S; :func:`decode` with the same arguments follows it down again, and given the
+    :class:`Encoding` (``return_info=True``) it retraces it with nothing to repeat.
+
+    The default grid is DDIM's ``"uniform"``, except for ``method="exact"`` with a solver whose
+    steps are inverted implicitly (all but BDIA): :data:`EXACT_TIMESTEPS` (``"logsnr"``). On
+    DDIM's uniform grid the first steps above σ_min are long in log σ (σ 0.01 → 0.34 at 10
+    steps, → 0.079 at 50): a sampling step there is nearly the network's denoiser x̂₀, whose
+    Jacobian on a real network has eigenvalues below 0 (down to -0.43 on the bundled digits
+    model), so the step folds and real data have no preimage near it. A grid uniform in log σ
+    keeps each step's ratio σ_k/σ_{k+1} at 0.34 or more from 10 steps on, where the step stays
+    invertible (docs/encoding.md). Decoding plain latents of such an encoding needs
+    ``timesteps="logsnr"``; decoding the :class:`Encoding` needs nothing.
 
     Methods and what they guarantee:
 
@@ -186,7 +200,8 @@ def encode(
         schedule: the schedule the model was trained with.
         x0: data in x-space, shape ``(batch, ...)``, any float dtype (kept).
         steps, timesteps: the sampling grid, as for :func:`diffode.sample`; an explicit tensor
-            describes the sampling grid (decreasing), which encoding reverses itself.
+            describes the sampling grid (decreasing), which encoding reverses itself. ``None``:
+            ``"uniform"``, or :data:`EXACT_TIMESTEPS` for the implicit exact inverse (see above).
         solver: a deterministic solver name or object; ``"ddim"`` means η = 0.
         method: ``"reverse"`` or ``"exact"``.
         tol: ``method="exact"``: per-step tolerance on the residual relative to the state's
@@ -222,6 +237,8 @@ def encode(
             f"solver={stepper!r} with method='exact' retraces exactly only from the latents together with "
             "their companion state; pass return_info=True and give Encoding.companion to decode()"
         )
+    if timesteps is None:
+        timesteps = EXACT_TIMESTEPS if method == "exact" and not reversible else "uniform"
     grid = sigma_grid(schedule, steps, timesteps, adaptive=stepper.adaptive, direction="encode")
     ode = field_for(model, schedule, prediction, cond=cond, guidance=guidance, uncond=uncond)
     # the last two states of the upward solve: BDIA's latents and companion
@@ -291,7 +308,9 @@ def decode(
     Given the :class:`Encoding` that ``encode(..., return_info=True)`` returned, decoding
     retraces it: its grid, solver, companion, prediction and conditioning, so none of those
     arguments may be given. Given latents, this is :func:`diffode.sample` with η = 0 on the
-    grid of ``steps``/``timesteps`` (default ``"uniform"``) with ``solver`` (default Euler);
+    grid of ``steps``/``timesteps`` (default ``"uniform"``; latents from ``method="exact"``
+    with a solver other than BDIA were encoded on ``"logsnr"`` by default) with ``solver``
+    (default Euler);
     with a ``companion`` from ``encode(..., solver="bdia", method="exact")``, the BDIA sampler
     starts from the pair of states that encoding ended with and retraces it exactly.
 
@@ -374,4 +393,4 @@ def decode(
     )
 
 
-__all__ = ["METHODS", "Encoding", "decode", "encode"]
+__all__ = ["EXACT_TIMESTEPS", "METHODS", "Encoding", "decode", "encode"]

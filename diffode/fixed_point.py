@@ -15,8 +15,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-ROUND_OFF_ULPS = 4
-"""Default tolerance in units of round-off of the state's dtype (relative to the state's scale)."""
+ROUND_OFF_ULPS = 2
+"""Default tolerance in units of round-off of the state's dtype (relative to the state's scale):
+where the iteration stops."""
+
+ACCEPT_ULPS = 16
+"""Default acceptance in units of round-off: a sample that stops improving above the tolerance
+still counts as converged at this residual (the iteration meets the round-off of the network,
+which on the bundled digits UNet in float32 exceeds a few ulps of the state at σ = 0.01)."""
+
+SETTLE = 2
+"""Iterations without a new best residual after which a sample's round-off floor is measured
+(once) and the sample stops if it is within the acceptance: Anderson iterates stop improving at
+the floor, and rarely for two iterations before."""
 
 FLOOR_FACTOR = 4.0
 """A residual within this factor of the measured round-off floor counts as converged: the floor is
@@ -31,12 +42,19 @@ the accepted iterate, e.g. the field's value at y for the next step's predictor)
 
 def default_tolerance(dtype: torch.dtype) -> float:
     """The tolerance used when none is given: :data:`ROUND_OFF_ULPS` units of round-off of
-    ``dtype`` (4.8e-7 in float32, 8.9e-16 in float64), relative to the scale of the state.
+    ``dtype`` (2.4e-7 in float32, 4.4e-16 in float64), relative to the scale of the state.
 
-    Residuals below that cannot be asked of a map evaluated in ``dtype``; a network whose own
-    round-off is larger (the bundled digits UNet: about 4e-14 in float64) stalls above it, and
-    the iteration then accepts what is within :data:`FLOOR_FACTOR` of the measured floor."""
+    Residuals much below that cannot be asked of a map evaluated in ``dtype``. A sample whose
+    iteration stops improving above it (the network's own round-off is larger) is accepted up to
+    :func:`default_acceptance` or :data:`FLOOR_FACTOR` times the measured floor of the map."""
     return ROUND_OFF_ULPS * torch.finfo(dtype).eps
+
+
+def default_acceptance(dtype: torch.dtype) -> float:
+    """The residual up to which a sample that stopped improving counts as converged when no
+    tolerance is given: :data:`ACCEPT_ULPS` units of round-off of ``dtype`` (1.9e-6 in float32,
+    3.6e-15 in float64), relative to the scale of the state."""
+    return ACCEPT_ULPS * torch.finfo(dtype).eps
 
 
 @dataclass(frozen=True)
@@ -44,12 +62,13 @@ class FixedPoint:
     """The result of :func:`solve_fixed_point`; per-sample tensors have shape ``(batch,)``.
 
     Attributes:
-        y: the last accepted iterate, shape and dtype of the target.
+        y: the iterate with the lowest residual, shape and dtype of the target.
         residual: float64 ‖target - forward(y)‖∞ / scale.
         scale: float64 max(1, ‖target‖∞, ‖guess‖∞): residual × scale is absolute.
         floor: float64 measured round-off floor of the map at y, in the units of ``residual``
             (0 where it was not needed: samples that reached the tolerance).
-        converged: bool, residual ≤ tol, or (``floor_ok``) ≤ :data:`FLOOR_FACTOR` × floor.
+        converged: bool, residual ≤ accept (see :func:`solve_fixed_point`), or (``floor_ok``)
+            ≤ :data:`FLOOR_FACTOR` × floor.
         iterations: int64 iterations per sample.
         calls: calls of ``forward`` (on any number of rows), the floor measurement included.
         evaluations: rows passed to ``forward`` in total (per-sample cost).
@@ -92,6 +111,7 @@ def solve_fixed_point(
     memory: int = 10,
     patience: int = 30,
     floor_ok: bool = True,
+    accept: float | None = None,
 ) -> FixedPoint:
     """Solve ``forward(y) = target`` for y, per sample, by safeguarded Anderson acceleration.
 
@@ -119,10 +139,13 @@ def solve_fixed_point(
         memory: Anderson history length; 0 gives the damped plain iteration.
         patience: iterations without a new best residual before a sample stops.
         floor_ok: count a sample within :data:`FLOOR_FACTOR` of its floor as converged.
+        accept: a sample that stopped improving (for :data:`SETTLE` iterations, or at the end)
+            counts as converged at this residual; ``None``: ``tol``. At least ``tol``.
 
     Returns:
         A :class:`FixedPoint`. Convergence is reported, not asserted.
     """
+    accept = tol if accept is None else max(accept, tol)
     shape, batch = target.shape, target.shape[0]
     flat_target = target.reshape(batch, -1)
     y = guess.reshape(batch, -1).clone()
@@ -139,8 +162,25 @@ def solve_fixed_point(
         sc = scale if rows is None else scale[rows]
         return g, g.abs().amax(1).to(torch.float64) / sc, aux
 
+    # one ulp per element, alternating in sign so that no direction is favoured
+    signs = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
+    signs[1::2] = -1
+    floor = torch.zeros(batch, dtype=torch.float64, device=target.device)
+    measured = torch.zeros(batch, dtype=torch.bool, device=target.device)
+
     g, res, aux = evaluate(y, None)
-    best = res.clone()
+    # the best iterate per sample is what is returned: an accepted step may be up to 4 times worse
+    y_best, g_best, best = y.clone(), g.clone(), res.clone()
+    aux_best = None if aux is None else aux.clone()
+
+    def measure_floor(rows: Tensor) -> None:
+        """The round-off floor of the map at the best iterates of ``rows``: the change of
+        ``forward`` when y moves by one ulp per element."""
+        y_r = y_best[rows]
+        g_nudged, _, _ = evaluate(y_r + signs * torch.finfo(y.dtype).eps * y_r.abs(), rows)
+        floor[rows] = (g_nudged - g_best[rows]).abs().amax(1).to(torch.float64) / scale[rows]
+        measured[rows] = True
+
     stale = torch.zeros(batch, dtype=torch.int64, device=target.device)
     beta = torch.ones(batch, dtype=torch.float64, device=target.device)
     iterations = torch.zeros(batch, dtype=torch.int64, device=target.device)
@@ -157,8 +197,8 @@ def solve_fixed_point(
         if filled:
             y_new = y_new - _anderson_correction(dy[rows, :, -filled:], dg[rows, :, -filled:], g_a, b_a)
         g_new, res_new, aux_new = evaluate(y_new, rows)
-        accept = res_new < 4 * best[rows]  # False where the new residual is NaN
-        keep = accept[:, None]
+        taken = res_new < 4 * best[rows]  # False where the new residual is NaN
+        keep = taken[:, None]
         if memory > 0:
             # rejected samples forget their history; all shift by one column
             hist_y = torch.where(keep[..., None], dy[rows], 0).roll(-1, dims=2)
@@ -169,38 +209,53 @@ def solve_fixed_point(
             filled = min(filled + 1, memory)
         y[rows] = torch.where(keep, y_new, y_a)
         g[rows] = torch.where(keep, g_new, g_a)
-        if aux is not None and aux_new is not None:
-            aux[rows] = torch.where(accept.reshape(-1, *[1] * (aux.ndim - 1)), aux_new, aux[rows])
-        res_rows = torch.where(accept, res_new, res[rows])
-        res[rows] = res_rows
-        improved = res_rows < best[rows]
-        best[rows] = torch.minimum(best[rows], res_rows)
+        improved = res_new < best[rows]  # False where NaN
+        new_best = improved[:, None]
+        y_best[rows] = torch.where(new_best, y_new, y_best[rows])
+        g_best[rows] = torch.where(new_best, g_new, g_best[rows])
+        if aux_best is not None and aux_new is not None:
+            shape_aux = improved.reshape(-1, *[1] * (aux_best.ndim - 1))
+            aux_best[rows] = torch.where(shape_aux, aux_new, aux_best[rows])
+        best[rows] = torch.where(improved, res_new, best[rows])
         stale[rows] = torch.where(improved, 0, stale[rows] + 1)
-        beta[rows] = torch.where(accept, (2 * b_a).clamp(max=1.0), 0.5 * b_a)
+        beta[rows] = torch.where(taken, (2 * b_a).clamp(max=1.0), 0.5 * b_a)
         iterations[rows] += 1
-        active[rows] = (res_rows > tol) & (stale[rows] < patience) & (iterations[rows] < max_iter)
-    floor = torch.zeros_like(res)
-    above = (res > tol).nonzero()[:, 0]
-    if above.numel():
-        y_a = y[above]
-        # one ulp per element, alternating in sign so that no direction is favoured
-        signs = torch.ones(width, dtype=y.dtype, device=y.device)
-        signs[1::2] = -1
-        nudged = y_a + signs * torch.finfo(y.dtype).eps * y_a.abs()
-        g_nudged, _, _ = evaluate(nudged, above)
-        floor[above] = (g_nudged - g[above]).abs().amax(1).to(torch.float64) / scale[above]
-    converged = (res <= tol) | (floor_ok & (res <= FLOOR_FACTOR * floor))
+        best_rows = best[rows]
+        settled = stale[rows] >= SETTLE
+        if floor_ok:
+            # a sample that stops improving may have reached the round-off floor: measure it
+            # there once, so that a floor above the tolerance ends the iteration at once
+            settling = rows[settled & ~measured[rows] & (best_rows > accept)]
+            if settling.numel():
+                measure_floor(settling)
+        done = (best_rows <= tol) | (settled & (best_rows <= accept))
+        if floor_ok:
+            done |= best_rows <= FLOOR_FACTOR * floor[rows]
+        active[rows] = ~done & (stale[rows] < patience) & (iterations[rows] < max_iter)
+    if floor_ok:
+        unmeasured = ((best > accept) & ~measured).nonzero()[:, 0]
+        if unmeasured.numel():
+            measure_floor(unmeasured)
+    converged = (best <= accept) | (floor_ok & (best <= FLOOR_FACTOR * floor))
     return FixedPoint(
-        y=y.reshape(shape),
-        residual=res,
+        y=y_best.reshape(shape),
+        residual=best,
         scale=scale,
         floor=floor,
         converged=converged,
         iterations=iterations,
         calls=calls,
         evaluations=evaluations,
-        aux=aux,
+        aux=aux_best,
     )
 
 
-__all__ = ["FLOOR_FACTOR", "ROUND_OFF_ULPS", "FixedPoint", "default_tolerance", "solve_fixed_point"]
+__all__ = [
+    "ACCEPT_ULPS",
+    "FLOOR_FACTOR",
+    "ROUND_OFF_ULPS",
+    "FixedPoint",
+    "default_acceptance",
+    "default_tolerance",
+    "solve_fixed_point",
+]

@@ -24,8 +24,8 @@ from diffode import (
     sigma_grid,
     solve,
 )
+from diffode.fixed_point import default_acceptance, default_tolerance
 from diffode.solvers import BDIA, DDIM, AdamsBashforth, Bosh3, Euler, Heun, InverseOf, Midpoint, get_solver
-from diffode.solvers.reversible import default_tolerance
 from diffode.study import reference_solution
 from diffode.testing import RandomEpsNet, assert_convergence_order
 from tests.helpers import slope
@@ -50,8 +50,7 @@ def data(name: str, n: int = 128) -> tuple[object, torch.Tensor]:
 
 def round_trip(model, x0, **kwargs) -> float:
     info = encode(model, SCHEDULE, x0, return_info=True, **kwargs)
-    keep = {k: v for k, v in kwargs.items() if k in ("steps", "timesteps", "solver")}
-    back = decode(model, SCHEDULE, info.latents, companion=info.companion, **keep)
+    back = decode(model, SCHEDULE, info)
     assert back.dtype == x0.dtype and back.shape == x0.shape
     return float((back.to(F64) - x0.to(F64)).abs().max())
 
@@ -187,8 +186,10 @@ def test_inverse_of_serves_any_ode_through_solve():
 
 
 def test_default_tolerance_follows_the_dtype():
-    assert default_tolerance(F32) == 4 * EPS32
-    assert default_tolerance(F64) == 4 * torch.finfo(F64).eps
+    assert default_tolerance(F32) == 2 * EPS32
+    assert default_tolerance(F64) == 2 * torch.finfo(F64).eps
+    assert default_acceptance(F32) == 16 * EPS32
+    assert default_acceptance(F64) == 16 * torch.finfo(F64).eps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,8 +326,8 @@ def test_encode_returns_latents_alone_by_default():
 def test_one_step_grid_round_trips_through_the_final_step_alone():
     model, x0 = data("network", 8)
     # one inverted step: the round trip is the fixed-point residual, relative to max(1, |x|)
-    bound = default_tolerance(F64) * max(1.0, float(x0.abs().max()))
-    assert round_trip(model, x0, steps=1, method="exact") <= bound
+    bound = default_acceptance(F64) * max(1.0, float(x0.abs().max()))
+    assert round_trip(model, x0, steps=1, timesteps="uniform", method="exact") <= bound
     info = encode(model, SCHEDULE, x0, steps=1, solver="bdia", method="exact", return_info=True)
     assert info.companion is None
 
@@ -370,12 +371,13 @@ def test_a_fixed_point_iteration_that_does_not_converge_is_reported():
     squashing = DenoiserField(lambda xbar, sigma: torch.tanh(xbar))
     with pytest.raises(ValueError, match=r"did not converge on the step σ 0 -> 0.01.*residual"):
         encode(squashing, SCHEDULE, torch.full((2, 2), 2.0, dtype=F64), steps=3, method="exact")
-    # and a coarse Midpoint step across the mixture's modes (see the second-order test)
+    # and a coarse Midpoint step across the mixture's modes on DDIM's uniform grid (see the
+    # second-order test)
     mixture, x_mix = data("mixture", 32)
     with pytest.raises(
         ValueError, match=r"exact inversion of Midpoint\(\) did not converge on the step σ 0.01"
     ):
-        encode(mixture, SCHEDULE, x_mix, steps=10, solver="midpoint", method="exact")
+        encode(mixture, SCHEDULE, x_mix, steps=10, timesteps="uniform", solver="midpoint", method="exact")
 
 
 def test_exact_inversion_refuses_multistep_and_adaptive_solvers():

@@ -27,7 +27,13 @@ from torch import Tensor
 
 from diffode.boundary import invert_into_zero
 from diffode.field import PredictingField, Sigma, VectorField
-from diffode.fixed_point import FLOOR_FACTOR, FixedPoint, default_tolerance, solve_fixed_point
+from diffode.fixed_point import (
+    FLOOR_FACTOR,
+    FixedPoint,
+    default_acceptance,
+    default_tolerance,
+    solve_fixed_point,
+)
 from diffode.solvers.base import Solver
 from diffode.validation import describe, require_floating, require_int, require_nonnegative, require_positive
 
@@ -293,11 +299,11 @@ class InverseOf(Solver):
         return _InverseRun(self.solver.init(f, sigmas.flip(0), x, None))
 
     def leave_zero(self, f: PredictingField, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
-        tol, floor_ok = self._tolerance(x)
+        criteria = self._criteria(x)
         found = invert_into_zero(
-            _Tap(f, state), s1, x, tol=tol, max_iter=self.max_iter, memory=self.memory, floor_ok=floor_ok
+            _Tap(f, state), s1, x, max_iter=self.max_iter, memory=self.memory, **criteria
         )
-        self._finish(state, 0.0, s1, tol, found, before=0)
+        self._finish(state, 0.0, s1, criteria, found, before=0)
         return found.y, state
 
     def step(
@@ -319,23 +325,20 @@ class InverseOf(Solver):
         # the field at (s0, x) is the first stage of the previous step's accepted iterate: solve
         # hands each step the x the previous one returned, so the σ tells that it applies
         slope = carry[1] if carry is not None and carry[0] == s0 else _Tap(f, state)(s0, x)
-        tol, floor_ok = self._tolerance(x)
+        criteria = self._criteria(x)
         found = solve_fixed_point(
-            sampling_step,
-            x,
-            x + (s1 - s0) * slope,
-            tol=tol,
-            max_iter=self.max_iter,
-            memory=self.memory,
-            floor_ok=floor_ok,
+            sampling_step, x, x + (s1 - s0) * slope, max_iter=self.max_iter, memory=self.memory, **criteria
         )
         state.carry = None if found.aux is None else (s1, found.aux)
-        self._finish(state, s0, s1, tol, found, before)
+        self._finish(state, s0, s1, criteria, found, before)
         return found.y, state
 
-    def _tolerance(self, x: Tensor) -> tuple[float, bool]:
-        """(tol, whether the measured round-off floor may stand in for it)."""
-        return (self.tol, False) if self.tol is not None else (default_tolerance(x.dtype), True)
+    def _criteria(self, x: Tensor) -> dict[str, Any]:
+        """The stopping and acceptance rule of :func:`solve_fixed_point`: the tolerance asked
+        for, or the defaults of ``x``'s dtype with the measured round-off floor."""
+        if self.tol is not None:
+            return {"tol": self.tol, "accept": None, "floor_ok": False}
+        return {"tol": default_tolerance(x.dtype), "accept": default_acceptance(x.dtype), "floor_ok": True}
 
     def _report(
         self, state: _InverseRun, s0: float, s1: float, residual: Tensor, before: int, iterations: Tensor
@@ -344,9 +347,16 @@ class InverseOf(Solver):
             self.observer(InverseStep(s0, s1, residual, iterations, state.evaluations - before))
 
     def _finish(
-        self, state: _InverseRun, s0: float, s1: float, tol: float, found: FixedPoint, before: int
+        self,
+        state: _InverseRun,
+        s0: float,
+        s1: float,
+        criteria: dict[str, Any],
+        found: FixedPoint,
+        before: int,
     ) -> None:
         """Record the step σ ``s0`` → ``s1``; raise if a sample missed the tolerance."""
+        tol = criteria["accept"] or criteria["tol"]
         most = int(found.iterations.max())
         state.iterations += most
         state.max_iterations = max(state.max_iterations, most)
@@ -359,7 +369,7 @@ class InverseOf(Solver):
         worst = int(failed[found.residual[failed].argmax()])
         residual, floor = float(found.residual[worst]), float(found.floor[worst])
         # a tolerance that this sample would have met, rounded up to one significant digit
-        accept = float(f"{1.01 * residual:.0e}")
+        meets = float(f"{1.01 * residual:.0e}")
         raise InversionError(
             f"exact inversion of {self.solver!r} did not converge on the step σ {s0:.6g} -> {s1:.6g} for "
             f"sample {worst} ({failed.numel()} of {found.residual.numel()} samples): residual "
@@ -367,7 +377,7 @@ class InverseOf(Solver):
             f"{int(found.iterations[worst])} iterations, above tol {tol:.3g}"
             + (f" and {FLOOR_FACTOR:g} times the round-off floor {floor:.3g}" if self.tol is None else "")
             + f". Options: more steps (steps=), more iterations (max_iter={self.max_iter} now; CLI "
-            f"--max-iter), accept this residual (tol={accept:g}; CLI --tol), or method='reverse'",
+            f"--max-iter), accept this residual (tol={meets:g}; CLI --tol), or method='reverse'",
             sample=worst,
             sigma=s0,
             sigma_next=s1,
@@ -387,4 +397,4 @@ class InverseOf(Solver):
         return f"InverseOf({self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, memory={self.memory})"
 
 
-__all__ = ["BDIA", "InverseOf", "InverseStep", "InversionError", "default_tolerance", "solve_fixed_point"]
+__all__ = ["BDIA", "InverseOf", "InverseStep", "InversionError"]
