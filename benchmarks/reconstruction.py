@@ -16,12 +16,14 @@ of the same ODE, and how well the samples match the data (mean log-density under
 distribution, relative to the data's own; fraction within 3 standard deviations of a mode).
 Writes both tables into docs/encoding.md between the benchmark's markers and prints them.
 
-``--digits`` runs the real-network table instead: the bundled digits UNet on the held-out test
-split (the first ``--digits-batch`` images), per-dimension MSE and encoding evaluations per image
-and step for reverse Euler (DDIM inversion), reverse Heun, exact Euler, exact Heun and BDIA at
-S = 10, 20, 50, 100 in float32 and float64, beside the DDIM paper's CIFAR-10 Table 2; it writes
-that table between the ``digits-reconstruction`` markers and the figure docs/digits_reconstruction.png
-(originals, reverse-DDIM and exact BDIA reconstructions at S = 10).
+``--digits`` runs the real-network tables instead: the bundled digits UNet on the held-out test
+split (the first ``--digits-batch`` images) and on as many of its own samples, per-dimension MSE,
+max abs error and encoding evaluations per image and step for reverse Euler (DDIM inversion),
+reverse Heun, exact Euler and exact Heun (on their default logsnr grid and on DDIM's uniform
+grid) and BDIA at S = 10, 20, 50, 100 in float32 and float64, beside the DDIM paper's CIFAR-10
+Table 2, and the other single-step solvers' exact round trips at S = 10, 50, 100; it writes them
+between the ``digits-reconstruction`` markers and the figure docs/digits_reconstruction.png
+(originals, reverse-DDIM and exact-Euler reconstructions at S = 10).
 
 Run from the repository root:
 
@@ -42,8 +44,8 @@ import torch
 from docs_block import write_block
 from torch import Tensor
 
-from diffode import EpsField, Schedule, decode, encode, oracles, sample, sigma_grid, study
-from diffode.solvers import BDIA
+from diffode import EpsField, Schedule, decode, encode, oracles, sample, sigma_grid, solve, study
+from diffode.solvers import BDIA, InverseOf, get_solver
 from diffode.testing import RandomEpsNet
 
 COMMAND = ".venv/bin/python benchmarks/reconstruction.py"
@@ -54,36 +56,67 @@ MODES = {"reverse": ("euler", "reverse"), "exact": ("euler", "exact"), "bdia": (
 DOC = Path(__file__).resolve().parents[1] / "docs" / "encoding.md"
 FIGURE = DOC.parent / "digits_reconstruction.png"
 DIGITS_STEPS = (10, 20, 50, 100)
+# label: (solver, method, timesteps); None is encode's default grid for that method and solver
 DIGITS_MODES = {
-    "reverse Euler (DDIM inversion)": ("euler", "reverse"),
-    "reverse Heun": ("heun", "reverse"),
-    "exact Euler": ("euler", "exact"),
-    "exact Heun": ("heun", "exact"),
-    "BDIA": ("bdia", "exact"),
+    "reverse Euler (DDIM inversion)": ("euler", "reverse", None),
+    "reverse Heun": ("heun", "reverse", None),
+    "exact Euler": ("euler", "exact", None),
+    "exact Euler, uniform grid": ("euler", "exact", "uniform"),
+    "exact Heun": ("heun", "exact", None),
+    "exact Heun, uniform grid": ("heun", "exact", "uniform"),
+    "BDIA": ("bdia", "exact", None),
 }
+# the other single-step solvers that method="exact" accepts (ddim and dpmpp-1 are Euler's step)
+DIGITS_OTHERS = ("midpoint", "dpmpp-2s", "heun3", "ralston3", "rk4")
+OTHER_STEPS = (10, 50, 100)
 
 
-def digits_cell(x0: Tensor, steps: int, solver: str, method: str) -> tuple[str, Tensor | None]:
-    """One cell of the digits table: "MSE (evaluations per image and step)", or where exact
-    inversion did not converge, the step and residual it stopped at; and the reconstruction."""
+def digits_cell(
+    x0: Tensor, steps: int, solver: str, method: str, timesteps: str | None
+) -> tuple[str, Tensor | None]:
+    """One cell of the digits tables: "MSE / max abs error (evaluations per image and step)", or
+    where exact inversion did not converge, the step and residual it stopped at; and the
+    reconstruction."""
     from diffode.pretrained import digits
     from diffode.solvers.reversible import InversionError
 
     model, schedule = digits(dtype=x0.dtype)
     try:
-        info = encode(model, schedule, x0, steps=steps, solver=solver, method=method, return_info=True)
+        info = encode(
+            model,
+            schedule,
+            x0,
+            steps=steps,
+            timesteps=timesteps,
+            solver=solver,
+            method=method,
+            return_info=True,
+        )
     except InversionError as err:
         return f"no conv. (σ {err.sigma:.2g}→{err.sigma_next:.2g}, {err.residual:.0e})", None
     back = decode(model, schedule, info)
-    mse = float((back.double() - x0.double()).square().mean())
-    return f"{mse:.1e} ({info.evaluations_per_step:.2f})", back
+    diff = back.double() - x0.double()
+    mse, worst = float(diff.square().mean()), float(diff.abs().max())
+    return f"{mse:.1e} / {worst:.1e} ({info.evaluations_per_step:.2f})", back
 
 
-def digits_table(batch: int) -> str:
-    """Table 2 on the bundled digits network, held-out test split; writes the figure too."""
-    from diffode.data import digits as digits_data
+def digits_data(batch: int) -> dict[str, Tensor]:
+    """The held-out test split's first ``batch`` images and as many of the model's own samples
+    (Euler, 50 uniform steps, seed 0, clipped to [-1, 1] as an image file would be)."""
+    from diffode.data import digits as load_digits
+    from diffode.pretrained import digits
 
-    x0 = digits_data("test")[0][:batch]
+    model, schedule = digits()
+    noise = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return {
+        "digits test split": load_digits("test")[0][:batch],
+        "own samples": sample(model, schedule, noise).clamp(-1, 1),
+    }
+
+
+def digits_table(batch: int) -> tuple[str, str]:
+    """Table 2 on the bundled digits network (held-out test split and the model's own samples),
+    and the other single-step solvers' round trips; writes the figure too."""
     lines = [
         "| data | dtype | mode | " + " | ".join(f"S = {s}" for s in DIGITS_STEPS) + " |",
         "|" + "---|" * (3 + len(DIGITS_STEPS)),
@@ -91,24 +124,112 @@ def digits_table(batch: int) -> str:
         + " | ".join(f"{v:g}" for v in PAPER[: len(DIGITS_STEPS)])
         + " |",
     ]
+    others = [
+        "| data | dtype | solver | " + " | ".join(f"S = {s}" for s in OTHER_STEPS) + " |",
+        "|" + "---|" * (3 + len(OTHER_STEPS)),
+    ]
     shown: dict[str, Tensor] = {}
-    for dtype in (torch.float32, torch.float64):
-        for label, (solver, method) in DIGITS_MODES.items():
-            cells = []
-            for steps in DIGITS_STEPS:
-                cell, back = digits_cell(x0.to(dtype), steps, solver, method)
-                cells.append(cell)
-                if back is not None and steps == 10 and dtype == torch.float32:
-                    shown[label] = back
+    data = digits_data(batch)
+    for source, x0 in data.items():
+        for dtype in (torch.float32, torch.float64):
             name = str(dtype).removeprefix("torch.")
-            lines.append(f"| digits test split | {name} | {label} | " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
-    write_figure(x0, shown)
-    return "\n".join(lines)
+            for label, (solver, method, timesteps) in DIGITS_MODES.items():
+                cells = []
+                for steps in DIGITS_STEPS:
+                    cell, back = digits_cell(x0.to(dtype), steps, solver, method, timesteps)
+                    cells.append(cell)
+                    if (
+                        back is not None
+                        and steps == 10
+                        and dtype == torch.float32
+                        and source == "digits test split"
+                    ):
+                        shown[label] = back
+                lines.append(f"| {source} | {name} | {label} | " + " | ".join(cells) + " |")
+                print(lines[-1], flush=True)
+            for solver in DIGITS_OTHERS:
+                cells = [digits_cell(x0.to(dtype), steps, solver, "exact", None)[0] for steps in OTHER_STEPS]
+                others.append(f"| {source} | {name} | {solver} | " + " | ".join(cells) + " |")
+                print(others[-1], flush=True)
+    write_figure(data["digits test split"], shown)
+    return "\n".join(lines), "\n".join(others)
+
+
+JACOBIAN_SIGMAS = (0.0129, 0.02, 0.034, 0.05, 0.079, 0.12, 0.18, 0.34, 0.6, 1.0, 2.0)
+
+
+def jacobian_table(batch: int) -> str:
+    """The spectrum of the digits denoiser's Jacobian ∂x̂₀/∂x̄ at held-out digits noised to σ
+    (float64, one dense 64 × 64 Jacobian per image): its most negative eigenvalue (real part)
+    over the images and the median over images of each image's most negative one."""
+    from diffode.data import digits as load_digits
+    from diffode.pretrained import digits
+
+    model, schedule = digits(dtype=torch.float64)
+    field = EpsField(model, schedule)
+    x0 = load_digits("test")[0][:batch].double()
+    noise = torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for sigma in JACOBIAN_SIGMAS:
+        lows = []
+        for image in x0 + sigma * noise:
+
+            def denoise(v: Tensor, sigma: float = sigma) -> Tensor:
+                return field.denoised(sigma, v.reshape(1, *x0.shape[1:])).reshape(-1)
+
+            jac = torch.autograd.functional.jacobian(denoise, image.reshape(-1))
+            lows.append(float(torch.linalg.eigvals(jac).real.min()))
+        low = torch.tensor(lows)
+        rows.append(
+            {
+                "σ": f"{sigma:g}",
+                "most negative eigenvalue": f"{low.min():.3f}",
+                "median per image": f"{low.median():.3f}",
+            }
+        )
+        print(rows[-1], flush=True)
+    return study.to_markdown(rows)
+
+
+def divergence_table(batch: int, steps: int = 100) -> str:
+    """Exact Euler in float32 on the model's own samples: for the sample with the worst round
+    trip, the distance between the decoded and the encoded trajectory at each tenth grid point,
+    beside the largest per-step residual of its encoding."""
+    from diffode.pretrained import digits
+
+    model, schedule = digits()
+    x0 = digits_data(batch)["own samples"]
+    grid = sigma_grid(schedule, steps, "logsnr", direction="encode")
+    field = EpsField(model, schedule)
+    inverted: list = []
+    up: list[Tensor] = []
+    latents = solve(
+        field,
+        x0,
+        grid,
+        InverseOf(get_solver("euler"), observer=inverted.append),
+        callback=lambda i: up.append(i.x),
+    ).x
+    down: list[Tensor] = []
+    back = solve(field, latents, grid.flip(0), get_solver("euler"), callback=lambda i: down.append(i.x)).x
+    worst = int((back - x0).flatten(1).abs().amax(1).argmax())
+    largest = max(float(step.residual[worst]) for step in inverted)
+    rows = []
+    for j in range(0, steps, 10):
+        level = steps - 1 - j  # down[j] is at grid[level], which up[level - 1] reached
+        encoded = up[level - 1] if level >= 1 else x0
+        gap = float((down[j][worst] - encoded[worst]).abs().max())
+        rows.append({"σ": f"{float(grid[level]):.3g}", "gap": f"{gap:.2e}"})
+    rows.append({"σ": "0", "gap": f"{float((back - x0)[worst].abs().max()):.2e}"})
+    return (
+        f"Own sample {worst} of {batch}, exact Euler, {steps} logsnr steps, float32; its largest "
+        f"per-step residual is {largest:.1e} (x-space). Gap: max abs distance in x̄ between the decoded "
+        "and the encoded trajectory.\n\n" + study.to_markdown(rows)
+    )
 
 
 def write_figure(x0: Tensor, shown: dict[str, Tensor], n: int = 12) -> None:
-    """Originals, reverse-DDIM and exact (BDIA) reconstructions at S = 10, float32."""
+    """Originals, reverse-DDIM and exact-Euler reconstructions at S = 10, float32."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +237,7 @@ def write_figure(x0: Tensor, shown: dict[str, Tensor], n: int = 12) -> None:
 
     rows = [
         ("original", x0),
-        *((k, shown[k]) for k in ("reverse Euler (DDIM inversion)", "BDIA") if k in shown),
+        *((k, shown[k]) for k in ("reverse Euler (DDIM inversion)", "exact Euler") if k in shown),
     ]
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.8, len(rows) * 0.95))
     for r, (label, images) in enumerate(rows):
@@ -125,7 +246,7 @@ def write_figure(x0: Tensor, shown: dict[str, Tensor], n: int = 12) -> None:
             ax.imshow(images[c, 0].detach().double().cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r, 0].set_ylabel("exact (BDIA)" if label == "BDIA" else label.split(" (")[0], fontsize=7)
+        axes[r, 0].set_ylabel(label.split(" (")[0], fontsize=7)
     fig.suptitle("held-out digits, S = 10, float32", fontsize=9)
     fig.savefig(FIGURE, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -257,21 +378,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=256, help="samples per problem (default 256)")
     parser.add_argument("--no-write", action="store_true", help="print the tables without updating docs/")
     parser.add_argument("--digits", action="store_true", help="the bundled digits network's table only")
-    parser.add_argument("--digits-batch", type=int, default=64, help="held-out images (default 64)")
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="the digits denoiser's Jacobian spectrum and an own sample's decoded trajectory only",
+    )
+    parser.add_argument(
+        "--digits-batch", type=int, default=32, help="held-out images, and own samples (default 32)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     began = time.perf_counter()
+    if args.diagnostics:
+        text = (
+            f"Written by `{COMMAND} --diagnostics` ({args.digits_batch} images; "
+            "{seconds:.0f} s on one CPU thread).\n\n"
+            "Spectrum of the digits denoiser's Jacobian ∂x̂₀/∂x̄ at held-out digits noised to σ "
+            f"(float64):\n\n{jacobian_table(args.digits_batch)}\n\n{divergence_table(args.digits_batch)}"
+        )
+        text = text.replace("{seconds:.0f}", f"{time.perf_counter() - began:.0f}")
+        if not args.no_write:
+            write_block(DOC, "digits-diagnostics", text)
+        print(text)
+        return
     if args.digits:
-        table = digits_table(args.digits_batch)
+        table, others = digits_table(args.digits_batch)
         seconds = time.perf_counter() - began
         text = (
-            f"Written by `{COMMAND} --digits` ({args.digits_batch} held-out images; {seconds:.0f} s on one "
-            "CPU thread). Mean per-dimension squared error of decode(encode(x)) on the bundled digits "
-            "network, images in [-1, 1]; in brackets, encoding evaluations per image and step. The first "
-            "row is the DDIM paper's CIFAR-10 figure for its reverse-DDIM encoding (different data and "
-            "network; as cited in the reference, §12).\n\n"
-            f"{table}\n\n![held-out digits: originals, reverse-DDIM and exact (BDIA) reconstructions at "
-            "S = 10](digits_reconstruction.png)"
+            f"Written by `{COMMAND} --digits` ({args.digits_batch} held-out images and "
+            f"{args.digits_batch} of the model's own samples; {seconds:.0f} s on one CPU thread). "
+            "Cells: mean per-dimension "
+            "squared error / max abs error of decode(encode(x)) on the bundled digits network, images in "
+            "[-1, 1]; in brackets, encoding evaluations per image and step. Each mode on encode's "
+            "default grid (DDIM's uniform grid; logsnr for the implicit inverses, "
+            "`diffode.encoding.EXACT_TIMESTEPS`) unless the row names one. The first row is the DDIM "
+            "paper's CIFAR-10 figure for its "
+            "reverse-DDIM encoding (different data and network; as cited in the reference, §12).\n\n"
+            f'{table}\n\nThe other single-step solvers that `method="exact"` inverts, on the default grid '
+            f"(same cells):\n\n{others}\n\n![held-out digits: originals, reverse-DDIM and exact-Euler "
+            "reconstructions at S = 10](digits_reconstruction.png)"
         )
         if not args.no_write:
             write_block(DOC, "digits-reconstruction", text)

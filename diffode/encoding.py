@@ -158,7 +158,7 @@ def encode(
     steps are inverted implicitly (all but BDIA): :data:`EXACT_TIMESTEPS` (``"logsnr"``). On
     DDIM's uniform grid the first steps above σ_min are long in log σ (σ 0.01 → 0.34 at 10
     steps, → 0.079 at 50): a sampling step there is nearly the network's denoiser x̂₀, whose
-    Jacobian on a real network has eigenvalues below 0 (down to -0.43 on the bundled digits
+    Jacobian on a real network has eigenvalues below 0 (down to -0.38 on the bundled digits
     model), so the step folds and real data have no preimage near it. A grid uniform in log σ
     keeps each step's ratio σ_k/σ_{k+1} at 0.34 or more from 10 steps on, where the step stays
     invertible (docs/encoding.md). Decoding plain latents of such an encoding needs

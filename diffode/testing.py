@@ -225,7 +225,7 @@ def assert_round_trip(
     x0: Tensor,
     *,
     steps: int,
-    timesteps: Any = "uniform",
+    timesteps: Any = None,
     solver: str | Solver = "euler",
     method: str = "exact",
     atol: float,
@@ -238,7 +238,9 @@ def assert_round_trip(
     Calls ``encoder(model, schedule, x0, steps=, timesteps=, solver=, method=, return_info=True)``
     (a latents tensor or an :class:`~diffode.encoding.Encoding` may come back) and
     ``decoder(model, schedule, latents, steps=, timesteps=, solver=, companion=)``; pass your own
-    ``encoder``/``decoder`` with these signatures to test them.
+    ``encoder``/``decoder`` with these signatures to test them. When an ``Encoding`` comes back,
+    the decoder gets its grid (``timesteps=encoding.sigmas``, ``steps=None``), so the default
+    ``timesteps=None`` (the encoder's default grid for ``method``) needs nothing repeated.
 
     Passes when max |decoded - x0| ≤ ``atol`` + ``rtol``·max |x0|. Returns that error (float).
     Raises ``AssertionError`` with the achieved error when it is missed, and also when exact
@@ -265,12 +267,15 @@ def assert_round_trip(
             f"{err.sigma_next:.6g}, reaching a residual of {err.residual:.3g} (bound atol={atol:g}, "
             f"rtol={rtol:g}): {err}"
         ) from err
-    latents, companion = (
-        (encoded.latents, encoded.companion) if isinstance(encoded, Encoding) else (encoded, None)
-    )
-    back = decoder(
-        model, schedule, latents, steps=steps, timesteps=timesteps, solver=solver, companion=companion
-    )
+    if isinstance(encoded, Encoding):
+        latents, companion, grid = (
+            encoded.latents,
+            encoded.companion,
+            {"steps": None, "timesteps": encoded.sigmas},
+        )
+    else:
+        latents, companion, grid = encoded, None, {"steps": steps, "timesteps": timesteps}
+    back = decoder(model, schedule, latents, solver=solver, companion=companion, **grid)
     diff = (back.detach().to(_F64) - x0.detach().to(_F64)).abs()
     error = float(diff.max())
     bound = atol + rtol * float(x0.detach().abs().max())

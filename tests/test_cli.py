@@ -276,10 +276,24 @@ def test_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path
 
 
 def test_exact_encoding_that_does_not_converge_is_one_line(tmp_path, capsys):
+    # 5 steps of DDIM's uniform grid: the step σ 0.01 -> 0.72 folds on the digits network
     images = tmp_path / "s.npz"
     run(["sample", "--seeds", "0", "--steps", "5", "--out", str(images)], capsys)
     assert (
-        main(["encode", str(images), "--method", "exact", "--steps", "5", "--out", str(tmp_path / "z.npz")])
+        main(
+            [
+                "encode",
+                str(images),
+                "--method",
+                "exact",
+                "--steps",
+                "5",
+                "--timesteps",
+                "uniform",
+                "--out",
+                str(tmp_path / "z.npz"),
+            ]
+        )
         == 2
     )
     err = capsys.readouterr().err.strip()
