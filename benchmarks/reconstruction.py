@@ -214,6 +214,7 @@ def divergence_table(batch: int, steps: int = 100) -> str:
     back = solve(field, latents, grid.flip(0), get_solver("euler"), callback=lambda i: down.append(i.x)).x
     worst = int((back - x0).flatten(1).abs().amax(1).argmax())
     largest = max(float(step.residual[worst]) for step in inverted)
+    total = sum(float(step.residual[worst]) for step in inverted)
     rows = []
     for j in range(0, steps, 10):
         level = steps - 1 - j  # down[j] is at grid[level], which up[level - 1] reached
@@ -223,7 +224,8 @@ def divergence_table(batch: int, steps: int = 100) -> str:
     rows.append({"σ": "0", "gap": f"{float((back - x0)[worst].abs().max()):.2e}"})
     return (
         f"Own sample {worst} of {batch}, exact Euler, {steps} logsnr steps, float32; its largest "
-        f"per-step residual is {largest:.1e} (x-space). Gap: max abs distance in x̄ between the decoded "
+        f"per-step residual is {largest:.1e} and their sum (Encoding.residual) {total:.1e}, in "
+        "x-space. Gap: max abs distance in x̄ between the decoded "
         "and the encoded trajectory.\n\n" + study.to_markdown(rows)
     )
 
