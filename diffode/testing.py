@@ -268,14 +268,14 @@ def assert_round_trip(
             f"rtol={rtol:g}): {err}"
         ) from err
     if isinstance(encoded, Encoding):
-        latents, companion, grid = (
-            encoded.latents,
-            encoded.companion,
-            {"steps": None, "timesteps": encoded.sigmas},
+        latents, companion = encoded.latents, encoded.companion
+        back = decoder(
+            model, schedule, latents, steps=None, timesteps=encoded.sigmas, solver=solver, companion=companion
         )
     else:
-        latents, companion, grid = encoded, None, {"steps": steps, "timesteps": timesteps}
-    back = decoder(model, schedule, latents, solver=solver, companion=companion, **grid)
+        back = decoder(
+            model, schedule, encoded, steps=steps, timesteps=timesteps, solver=solver, companion=None
+        )
     diff = (back.detach().to(_F64) - x0.detach().to(_F64)).abs()
     error = float(diff.max())
     bound = atol + rtol * float(x0.detach().abs().max())
