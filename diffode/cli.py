@@ -21,6 +21,7 @@ from torch import Tensor
 
 from diffode import distributed, runs
 from diffode.data import DATASETS
+from diffode.fixed_point import DEFAULT_MAX_ITER
 from diffode.grids import TIMESTEP_SPACINGS
 from diffode.images import load_images, read_npz_array
 from diffode.runs import LoadedModel, check_output, load_model, parse_seeds, resolve_device, write_samples
@@ -725,8 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument(
         "--max-iter",
         type=int,
-        default=100,
-        help="--method exact: fixed-point iterations allowed per step and image (default: 100)",
+        default=DEFAULT_MAX_ITER,
+        help=f"--method exact: fixed-point iterations per step and image (default: {DEFAULT_MAX_ITER})",
     )
     enc.add_argument(
         "--recon", default="", help="also write inputs and reconstructions to this .png (or .npz)"

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from diffode.conditioning import Cond, Guidance
 from diffode.field import Model, ModelField, field_for
+from diffode.fixed_point import DEFAULT_MAX_ITER
 from diffode.grids import GridSpec, sigma_grid
 from diffode.sampling import graph_mode, ode_dtype, sample
 from diffode.schedule import NoiseSchedule
@@ -141,7 +142,7 @@ def encode(
     solver: str | Solver = "euler",
     method: Method = "reverse",
     tol: float | None = None,
-    max_iter: int = 100,
+    max_iter: int = DEFAULT_MAX_ITER,
     prediction: str = "epsilon",
     cond: Cond | None = None,
     guidance: float | Guidance | None = None,

@@ -28,6 +28,7 @@ from torch import Tensor
 from diffode.boundary import invert_into_zero
 from diffode.field import PredictingField, Sigma, VectorField
 from diffode.fixed_point import (
+    DEFAULT_MAX_ITER,
     FLOOR_FACTOR,
     FixedPoint,
     default_acceptance,
@@ -251,7 +252,7 @@ class InverseOf(Solver):
         solver: Solver,
         *,
         tol: float | None = None,
-        max_iter: int = 100,
+        max_iter: int = DEFAULT_MAX_ITER,
         memory: int = 10,
         observer: Callable[[InverseStep], None] | None = None,
     ) -> None:
