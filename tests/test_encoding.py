@@ -186,8 +186,8 @@ def test_inverse_of_serves_any_ode_through_solve():
 
 
 def test_default_tolerance_follows_the_dtype():
-    assert default_tolerance(F32) == 2 * EPS32
-    assert default_tolerance(F64) == 2 * torch.finfo(F64).eps
+    assert default_tolerance(F32) == 0.25 * EPS32
+    assert default_tolerance(F64) == 0.25 * torch.finfo(F64).eps
     assert default_acceptance(F32) == 64 * EPS32
     assert default_acceptance(F64) == 64 * torch.finfo(F64).eps
 
