@@ -34,10 +34,11 @@ Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -191,6 +192,20 @@ def jacobian_table(batch: int) -> str:
     return study.to_markdown(rows)
 
 
+@contextlib.contextmanager
+def stopping_at(ulps: float) -> Iterator[None]:
+    """Exact inversion's default tolerance set to ``ulps`` units of round-off for the block (the
+    acceptance rules unchanged): the comparison of the diagnostics."""
+    from diffode import fixed_point
+
+    default = fixed_point.ROUND_OFF_ULPS
+    fixed_point.ROUND_OFF_ULPS = ulps
+    try:
+        yield
+    finally:
+        fixed_point.ROUND_OFF_ULPS = default
+
+
 def divergence_table(batch: int, steps: int = 100) -> str:
     """Exact Euler in float32 on the model's own samples, with the iteration stopped at 2 units
     of round-off and with the default tolerance (to the floor): for the sample with the worst
@@ -203,17 +218,13 @@ def divergence_table(batch: int, steps: int = 100) -> str:
     x0 = digits_data(batch)["own samples"]
     grid = sigma_grid(schedule, steps, "logsnr", direction="encode")
     field = EpsField(model, schedule)
-    default = fixed_point.ROUND_OFF_ULPS
     columns, notes, worst = {}, [], -1
-    for ulps in (2.0, default):
-        fixed_point.ROUND_OFF_ULPS = ulps
-        try:
-            inverted: list = []
-            up: list[Tensor] = []
-            inverse = InverseOf(get_solver("euler"), observer=inverted.append)
+    for ulps in (2.0, fixed_point.ROUND_OFF_ULPS):
+        inverted: list = []
+        up: list[Tensor] = []
+        inverse = InverseOf(get_solver("euler"), observer=inverted.append)
+        with stopping_at(ulps):
             latents = solve(field, x0, grid, inverse, callback=lambda i, store=up: store.append(i.x)).x
-        finally:
-            fixed_point.ROUND_OFF_ULPS = default
         down: list[Tensor] = []
         back = solve(
             field,
@@ -259,19 +270,15 @@ def tolerance_table(batch: int) -> str:
     data = digits_data(batch)
     cases = (("own samples", 100), ("digits test split", 50))
     rows = []
-    default = fixed_point.ROUND_OFF_ULPS
-    for ulps in (2.0, default):
-        fixed_point.ROUND_OFF_ULPS = ulps
-        try:
-            row: dict[str, object] = {"stop at (units of round-off)": f"{ulps:g}"}
-            for source, steps in cases:
-                x0 = data[source]
+    for ulps in (2.0, fixed_point.ROUND_OFF_ULPS):
+        row: dict[str, object] = {"stop at (units of round-off)": f"{ulps:g}"}
+        for source, steps in cases:
+            x0 = data[source]
+            with stopping_at(ulps):
                 info = encode(model, schedule, x0, steps=steps, method="exact", return_info=True)
-                error = float((decode(model, schedule, info) - x0).abs().max())
-                row[f"{source}, S = {steps}"] = f"{error:.1e} ({info.evaluations_per_step:.2f})"
-            rows.append(row)
-        finally:
-            fixed_point.ROUND_OFF_ULPS = default
+            error = float((decode(model, schedule, info) - x0).abs().max())
+            row[f"{source}, S = {steps}"] = f"{error:.1e} ({info.evaluations_per_step:.2f})"
+        rows.append(row)
     model64, _ = digits(dtype=torch.float64)
     own = data["own samples"]
     info64 = encode(model64, schedule, own.double(), steps=100, method="exact", return_info=True)

@@ -186,13 +186,13 @@ def encode(
       grid reproduces x to the accumulated residuals (:attr:`Encoding.residual`), plus
       decoding's own round-off. Needs a deterministic single-step solver (Euler/DDIM, Heun,
       Midpoint, RK4, …). Costs the solver's evaluations per iteration, for the samples still
-      iterating (:attr:`Encoding.evaluations_per_step`), and one host-device synchronisation per
-      iteration. A sample that misses the tolerance (and, with the default tolerance, the
-      measured round-off floor of the step) raises :class:`~diffode.solvers.InversionError`
-      (a ``ValueError``) naming the sample, the step, the residual and the options. With
-      ``solver="bdia"`` only the step out of σ = 0 is iterated (BDIA's step is its own inverse),
-      and decoding with the returned companion reproduces x to round-off (``return_info=True``
-      is then required, to receive it).
+      iterating (:attr:`Encoding.evaluations_per_step`), and one or two host-device
+      synchronisations per iteration. A sample that misses the tolerance (and, with the default
+      tolerance, the default acceptance and the measured round-off floor of the step) raises
+      :class:`~diffode.solvers.InversionError` (a ``ValueError``) naming the sample, the step,
+      the residual and the options. With ``solver="bdia"`` only the step out of σ = 0 is
+      iterated (BDIA's step is its own inverse), and decoding with the returned companion
+      reproduces x to round-off (``return_info=True`` is then required, to receive it).
 
     In float32, x̄ = x·√(1+σ²) resolves x at σ to about 1e-7·√(1+σ²); a model whose flow
     does not contract perturbations passes that to the round trip, so exact round trips are a

@@ -178,9 +178,9 @@ def solve_fixed_point(
     floor = torch.zeros(batch, dtype=torch.float64, device=target.device)
     measured = torch.zeros(batch, dtype=torch.bool, device=target.device)
 
-    g, res, aux = evaluate(y, None)
+    g, best, aux = evaluate(y, None)
     # the best iterate per sample is what is returned: an accepted step may be up to 4 times worse
-    y_best, g_best, best = y.clone(), g.clone(), res.clone()
+    y_best, g_best = y.clone(), g.clone()
     aux_best = None if aux is None else aux.clone()
 
     def measure_floor(rows: Tensor) -> None:
@@ -198,8 +198,8 @@ def solve_fixed_point(
     dy = y.new_zeros(batch, width, memory)
     dg = y.new_zeros(batch, width, memory)
     filled = 0  # history columns in use (the newest last)
-    active = res > tol
-    # one host sync per iteration: which samples still iterate
+    active = best > tol
+    # host syncs per iteration: which samples still iterate, and which settled samples need a floor
     while bool(active.any()):
         rows = active.nonzero()[:, 0]
         y_a, g_a, b_a = y[rows], g[rows], beta[rows]
@@ -232,14 +232,13 @@ def solve_fixed_point(
         iterations[rows] += 1
         best_rows = best[rows]
         settled = stale[rows] >= SETTLE
+        done = (best_rows <= tol) | (settled & (best_rows <= accept))
         if floor_ok:
             # a sample that stops improving may have reached the round-off floor: measure it
             # there once, so that a floor above the tolerance ends the iteration at once
             settling = rows[settled & ~measured[rows] & (best_rows > accept)]
             if settling.numel():
                 measure_floor(settling)
-        done = (best_rows <= tol) | (settled & (best_rows <= accept))
-        if floor_ok:
             done |= best_rows <= FLOOR_FACTOR * floor[rows]
         active[rows] = ~done & (stale[rows] < patience) & (iterations[rows] < max_iter)
     if floor_ok:

@@ -229,7 +229,7 @@ class InverseOf(Solver):
     converges when the sampling step is a small perturbation of the identity; coarse steps
     through regions where the network's Jacobian exceeds 1/Δσ (a real network near σ = 0,
     where the sampling step folds) may not converge at all. Testing convergence synchronises
-    with the device once per iteration.
+    with the device once per iteration, twice while a settled sample's floor is looked for.
 
     Args:
         solver: a deterministic single-step :class:`Solver` (Euler, DDIM with η = 0, any
