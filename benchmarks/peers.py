@@ -294,7 +294,7 @@ def distance_table(cells: list[Cell], by_grid: bool) -> str:
         row = rows.setdefault(
             key, {"solver" if by_grid else "peer": c.who, **({"grid": c.grid} if by_grid else {})}
         )
-        row[f"NFE {c.target}"] = f"{c.distance:.2e} ({c.nfe})"
+        row[f"NFE {c.target}"] = "refused" if c.nfe == 0 else f"{c.distance:.2e} ({c.nfe})"
     return study.to_markdown(list(rows.values()))
 
 
@@ -378,7 +378,10 @@ def fd_sweep(samples: int, fitted: dict[tuple[str, int], Tensor], nfe: int = 5) 
         for spacing in [*GRIDS, OPTIMIZED]:
             if spacing == OPTIMIZED and (solver, nfe) not in fitted:
                 continue
-            x, used, _ = problem.run(solver, spacing, nfe)
+            try:
+                x, used, _ = problem.run(solver, spacing, nfe)
+            except ValueError:  # a grid the solver refuses
+                continue
             rows.append(
                 {"solver": solver, "grid": spacing, "NFE": used, "FD": digits_fd(x.float().clamp(-1, 1))}
             )

@@ -292,7 +292,9 @@ def optimize(
     then starting from the same x-space noise at that σ (as DDIM's uniform and quadratic grids
     do), which saves the evaluation at σ_max, where ε is nearly the noise itself. The last
     positive σ stays σ_min. A multistep solver's DP stage sees its start-up step from each
-    reference state; the refinement sees the solver as it runs.
+    reference state; the refinement sees the solver as it runs. Steps and grids the solver
+    refuses (Heun's and RK4's unstable steps, :class:`~diffode.solvers.RungeKutta`) are never
+    chosen; where every chain of the right length has one, ``ValueError`` says so.
 
     Args:
         f: the field (e.g. ``diffode.EpsField(model, schedule)``).
@@ -348,18 +350,33 @@ def optimize(
     def rms(a: Tensor, b: Tensor) -> float:
         return float((a - b).double().square().mean().sqrt())
 
+    def accepted(points: Tensor) -> bool:
+        """Whether the solver takes this grid: some refuse steps they are unstable on
+        (:class:`~diffode.solvers.RungeKutta` with a stage at the step's end, UniPC bh1)."""
+        try:
+            stepper.init(f, points, pilot)
+        except ValueError:
+            return False
+        return True
+
     # 1. GITS: best[n][j], the least summed cost of n jumps from candidate 0 to candidate j
     cost = [[math.inf] * candidates for _ in range(candidates)]
     for i in range(candidates):
         for j in range(i + 1, candidates):
-            step = solve(f, ref[i], grid[[i, j]], stepper).x
-            cost[i][j] = rms(step, ref[j]) / math.sqrt(1 + values[j] ** 2)
+            if accepted(grid[[i, j]]):
+                step = solve(f, ref[i], grid[[i, j]], stepper).x
+                cost[i][j] = rms(step, ref[j]) / math.sqrt(1 + values[j] ** 2)
     best = [[math.inf] * candidates for _ in range(steps + 1)]
     back = [[-1] * candidates for _ in range(steps + 1)]
     best[0][0] = 0.0
     for n in range(1, steps + 1):
         for j in range(n, candidates):
             best[n][j], back[n][j] = min((best[n - 1][i] + cost[i][j], i) for i in range(n - 1, j))
+    if math.isinf(best[steps][candidates - 1]):
+        raise ValueError(
+            f"{stepper!r} refuses a step of every {steps}-step chain from sigma_max to sigma_min over "
+            f"{candidates} candidates (steps it is unstable on); raise nfe or candidates"
+        )
     chain = [candidates - 1]
     for n in range(steps, 0, -1):
         chain.append(back[n][chain[-1]])
@@ -379,7 +396,8 @@ def optimize(
     # the same x-space noise there
     def error(points: list[float]) -> float:
         start = pilot * math.sqrt((1 + points[0] ** 2) / (1 + sigma_max**2))
-        return rms(solve(f, start, torch.tensor([*points, 0.0], dtype=torch.float64), stepper).x, final)
+        full = torch.tensor([*points, 0.0], dtype=torch.float64)
+        return rms(solve(f, start, full, stepper).x, final) if accepted(full) else math.inf
 
     scored = [(error(points), points) for points in starts]
     current, points = min(scored, key=lambda pair: pair[0])

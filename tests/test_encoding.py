@@ -313,7 +313,7 @@ def test_image_batches_keep_shape_and_dtype(method, solver):
     x0 = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     info = encode(net, SCHEDULE, x0, steps=5, solver=solver, method=method, return_info=True)
     assert info.latents.shape == x0.shape and info.latents.dtype == F32
-    back = decode(net, SCHEDULE, info.latents, steps=5, solver=solver, companion=info.companion)
+    back = decode(net, SCHEDULE, info)
     assert back.shape == x0.shape and back.dtype == F32
 
 

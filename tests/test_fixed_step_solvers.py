@@ -140,7 +140,7 @@ def test_stages_at_c_equal_one_hit_the_grid_point_exactly():
         seen.append(s)
         return x
 
-    grid = SCHEDULE.sigmas[torch.tensor([700, 300, 5])]
+    grid = SCHEDULE.sigmas[torch.tensor([700, 400, 200])]
     solve(f, torch.ones(1, 1, dtype=F64), grid, Heun())
     values = grid.tolist()
     assert seen == [values[0], values[1], values[1], values[2]]

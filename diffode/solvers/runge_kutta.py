@@ -17,11 +17,13 @@ never hands a step ending at σ = 0 to a stepper, so no stage evaluates the fiel
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
+import torch
 from torch import Tensor
 
 from diffode.field import Sigma, VectorField
@@ -173,6 +175,36 @@ class ButcherTableau:
         the FSAL stage of the step before)."""
         return len(self.b)
 
+    def amplification(self, ratio: Tensor, modes: int = 101) -> tuple[Tensor, Tensor]:
+        """Linear stability of a sampling step σ₀ → σ₁ = σ₀ / ``ratio`` in x̄ = x/√ᾱ coordinates.
+
+        Near data ε = (x̄ - x̂₀)/σ, and along an eigenvector of the denoiser's Jacobian with
+        eigenvalue d the ODE is dx̄/dσ = (1 - d) x̄/σ (coefficients frozen over the step). For
+        Gaussian data d = s²/(s² + σ²) lies in [0, 1]: the exact flow then never expands as σ
+        decreases, nor does Euler's (DDIM's) step, which multiplies by 1 - (1 - d)(1 - σ₁/σ₀)
+        ∈ [σ₁/σ₀, 1]. This method's step multiplies by its stability function R(d, σ₁/σ₀), a
+        polynomial in 1 - d; where |R| > 1 it amplifies the errors that the exact flow damps.
+
+        Args:
+            ratio: σ₀/σ₁ ≥ 1 per step, float64 ``(n,)``.
+            modes: values of d sampled evenly in [0, 1].
+
+        Returns:
+            (largest |R| over d, the d attaining it), each float64 ``(n,)``.
+        """
+        d = torch.linspace(0.0, 1.0, modes, dtype=torch.float64)
+        slope = (1.0 - d)[None, :]
+        h = (1.0 / ratio.to(torch.float64) - 1.0)[:, None]  # σ₁ - σ₀ with σ₀ = 1
+        ks: list[Tensor] = []
+        for row, ci in zip(self.a, self.c, strict=True):
+            xi = 1.0 + h * sum(
+                (w * k for w, k in zip(row[: len(ks)], ks, strict=True) if w != 0.0), torch.zeros_like(h)
+            )
+            ks.append(slope * xi / (1.0 + ci * h))
+        r = 1.0 + h * sum((w * k for w, k in zip(self.b, ks, strict=True) if w != 0.0), torch.zeros_like(h))
+        worst, at = r.abs().max(1)
+        return worst, d[at]
+
     @property
     def error_weights(self) -> tuple[float, ...]:
         """e = b - b_low: h Σ e_i k_i estimates the local error of the embedded solution."""
@@ -322,28 +354,83 @@ class RungeKutta(Solver):
     The step is the formula in this module's docstring (:func:`rk_stages`), with h = σ₁ - σ₀
     (negative when sampling, positive when encoding). A stage with c = 1 is evaluated at exactly
     σ₁, so on a grid of training timesteps it calls the network at the grid's integer t.
-    Single-step: any grid with at least two points is valid, and every step evaluates all
-    stages (an embedded tableau's error row and FSAL property go unused here).
+    Single-step: every step evaluates all stages (an embedded tableau's error row and FSAL
+    property go unused here).
+
+    Grids with a sampling step on which the method is linearly unstable are refused
+    (``ValueError`` naming the step): a step σ₀ → σ₁ > 0 where the tableau's
+    :meth:`~ButcherTableau.amplification` exceeds 1 for some denoiser eigenvalue d in [0, 1].
+    A stage at the end of the step (c = 1: Heun, RK4) evaluates the field at σ₁ from a state
+    extrapolated over the whole step, and ε = (x̄ - x̂₀)/σ₁ turns that state's error into one
+    σ₀/σ₁ times larger: Heun is unstable from σ₀/σ₁ > 13.9 (h = log(σ₀/σ₁) > 2.63), RK4 from
+    45.2 (h > 3.81); methods whose stages stay inside the step (Midpoint, Ralston3, Heun3) never
+    are. On the bundled digits network at 10-40 evaluations the refused grids are those where
+    Heun and RK4 land 1-80 times farther from the converged solution than Euler on the same grid
+    (docs/benchmarks.md).
 
     Args:
-        tableau: the method's coefficients.
+        tableau: the method's coefficients (the named subclasses fix their own).
+        check_stability: ``False`` takes the unstable steps anyway (to study them).
     """
 
     name = "runge-kutta"
     single_step = True
+    TABLEAU: ClassVar[ButcherTableau | None] = None
+    """The fixed tableau of a named method (``None``: the constructor takes one)."""
 
-    def __init__(self, tableau: ButcherTableau) -> None:
+    def __init__(self, tableau: ButcherTableau | None = None, *, check_stability: bool = True) -> None:
+        fixed = type(self).TABLEAU
+        if fixed is not None and tableau is not None:
+            raise TypeError(
+                f"{type(self).__name__} is the {fixed.name!r} tableau and takes none; use "
+                "RungeKutta(tableau) for another"
+            )
+        tableau = fixed if tableau is None else tableau
         if not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
+        if not isinstance(check_stability, bool):
+            raise TypeError(f"check_stability must be True or False, got {check_stability!r}")
         self.tableau = tableau
+        self.check_stability = check_stability
         self.order = tableau.order
         self.evals_per_step = tableau.stages
+
+    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> None:
+        if self.check_stability:
+            self._check_steps(sigmas)
+        return None
+
+    def _check_steps(self, sigmas: Tensor) -> None:
+        """Refuse the first sampling step between positive σ on which the method is unstable."""
+        steps = [(s0, s1) for s0, s1 in itertools.pairwise(sigmas.tolist()) if 0.0 < s1 < s0 < math.inf]
+        if not steps:
+            return
+        ratios = torch.tensor([s0 / s1 for s0, s1 in steps], dtype=torch.float64)
+        worst, mode = self.tableau.amplification(ratios)
+        # |R| = 1 exactly at d = 1 (ε = 0); the slack keeps its rounding from counting
+        unstable = (worst > 1.0 + 1e-9).nonzero()
+        if unstable.numel() == 0:
+            return
+        i = int(unstable[0])
+        (s0, s1), factor, d = steps[i], float(worst[i]), float(mode[i])
+        call = (
+            f"{type(self).__name__}(check_stability=False)"
+            if type(self).TABLEAU
+            else ("RungeKutta(tableau, check_stability=False)")
+        )
+        raise ValueError(
+            f"{self!r}: the step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.3g}) is beyond the method's "
+            f"linear stability: along a denoiser eigenvalue d = {d:.2f} it multiplies errors by {factor:.2f} "
+            "where the exact flow and Euler damp them. Use more steps, a grid without so large a ratio "
+            "(karras or logsnr with more steps), a method whose stages stay inside the step (midpoint, "
+            f"ralston3, heun3, dpmpp-2s), or {call} to take it anyway"
+        )
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         return rk_stages(f, self.tableau, s0, s1, x).x, state
 
     def __repr__(self) -> str:
-        if type(self) is RungeKutta:
+        if type(self).TABLEAU is None:
             return f"RungeKutta({self.tableau.name or 'custom'!r} tableau, order {self.order})"
         return super().__repr__()
 
@@ -356,9 +443,7 @@ class Heun(RungeKutta):
     """
 
     name = "heun"
-
-    def __init__(self) -> None:
-        super().__init__(HEUN_TABLEAU)
+    TABLEAU = HEUN_TABLEAU
 
 
 class Midpoint(RungeKutta):
@@ -368,9 +453,7 @@ class Midpoint(RungeKutta):
     """
 
     name = "midpoint"
-
-    def __init__(self) -> None:
-        super().__init__(MIDPOINT_TABLEAU)
+    TABLEAU = MIDPOINT_TABLEAU
 
 
 class Ralston(RungeKutta):
@@ -381,9 +464,7 @@ class Ralston(RungeKutta):
     """
 
     name = "ralston3"
-
-    def __init__(self) -> None:
-        super().__init__(RALSTON3_TABLEAU)
+    TABLEAU = RALSTON3_TABLEAU
 
 
 class Heun3(RungeKutta):
@@ -393,9 +474,7 @@ class Heun3(RungeKutta):
     """
 
     name = "heun3"
-
-    def __init__(self) -> None:
-        super().__init__(HEUN3_TABLEAU)
+    TABLEAU = HEUN3_TABLEAU
 
 
 class RK4(RungeKutta):
@@ -406,9 +485,7 @@ class RK4(RungeKutta):
     """
 
     name = "rk4"
-
-    def __init__(self) -> None:
-        super().__init__(RK4_TABLEAU)
+    TABLEAU = RK4_TABLEAU
 
 
 __all__ = [
