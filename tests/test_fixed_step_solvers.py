@@ -20,7 +20,17 @@ from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from diffode import EpsField, Schedule, karras_sigmas, oracles, sample, sigma_grid, solve, spaced_timesteps
+from diffode import (
+    DenoiserField,
+    EpsField,
+    Schedule,
+    karras_sigmas,
+    oracles,
+    sample,
+    sigma_grid,
+    solve,
+    spaced_timesteps,
+)
 from diffode.solvers import (
     DEIS,
     IPNDM,
@@ -30,6 +40,9 @@ from diffode.solvers import (
     DPMSolverPP,
     Euler,
     Heun,
+    Heun3,
+    Midpoint,
+    Ralston,
     RungeKutta,
     Solver,
     UniPC,
@@ -131,6 +144,48 @@ def test_an_embedded_tableau_runs_as_a_fixed_step_method():
     torch.testing.assert_close(
         solve(field, x, grid, solver).x, solve(field, x, grid, "ralston3").x, rtol=1e-14, atol=1e-14
     )
+
+
+@pytest.mark.parametrize("tableau", TABLEAUX, ids=lambda t: t.name)
+def test_amplification_is_the_step_on_the_linear_test_equation(tableau):
+    # the analysis against the solver itself: one step of the stage loop on dx̄/dσ = (1 - d) x̄/σ
+    # (a denoiser d·x̄) from x̄ = 1, for the modes d the analysis samples
+    modes = torch.linspace(0.0, 1.0, 101, dtype=F64)
+    field = DenoiserField(lambda xbar, sigma: modes * xbar)
+    ratios = [1.5, 4.0, 13.0, 15.0, 40.0, 50.0, 500.0]
+    worst, at = tableau.amplification(torch.tensor(ratios, dtype=F64))
+    for ratio, w, d in zip(ratios, worst.tolist(), at.tolist(), strict=True):
+        grid = torch.tensor([2.0, 2.0 / ratio], dtype=F64)
+        x = solve(field, torch.ones(1, 101, dtype=F64), grid, RungeKutta(tableau, check_stability=False)).x[0]
+        assert abs(float(x.abs().max()) - w) <= 1e-12 * max(1.0, w)
+        assert float(modes[x.abs().argmax()]) == d
+
+
+@pytest.mark.parametrize(
+    "solver, stable, unstable",
+    [(Heun, 13.9, 14.0), (RK4, 45.2, 45.3), (Midpoint, 1e4, None), (Ralston, 1e4, None), (Heun3, 1e4, None)],
+)
+def test_runge_kutta_refuses_the_steps_it_is_unstable_on(solver, stable, unstable):
+    # Heun's stability function exceeds 1 in modulus from σ₀/σ₁ = 13.93, RK4's from 45.23 (for
+    # denoiser eigenvalues in [0, 1]); methods whose stages stay inside the step never do
+    x = torch.ones(2, 3, dtype=F64)
+    field = DenoiserField(lambda xbar, sigma: 0.5 * xbar)
+    solve(field, x, torch.tensor([30.0, 30.0 / stable, 0.0], dtype=F64), solver())
+    if unstable is None:
+        return
+    grid = torch.tensor([30.0, 30.0 / unstable, 0.0], dtype=F64)
+    with pytest.raises(ValueError, match=f"σ 30 -> .*σ₀/σ₁ = {unstable:g}.*check_stability=False"):
+        solve(field, x, grid, solver())
+    # taken when asked, and steps out of σ = ∞, into 0 and upwards are not checked
+    solve(field, x, grid, solver(check_stability=False))
+    solve(field, x, grid.flip(0)[1:], solver())
+
+
+def test_a_named_runge_kutta_method_keeps_its_tableau():
+    with pytest.raises(TypeError, match="Heun is the 'heun' tableau and takes none"):
+        Heun(RK4_TABLEAU)
+    assert repr(Heun()) == "Heun()" and repr(Heun(check_stability=False)) == "Heun(check_stability=False)"
+    assert "custom" in repr(RungeKutta(ButcherTableau(a=((0,),), b=(1,), c=(0,), order=1)))
 
 
 def test_stages_at_c_equal_one_hit_the_grid_point_exactly():

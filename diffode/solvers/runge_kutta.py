@@ -430,9 +430,11 @@ class RungeKutta(Solver):
         return rk_stages(f, self.tableau, s0, s1, x).x, state
 
     def __repr__(self) -> str:
+        options = [] if self.check_stability else ["check_stability=False"]
         if type(self).TABLEAU is None:
-            return f"RungeKutta({self.tableau.name or 'custom'!r} tableau, order {self.order})"
-        return super().__repr__()
+            options = [f"{self.tableau.name or 'custom'!r} tableau, order {self.order}", *options]
+            return f"RungeKutta({', '.join(options)})"
+        return f"{type(self).__name__}({', '.join(options)})"
 
 
 class Heun(RungeKutta):
