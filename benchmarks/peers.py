@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))  # the peer loops live with the tests that check t
 
 import diffusers  # noqa: E402
 
-from diffode import EpsField, Schedule, oracles, sigma_grid, solve, study  # noqa: E402
+from diffode import EpsField, Schedule, oracles, sample, sigma_grid, solve, study  # noqa: E402
 from diffode.grids import optimize  # noqa: E402
 from diffode.models import MLP  # noqa: E402
 from diffode.pretrained import digits, digits_fd  # noqa: E402
@@ -391,6 +391,85 @@ def fd_sweep(samples: int, fitted: dict[tuple[str, int], Tensor], nfe: int = 5) 
     return study.to_markdown(rows[:15]) + f"\n\n({len(rows) - 15} more, all above {rows[14]['FD']}.)"
 
 
+FD_SEARCH_SEED = 11
+"""Noise seed of the timestep search (the FD tables use seed 10)."""
+FD_CHECK_SEEDS = (10, 12, 13, 14)
+FD_SEARCH = {
+    "solvers": ("deis-3", "dpmpp-2m", "unipc-bh2-2"),
+    "starts": (600, 650, 700, 750, 800, 900, 999),
+    "ends": (0, 25, 50, 75),
+    "spacings": ("uniform", "quadratic"),
+}
+"""The explicit timestep lists searched at 5 NFE: 5 integer timesteps from a first t down to a
+last one, uniform or quadratic in t, then the step into 0 (x̂₀ at the last)."""
+
+
+def searched_timesteps(first: int, last: int, spacing: str, n: int = 5) -> list[int]:
+    u = torch.linspace(1.0, 0.0, n, dtype=torch.float64)
+    return [round(last + (first - last) * float(v if spacing == "uniform" else v * v)) for v in u]
+
+
+def fd_search(samples: int) -> str:
+    """Digits FD at 5 NFE over :data:`FD_SEARCH`'s explicit timestep lists on the search seed;
+    the best configuration checked on other noise, beside the best named grid and diffusers'
+    DPM-Solver++(2M) on the same timesteps."""
+    model, schedule = digits()
+
+    def noise(seed: int) -> Tensor:
+        return torch.randn(samples, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+    def fd(x: Tensor) -> float:
+        return digits_fd(x.float().clamp(-1, 1))
+
+    def ours(solver: str, timesteps: object) -> Callable[[Tensor], float]:
+        return lambda z: fd(sample(model, schedule, z, steps=5, timesteps=timesteps, solver=solver))
+
+    search = noise(FD_SEARCH_SEED)
+    scored = []
+    for solver in FD_SEARCH["solvers"]:
+        for first in FD_SEARCH["starts"]:
+            for last in FD_SEARCH["ends"]:
+                for spacing in FD_SEARCH["spacings"]:
+                    ts = searched_timesteps(first, last, spacing)
+                    scored.append((ours(solver, torch.tensor(ts))(search), solver, ts, spacing))
+    scored.sort(key=lambda row: row[0])
+    top = [
+        {"solver": s, "timesteps": str(ts), "spacing in t": sp, "FD": f"{v:.1f}"}
+        for v, s, ts, sp in scored[:5]
+    ]
+    _, solver, ts, _ = scored[0]
+    betas = 1 - schedule.alphas_cumprod / torch.cat(
+        [torch.ones(1, dtype=torch.float64), schedule.alphas_cumprod[:-1]]
+    )
+
+    def theirs(z: Tensor) -> float:
+        scheduler = diffusers.DPMSolverMultistepScheduler(
+            num_train_timesteps=schedule.T, trained_betas=betas.numpy(), solver_order=2
+        )
+        return fd(diffusers_sample(scheduler, model, z, timesteps=ts))
+
+    checks = {
+        f"diffode {solver}, timesteps {ts}": ours(solver, torch.tensor(ts)),
+        f"diffusers DPM++ 2M, timesteps {ts}": theirs,
+        "diffode deis-3 / uniform (best named grid)": ours("deis-3", "uniform"),
+    }
+    rows = []
+    for name, run in checks.items():
+        values = {seed: run(noise(seed)) for seed in FD_CHECK_SEEDS}
+        rows.append(
+            {"configuration": name, **{f"seed {k}": f"{v:.1f}" for k, v in values.items()}}
+            | {"mean": f"{sum(values.values()) / len(values):.1f}"}
+        )
+    return (
+        f"Searched on noise seed {FD_SEARCH_SEED}: {len(scored)} explicit 5-NFE timestep lists "
+        f"(solvers {', '.join(FD_SEARCH['solvers'])}; first t in {list(FD_SEARCH['starts'])}, last t in "
+        f"{list(FD_SEARCH['ends'])}, uniform or quadratic in t). The five lowest:\n\n"
+        f"{study.to_markdown(top)}\n\nThe best, on other noise ({samples} samples each; seed 10 is the "
+        f"tables' above), beside the best named grid and diffusers on the same timesteps:\n\n"
+        f"{study.to_markdown(rows)}"
+    )
+
+
 def best_of(fn: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -561,11 +640,13 @@ def fd_part(args: argparse.Namespace) -> str:
     fitted = {(solver, n): torch.tensor(grid, dtype=torch.float64) for solver, n, grid in results["grids"]}
     fd = fd_table(args.fd_samples, fd_configs(chosen), fitted)
     sweep = fd_sweep(args.fd_samples, fitted)
+    searched = fd_search(args.fd_samples)
     return (
         f"{args.fd_samples} samples (noise seed 10), float32, clamped to [-1, 1]. Cells: digits FD "
         "(NFE). DDIM with 1000 steps: about 21 (docs/digits.md); the metric's own noise at 1000 "
         f"samples is about ±2.\n\n{fd}\n\nAt 5 NFE, every solver family on every grid (FD; the lowest first):"
-        f"\n\n{sweep}"
+        f"\n\n{sweep}\n\nAt 5 NFE, explicit timestep lists (`sample(..., timesteps=torch.tensor([...]))`):"
+        f"\n\n{searched}"
     )
 
 

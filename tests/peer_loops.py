@@ -64,15 +64,21 @@ def k_diffusion_sample(
     return getattr(module, f"sample_{sampler}")(denoiser, start, sigmas, disable=True, **kwargs)
 
 
-def diffusers_sample(scheduler: Any, model: Model, noise: Tensor, stop: int | None = None) -> Tensor:
+def diffusers_sample(
+    scheduler: Any, model: Model, noise: Tensor, stop: int | None = None, timesteps: list[int] | None = None
+) -> Tensor:
     """diffusers' denoising loop (as its pipelines run it) with ``scheduler`` after
     ``set_timesteps`` (called again here with the same count, which resets its history), from
     x-space noise; with ``stop``, the latents after that many steps.
 
     Schedulers whose latents are x̄ (``init_noise_sigma`` > 1: Euler, Heun, LMS) start from
     noise·√(1+σ₀²) at their first σ exactly, not from their approximate ``init_noise_sigma``, so
-    every peer starts from the same x-space noise."""
-    scheduler.set_timesteps(scheduler.num_inference_steps)
+    every peer starts from the same x-space noise. ``timesteps``: the scheduler's own custom
+    timesteps (``set_timesteps(timesteps=...)``) instead of its spacing."""
+    if timesteps is None:
+        scheduler.set_timesteps(scheduler.num_inference_steps)
+    else:
+        scheduler.set_timesteps(timesteps=timesteps)
     if hasattr(scheduler, "sigmas") and noise.dtype == torch.float64:
         # diffusers stores its grid in float32; a float64 run keeps it in float64 (the values are
         # the same float32 table entries, only the step coefficients gain precision)
