@@ -485,9 +485,10 @@ def main(argv: list[str] | None = None) -> None:
             "Spectrum of the digits denoiser's Jacobian ∂x̂₀/∂x̄ at held-out digits noised to σ "
             f"(float64):\n\n{jacobian_table(args.digits_batch)}\n\n{divergence_table(args.digits_batch)}"
             "\n\nThe stopping tolerance of exact Euler in float32: max abs round-trip error (evaluations "
-            f"per image and step).\n\n{tolerance_table(args.digits_batch)}\n\nThe floor of any float32 "
-            "round trip: the float64 exact latents (and BDIA's companion) decoded in float32, max abs "
-            f"error against the images. A float32 encoding cannot promise less.\n\n"
+            f"per image and step).\n\n{tolerance_table(args.digits_batch)}\n\nThe round-off of float32 "
+            "decoding: the float64 exact latents (and BDIA's companion) decoded in float32, max abs "
+            "error against the images. A float32 encoding solves the float32 decoding's own equations "
+            "and may land below it, but nothing guarantees that it will.\n\n"
             f"{decode_floor_table(args.digits_batch)}"
         )
         text = text.replace("{seconds:.0f}", f"{time.perf_counter() - began:.0f}")
