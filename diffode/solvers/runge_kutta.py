@@ -364,9 +364,9 @@ class RungeKutta(Solver):
     extrapolated over the whole step, and ε = (x̄ - x̂₀)/σ₁ turns that state's error into one
     σ₀/σ₁ times larger: Heun is unstable from σ₀/σ₁ > 13.9 (h = log(σ₀/σ₁) > 2.63), RK4 from
     45.2 (h > 3.81); methods whose stages stay inside the step (Midpoint, Ralston3, Heun3) never
-    are. On the bundled digits network at 10-40 evaluations the refused grids are those where
-    Heun and RK4 land 1-80 times farther from the converged solution than Euler on the same grid
-    (docs/benchmarks.md).
+    are. On the bundled digits network at 10 evaluations the grids refused are those on which
+    Heun and RK4 had landed 3-270 times farther from the converged solution than Euler on the
+    same grid, and at 16-40 evaluations 0.8-5.8 times (docs/benchmarks.md).
 
     Args:
         tableau: the method's coefficients (the named subclasses fix their own).
@@ -413,10 +413,11 @@ class RungeKutta(Solver):
             return
         i = int(unstable[0])
         (s0, s1), factor, d = steps[i], float(worst[i]), float(mode[i])
+        named = type(self).TABLEAU is not None
         call = (
             f"{type(self).__name__}(check_stability=False)"
-            if type(self).TABLEAU
-            else ("RungeKutta(tableau, check_stability=False)")
+            if named
+            else "RungeKutta(tableau, check_stability=False)"
         )
         raise ValueError(
             f"{self!r}: the step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.3g}) is beyond the method's "
