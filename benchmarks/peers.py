@@ -342,6 +342,35 @@ def stability_table(problem: Problem, solvers: list[str]) -> tuple[str, list[str
     return study.to_markdown(rows), failures
 
 
+REFUSAL_NFES = (10, 16, 20, 30, 40)
+"""Budgets of the refusal table: where Heun and RK4 refuse a grid, what the step would give."""
+
+
+def refusal_table(problem: Problem) -> str:
+    """Heun and RK4 (the Runge–Kutta methods with a stage at the end of the step) on every named
+    grid: at each budget of :data:`REFUSAL_NFES`, their distance as a multiple of Euler's, taken
+    with ``check_stability=False``, marked where the default check refuses the grid."""
+    from diffode.solvers import RK4, Heun
+
+    rows = []
+    for cls in (Heun, RK4):
+        checked, unchecked = cls(), cls(check_stability=False)
+        for nfe in REFUSAL_NFES:
+            row: dict[str, object] = {"solver": checked.name, "NFE": nfe}
+            for spacing in GRIDS:
+                euler, _, top = problem.run("euler", spacing, nfe)
+                grid = problem.grid(spacing, nfe, checked.name)
+                x = solve(problem.field, problem.start(float(grid[0])), grid, unchecked).x
+                ratio = problem.distance(x, float(grid[0])) / problem.distance(euler, top)
+                try:
+                    checked.init(problem.field, grid, x)
+                    row[spacing] = f"{ratio:.2f}×"
+                except ValueError:
+                    row[spacing] = f"refused ({ratio:.2f}×)"
+            rows.append(row)
+    return study.to_markdown(rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # Fréchet distance and overhead
 # ---------------------------------------------------------------------------------------------
@@ -621,7 +650,8 @@ def distance_part(args: argparse.Namespace) -> str:
 
 
 def stability_part(args: argparse.Namespace) -> str:
-    table, failures = stability_table(digits_problem(args.digits_batch), fixed_step_solvers())
+    problem = digits_problem(args.digits_batch)
+    table, failures = stability_table(problem, fixed_step_solvers())
     verdict = (
         "Every solver of order ≥ 2 stays within 3× of Euler on every grid."
         if not failures
@@ -631,6 +661,9 @@ def stability_part(args: argparse.Namespace) -> str:
         f"Digits, {args.digits_batch} samples, float64, at most 10 NFE. Cells: RMS distance to the "
         "converged solution from the grid's own first point (Dopri5 at rtol = atol = "
         f"{STABILITY_TOL:g}), and its multiple of Euler's on the same grid.\n\n{table}\n\n{verdict}"
+        "\n\nWhat the Runge–Kutta refusal costs: Heun and RK4 at more evaluations, distance as a "
+        "multiple of Euler's at the same budget, measured with `check_stability=False`; "
+        f'"refused" where the default refuses the grid.\n\n{refusal_table(problem)}'
     )
 
 
