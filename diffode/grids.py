@@ -317,6 +317,7 @@ def optimize(
     # solve and the solvers import nothing from this module, but the package imports it first
     from diffode.solve import solve
     from diffode.solvers.adaptive import Dopri5
+    from diffode.solvers.base import UnstableStepError
     from diffode.solvers.registry import get_solver
 
     stepper = get_solver(solver)
@@ -355,7 +356,7 @@ def optimize(
         (:class:`~diffode.solvers.RungeKutta` with a stage at the step's end, UniPC bh1)."""
         try:
             stepper.init(f, points, pilot)
-        except ValueError:
+        except UnstableStepError:
             return False
         return True
 
@@ -375,7 +376,8 @@ def optimize(
     if math.isinf(best[steps][candidates - 1]):
         raise ValueError(
             f"{stepper!r} refuses a step of every {steps}-step chain from sigma_max to sigma_min over "
-            f"{candidates} candidates (steps it is unstable on); raise nfe or candidates"
+            f"{candidates} candidates (steps it is unstable on); raise nfe (more, shorter steps), or "
+            "candidates where the candidate grid is too coarse"
         )
     chain = [candidates - 1]
     for n in range(steps, 0, -1):

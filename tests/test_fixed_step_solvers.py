@@ -46,6 +46,7 @@ from diffode.solvers import (
     RungeKutta,
     Solver,
     UniPC,
+    UnstableStepError,
     get_solver,
 )
 from diffode.solvers.exponential import phi
@@ -166,19 +167,22 @@ def test_amplification_is_the_step_on_the_linear_test_equation(tableau):
     [(Heun, 13.9, 14.0), (RK4, 45.2, 45.3), (Midpoint, 1e4, None), (Ralston, 1e4, None), (Heun3, 1e4, None)],
 )
 def test_runge_kutta_refuses_the_steps_it_is_unstable_on(solver, stable, unstable):
-    # Heun's stability function exceeds 1 in modulus from σ₀/σ₁ = 13.93, RK4's from 45.23 (for
-    # denoiser eigenvalues in [0, 1]); methods whose stages stay inside the step never do
+    # Heun's stability function exceeds 1 in modulus from σ₀/σ₁ = 7 + 4√3 = 13.93, RK4's from
+    # 45.21 (for denoiser eigenvalues in [0, 1]); methods whose stages stay inside the step never do
     x = torch.ones(2, 3, dtype=F64)
     field = DenoiserField(lambda xbar, sigma: 0.5 * xbar)
     solve(field, x, torch.tensor([30.0, 30.0 / stable, 0.0], dtype=F64), solver())
     if unstable is None:
         return
     grid = torch.tensor([30.0, 30.0 / unstable, 0.0], dtype=F64)
-    with pytest.raises(ValueError, match=f"σ 30 -> .*σ₀/σ₁ = {unstable:g}.*check_stability=False"):
+    with pytest.raises(UnstableStepError, match=f"σ 30 -> .*σ₀/σ₁ = {unstable:g}.*check_stability=False"):
         solve(field, x, grid, solver())
-    # taken when asked, and steps out of σ = ∞, into 0 and upwards are not checked
+    # an increasing grid is checked as the sampling grid that decodes it
+    with pytest.raises(UnstableStepError, match=f"sampling step σ 30 -> .*σ₀/σ₁ = {unstable:g}"):
+        solve(field, x, grid.flip(0)[1:], solver())
+    # taken when asked; a plain callable is any ODE and is integrated as given
     solve(field, x, grid, solver(check_stability=False))
-    solve(field, x, grid.flip(0)[1:], solver())
+    solve(lambda sigma, y: -y, x, grid, solver())
 
 
 def test_a_named_runge_kutta_method_keeps_its_tableau():

@@ -2,7 +2,7 @@
 
 from diffode.solvers.adaptive import Bosh3, Dopri5, EmbeddedPair, EmbeddedRungeKutta
 from diffode.solvers.backends import Scipy, Torchdiffeq
-from diffode.solvers.base import Euler, Solver
+from diffode.solvers.base import Euler, Solver, UnstableStepError
 from diffode.solvers.controller import IController
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DEIS, DPMSolverPP
@@ -47,6 +47,7 @@ __all__ = [
     "Solver",
     "Torchdiffeq",
     "UniPC",
+    "UnstableStepError",
     "get_solver",
     "rk_stages",
     "solver_names",

@@ -3,7 +3,8 @@
 A solver advances the state over one interval of the σ grid:
 
 1. ``init(f, sigmas, x, generator)`` is called once per solve and returns the solver's state
-   (multistep history, adaptive step size, random generator; ``None`` when there is none).
+   (multistep history, adaptive step size, random generator; ``None`` when there is none). A
+   solver that is unstable on some step of the grid raises :class:`UnstableStepError` there.
 2. ``step(f, s0, s1, x, state) -> (x, state)`` advances x from σ = s0 to σ = s1 (Python floats,
    both positive and finite, either direction). It may call ``f`` several times and may take
    internal sub-steps (adaptive solvers) but never evaluates ``f`` at σ = 0. The x it receives is
@@ -31,6 +32,12 @@ from torch import Tensor
 
 from diffode.boundary import out_of_zero
 from diffode.field import PredictingField, VectorField
+
+
+class UnstableStepError(ValueError):
+    """A solver refuses a grid: one of its steps is beyond the method's stability (Heun's and
+    RK4's, :class:`~diffode.solvers.RungeKutta`; UniPC bh1's, :class:`~diffode.solvers.UniPC`).
+    The message names the step and what to do instead."""
 
 
 class Solver(ABC):

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from diffode.field import Sigma, VectorField
-from diffode.solvers.base import Solver
+from diffode.solvers.base import Solver, UnstableStepError
 
 # Coefficients are written as decimal fractions (1/6 is not exact in binary), so consistency
 # is checked to a few ulps of the sums involved, not exactly.
@@ -357,16 +357,19 @@ class RungeKutta(Solver):
     Single-step: every step evaluates all stages (an embedded tableau's error row and FSAL
     property go unused here).
 
-    Grids with a sampling step on which the method is linearly unstable are refused
-    (``ValueError`` naming the step): a step σ₀ → σ₁ > 0 where the tableau's
+    On the field of a network (:class:`~diffode.field.ModelField`), grids with a sampling step
+    on which the method is linearly unstable are refused (:class:`UnstableStepError`, a
+    ``ValueError`` naming the step): a step σ₀ → σ₁ > 0 where the tableau's
     :meth:`~ButcherTableau.amplification` exceeds 1 for some denoiser eigenvalue d in [0, 1].
     A stage at the end of the step (c = 1: Heun, RK4) evaluates the field at σ₁ from a state
     extrapolated over the whole step, and ε = (x̄ - x̂₀)/σ₁ turns that state's error into one
-    σ₀/σ₁ times larger: Heun is unstable from σ₀/σ₁ > 13.9 (h = log(σ₀/σ₁) > 2.63), RK4 from
-    45.2 (h > 3.81); methods whose stages stay inside the step (Midpoint, Ralston3, Heun3) never
-    are. On the bundled digits network at 10 evaluations the grids refused are those on which
-    Heun and RK4 had landed 3-270 times farther from the converged solution than Euler on the
-    same grid, and at 16-40 evaluations 0.8-5.8 times (docs/benchmarks.md).
+    σ₀/σ₁ times larger: Heun is unstable from σ₀/σ₁ > 13.9 (log(σ₀/σ₁) > 2.63), RK4 from 45.2
+    (log(σ₀/σ₁) > 3.81); methods whose stages stay inside the step (Midpoint, Ralston3, Heun3)
+    never are. An increasing grid (encoding by reverse integration) is checked as the sampling
+    grid that decodes it. A plain callable f(σ, x) is any ODE and is integrated as given. On
+    the bundled digits network at 10 evaluations the grids refused are those on which Heun and
+    RK4 had landed 3-274 times farther from the converged solution than Euler on the same grid,
+    and at 16-40 evaluations 0.8-5.8 times (docs/benchmarks.md).
 
     Args:
         tableau: the method's coefficients (the named subclasses fix their own).
@@ -396,13 +399,16 @@ class RungeKutta(Solver):
         self.evals_per_step = tableau.stages
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> None:
-        if self.check_stability:
+        # a network field, bare or as solve hands it over (whose .model is the ModelField)
+        if self.check_stability and getattr(f, "model", None) is not None:
             self._check_steps(sigmas)
         return None
 
     def _check_steps(self, sigmas: Tensor) -> None:
-        """Refuse the first sampling step between positive σ on which the method is unstable."""
-        steps = [(s0, s1) for s0, s1 in itertools.pairwise(sigmas.tolist()) if 0.0 < s1 < s0 < math.inf]
+        """Refuse the first step between positive σ on which sampling is unstable (a step up is
+        checked as the sampling step down that undoes it)."""
+        pairs = itertools.pairwise(sigmas.tolist())
+        steps = [(max(a, b), min(a, b)) for a, b in pairs if min(a, b) > 0.0 and max(a, b) < math.inf]
         if not steps:
             return
         ratios = torch.tensor([s0 / s1 for s0, s1 in steps], dtype=torch.float64)
@@ -419,12 +425,12 @@ class RungeKutta(Solver):
             if named
             else "RungeKutta(tableau, check_stability=False)"
         )
-        raise ValueError(
-            f"{self!r}: the step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.3g}) is beyond the method's "
-            f"linear stability: along a denoiser eigenvalue d = {d:.2f} it multiplies errors by {factor:.2f} "
-            "where the exact flow and Euler damp them. Use more steps, a grid without so large a ratio "
-            "(karras or logsnr with more steps), a method whose stages stay inside the step (midpoint, "
-            f"ralston3, heun3, dpmpp-2s), or (in Python) {call} to take it anyway"
+        raise UnstableStepError(
+            f"{self!r}: the sampling step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.3g}) is beyond the "
+            f"method's linear stability: along a denoiser eigenvalue d = {d:.2f} it multiplies errors by "
+            f"{factor:.2f} where the exact flow and Euler damp them. Use more steps, a grid without so "
+            "large a ratio (karras or logsnr with more steps), a method whose stages stay inside the step "
+            f"(midpoint, ralston3, heun3, dpmpp-2s), or (in Python) {call} to take it anyway"
         )
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:

@@ -31,7 +31,7 @@ import numpy as np
 from torch import Tensor
 
 from diffode.field import PredictingField, VectorField
-from diffode.solvers.base import Solver
+from diffode.solvers.base import Solver, UnstableStepError
 from diffode.solvers.exponential import phi
 from diffode.solvers.multistep import History, MultistepState, check_order, lower_order_final
 
@@ -143,7 +143,7 @@ class UniPC(Solver):
         for s0, s1 in itertools.pairwise(values):
             h = abs(math.log(s0 / s1))
             if h > self.BH1_MAX_STEP:
-                raise ValueError(
+                raise UnstableStepError(
                     f"{self.name}: the step σ {s0:.4g} -> {s1:.4g} spans h = {h:.2f} in log σ, beyond "
                     f"{self.BH1_MAX_STEP} where bh1's simplified weight overshoots the exact one "
                     f"{1 / (2 * phi(2, -h)):.1f}-fold and the method is unstable; use variant='bh2' "
