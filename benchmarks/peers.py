@@ -45,7 +45,7 @@ from diffode import EpsField, Schedule, oracles, sample, sigma_grid, solve, stud
 from diffode.grids import optimize  # noqa: E402
 from diffode.models import MLP  # noqa: E402
 from diffode.pretrained import digits, digits_fd  # noqa: E402
-from diffode.solvers import get_solver  # noqa: E402
+from diffode.solvers import UnstableStepError, get_solver  # noqa: E402
 from diffode.solvers.adaptive import Dopri5  # noqa: E402
 from tests.peer_loops import diffusers_sample, k_diffusion_sample, k_diffusion_sampling  # noqa: E402
 
@@ -176,13 +176,16 @@ class Peer:
     run: Callable[[Problem, int], tuple[Tensor, int]]
 
 
+def betas(schedule: Schedule) -> object:
+    """The schedule's β table (numpy) for a diffusers scheduler's ``trained_betas``."""
+    alphas = schedule.alphas_cumprod
+    return (1 - alphas / torch.cat([torch.ones(1, dtype=torch.float64), alphas[:-1]])).numpy()
+
+
 def diffusers_peer(label: str, cls: str, two_stage: bool = False, **config: object) -> Peer:
     def run(problem: Problem, nfe: int) -> tuple[Tensor, int]:
-        betas = 1 - problem.schedule.alphas_cumprod / torch.cat(
-            [torch.ones(1, dtype=torch.float64), problem.schedule.alphas_cumprod[:-1]]
-        )
         scheduler = getattr(diffusers, cls)(
-            num_train_timesteps=problem.schedule.T, trained_betas=betas.numpy(), **config
+            num_train_timesteps=problem.schedule.T, trained_betas=betas(problem.schedule), **config
         )
         # Heun's last step is Euler: 2·steps - 1 evaluations
         steps = (nfe + 1) // 2 if two_stage else nfe
@@ -266,7 +269,7 @@ def diffode_cells(problem: Problem, solvers: list[str], grids: list[str]) -> lis
             for target in NFES:
                 try:
                     x, nfe, _ = problem.run(solver, spacing, target)
-                except ValueError:  # a grid the solver refuses
+                except UnstableStepError:  # a grid the solver refuses
                     cells.append(Cell(solver, spacing, target, 0, math.nan))
                     continue
                 cells.append(Cell(solver, spacing, target, nfe, problem.distance(x)))
@@ -330,7 +333,7 @@ def stability_table(problem: Problem, solvers: list[str]) -> tuple[str, list[str
         for spacing in GRIDS:
             try:
                 x, _, top = problem.run(solver, spacing, 10)
-            except ValueError:
+            except UnstableStepError:
                 row[spacing] = "refused"
                 continue
             d = problem.distance(x, top)
@@ -365,7 +368,7 @@ def refusal_table(problem: Problem) -> str:
                 try:
                     checked.init(problem.field, grid, x)
                     row[spacing] = f"{ratio:.2f}×"
-                except ValueError:
+                except UnstableStepError:
                     row[spacing] = f"refused ({ratio:.2f}×)"
             rows.append(row)
     return study.to_markdown(rows)
@@ -409,7 +412,7 @@ def fd_sweep(samples: int, fitted: dict[tuple[str, int], Tensor], nfe: int = 5) 
                 continue
             try:
                 x, used, _ = problem.run(solver, spacing, nfe)
-            except ValueError:  # a grid the solver refuses
+            except UnstableStepError:  # a grid the solver refuses
                 continue
             rows.append(
                 {"solver": solver, "grid": spacing, "NFE": used, "FD": digits_fd(x.float().clamp(-1, 1))}
@@ -467,13 +470,10 @@ def fd_search(samples: int) -> str:
         for v, s, ts, sp in scored[:5]
     ]
     _, solver, ts, _ = scored[0]
-    betas = 1 - schedule.alphas_cumprod / torch.cat(
-        [torch.ones(1, dtype=torch.float64), schedule.alphas_cumprod[:-1]]
-    )
 
     def theirs(z: Tensor) -> float:
         scheduler = diffusers.DPMSolverMultistepScheduler(
-            num_train_timesteps=schedule.T, trained_betas=betas.numpy(), solver_order=2
+            num_train_timesteps=schedule.T, trained_betas=betas(schedule), solver_order=2
         )
         return fd(diffusers_sample(scheduler, model, z, timesteps=ts))
 
@@ -525,11 +525,7 @@ def overhead_table(repeat: int) -> tuple[str, list[dict[str, object]]]:
         times = [torch.full((shape[0],), float(t)) for t in sched.t(grid[:-1]).tolist()]
         ddim = diffusers.DDIMScheduler(
             num_train_timesteps=sched.T,
-            trained_betas=(
-                1
-                - sched.alphas_cumprod
-                / torch.cat([torch.ones(1, dtype=torch.float64), sched.alphas_cumprod[:-1]])
-            ).numpy(),
+            trained_betas=betas(sched),
             clip_sample=False,
         )
         ddim.set_timesteps(steps)

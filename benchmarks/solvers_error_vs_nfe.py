@@ -26,7 +26,7 @@ from docs_block import write_block
 from torch import Tensor
 
 from diffode import EpsField, Schedule, oracles, sigma_grid, solve, study
-from diffode.solvers import get_solver, solver_names
+from diffode.solvers import UnstableStepError, get_solver, solver_names
 from diffode.solvers.adaptive import Bosh3, Dopri5
 from diffode.solvers.backends import Scipy, Torchdiffeq
 
@@ -82,7 +82,7 @@ def fixed_step_table(schedule: Schedule, refs: References, spacing: str) -> list
             grid = sigma_grid(schedule, steps_for(target, solver.evals_per_step), spacing)
             try:
                 solver.init(refs.field, grid, refs.noise)
-            except ValueError:  # a grid with a step the solver is unstable on (Heun, RK4)
+            except UnstableStepError:  # a step the solver is unstable on (Heun, RK4, UniPC bh1)
                 row[f"NFE≈{target}"] = "refused"
                 continue
             result = study.measure(
