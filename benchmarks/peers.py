@@ -320,9 +320,13 @@ def targets_table(problem: str, ours: list[Cell], theirs: list[Cell]) -> tuple[s
     return study.to_markdown(rows), rows
 
 
-def stability_table(problem: Problem, solvers: list[str]) -> tuple[str, list[str]]:
+def stability_table(problem: Problem, solvers: list[str], fd_samples: int) -> tuple[str, list[str]]:
     """At 10 NFE: each solver's distance on each named grid, as a multiple of Euler's, both from
-    the grid's own first point; the cells of order-2+ solvers beyond 3× are listed."""
+    the grid's own first point, and the digits FD of ``fd_samples`` samples (float32, noise
+    seed 10, as the FD tables); the cells of order-2+ solvers beyond 3× are listed."""
+    model32, schedule32 = digits()
+    noise = torch.randn(fd_samples, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    quality = Problem("digits", model32, schedule32, noise, noise[:1])
     rows, failures = [], []
     euler = {}
     for spacing in GRIDS:
@@ -338,7 +342,8 @@ def stability_table(problem: Problem, solvers: list[str]) -> tuple[str, list[str
                 continue
             d = problem.distance(x, top)
             ratio = d / euler[spacing]
-            row[spacing] = f"{d:.3f} ({ratio:.2f}×)"
+            fd = digits_fd(quality.run(solver, spacing, 10)[0].float().clamp(-1, 1))
+            row[spacing] = f"{d:.3f} ({ratio:.2f}×), FD {fd:.1f}"
             if get_solver(solver).order >= 2 and not ratio <= 3:
                 failures.append(f"{solver} on {spacing}: {ratio:.2f}× Euler")
         rows.append(row)
@@ -647,7 +652,7 @@ def distance_part(args: argparse.Namespace) -> str:
 
 def stability_part(args: argparse.Namespace) -> str:
     problem = digits_problem(args.digits_batch)
-    table, failures = stability_table(problem, fixed_step_solvers())
+    table, failures = stability_table(problem, fixed_step_solvers(), args.fd_samples)
     verdict = (
         "Every solver of order ≥ 2 stays within 3× of Euler on every grid."
         if not failures
@@ -656,7 +661,9 @@ def stability_part(args: argparse.Namespace) -> str:
     return (
         f"Digits, {args.digits_batch} samples, float64, at most 10 NFE. Cells: RMS distance to the "
         "converged solution from the grid's own first point (Dopri5 at rtol = atol = "
-        f"{STABILITY_TOL:g}), and its multiple of Euler's on the same grid.\n\n{table}\n\n{verdict}"
+        f"{STABILITY_TOL:g}), its multiple of Euler's on the same grid, and the digits FD of "
+        f"{args.fd_samples} samples (float32, noise seed 10, clamped to [-1, 1]; DDIM with 1000 steps: "
+        f"about 21).\n\n{table}\n\n{verdict}"
         "\n\nWhat the Runge–Kutta refusal costs: Heun and RK4 at more evaluations, distance as a "
         "multiple of Euler's at the same budget, measured with `check_stability=False`; "
         f'"refused" where the default refuses the grid.\n\n{refusal_table(problem)}'
