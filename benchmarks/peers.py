@@ -148,10 +148,18 @@ class Problem:
         return out.x, out.nfe, top
 
 
+FD_SEED = 10
+"""Noise seed of the Fréchet-distance tables."""
+
+
+def digits_noise(n: int, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``n`` x-space noise images of the digits model's shape from generator seed ``seed``."""
+    return torch.randn(n, 1, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
 def digits_problem(batch: int) -> Problem:
     model, schedule = digits(dtype=torch.float64)
-    noise = torch.randn(batch, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    pilot = torch.randn(16, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    noise, pilot = digits_noise(batch, 0, torch.float64), digits_noise(16, 1, torch.float64)
     return Problem("digits", model, schedule, noise, pilot)
 
 
@@ -325,7 +333,7 @@ def stability_table(problem: Problem, solvers: list[str], fd_samples: int) -> tu
     the grid's own first point, and the digits FD of ``fd_samples`` samples (float32, noise
     seed 10, as the FD tables); the cells of order-2+ solvers beyond 3× are listed."""
     model32, schedule32 = digits()
-    noise = torch.randn(fd_samples, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    noise = digits_noise(fd_samples, FD_SEED)
     quality = Problem("digits", model32, schedule32, noise, noise[:1])
     rows, failures = [], []
     euler = {}
@@ -392,7 +400,7 @@ def fd_table(
     """Digits FD of each configuration at each NFE; optimised grids are those of the distance
     part (``fitted``), fitted on the float64 pilot."""
     model, schedule = digits()
-    noise = torch.randn(samples, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    noise = digits_noise(samples, FD_SEED)
     problem = Problem("digits", model, schedule, noise, noise[:1], fitted=dict(fitted))
     rows = []
     for name, run in configs:
@@ -408,7 +416,7 @@ def fd_table(
 def fd_sweep(samples: int, fitted: dict[tuple[str, int], Tensor], nfe: int = 5) -> str:
     """Digits FD at ``nfe`` for every family of :data:`FAMILIES` on every grid, sorted."""
     model, schedule = digits()
-    noise = torch.randn(samples, 1, 8, 8, generator=torch.Generator().manual_seed(10))
+    noise = digits_noise(samples, FD_SEED)
     problem = Problem("digits", model, schedule, noise, noise[:1], fitted=dict(fitted))
     rows = []
     for solver in FAMILIES:
@@ -452,16 +460,13 @@ def fd_search(samples: int) -> str:
     DPM-Solver++(2M) on the same timesteps."""
     model, schedule = digits()
 
-    def noise(seed: int) -> Tensor:
-        return torch.randn(samples, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
-
     def fd(x: Tensor) -> float:
         return digits_fd(x.float().clamp(-1, 1))
 
     def ours(solver: str, timesteps: object) -> Callable[[Tensor], float]:
         return lambda z: fd(sample(model, schedule, z, steps=5, timesteps=timesteps, solver=solver))
 
-    search = noise(FD_SEARCH_SEED)
+    search = digits_noise(samples, FD_SEARCH_SEED)
     scored = []
     for solver in FD_SEARCH["solvers"]:
         for first in FD_SEARCH["starts"]:
@@ -489,7 +494,7 @@ def fd_search(samples: int) -> str:
     }
     rows = []
     for name, run in checks.items():
-        values = {seed: run(noise(seed)) for seed in FD_CHECK_SEEDS}
+        values = {seed: run(digits_noise(samples, seed)) for seed in FD_CHECK_SEEDS}
         rows.append(
             {"configuration": name, **{f"seed {k}": f"{v:.1f}" for k, v in values.items()}}
             | {"mean": f"{sum(values.values()) / len(values):.1f}"}
