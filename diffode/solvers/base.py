@@ -24,6 +24,8 @@ Solvers are small stateless objects: one instance can serve many solves at once.
 
 from __future__ import annotations
 
+import itertools
+import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -38,6 +40,13 @@ class UnstableStepError(ValueError):
     """A solver refuses a grid: one of its steps is beyond the method's stability (Heun's and
     RK4's, :class:`~diffode.solvers.RungeKutta`; UniPC bh1's, :class:`~diffode.solvers.UniPC`).
     The message names the step and what to do instead."""
+
+
+def positive_steps(sigmas: Tensor) -> list[tuple[float, float]]:
+    """The steps (σ₀, σ₁) of a grid between positive, finite σ: those a solver takes itself (the
+    steps into σ = 0 and out of σ = 0 or ∞ are :mod:`diffode.boundary`'s), for grid checks."""
+    values = [v for v in sigmas.tolist() if 0.0 < v < math.inf]
+    return list(itertools.pairwise(values))
 
 
 class Solver(ABC):

@@ -17,7 +17,6 @@ never hands a step ending at σ = 0 to a stepper, so no stage evaluates the fiel
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 
 from diffode.field import Sigma, VectorField
-from diffode.solvers.base import Solver, UnstableStepError
+from diffode.solvers.base import Solver, UnstableStepError, positive_steps
 
 # Coefficients are written as decimal fractions (1/6 is not exact in binary), so consistency
 # is checked to a few ulps of the sums involved, not exactly.
@@ -407,8 +406,7 @@ class RungeKutta(Solver):
     def _check_steps(self, sigmas: Tensor) -> None:
         """Refuse the first step between positive σ on which sampling is unstable (a step up is
         checked as the sampling step down that undoes it)."""
-        pairs = itertools.pairwise(sigmas.tolist())
-        steps = [(max(a, b), min(a, b)) for a, b in pairs if min(a, b) > 0.0 and max(a, b) < math.inf]
+        steps = [(max(a, b), min(a, b)) for a, b in positive_steps(sigmas)]
         if not steps:
             return
         ratios = torch.tensor([s0 / s1 for s0, s1 in steps], dtype=torch.float64)

@@ -23,7 +23,6 @@ diffusers' ``UniPCMultistepScheduler``, which this module follows operation by o
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ import numpy as np
 from torch import Tensor
 
 from diffode.field import PredictingField, VectorField
-from diffode.solvers.base import Solver, UnstableStepError
+from diffode.solvers.base import Solver, UnstableStepError, positive_steps
 from diffode.solvers.exponential import phi
 from diffode.solvers.multistep import History, MultistepState, check_order, lower_order_final
 
@@ -139,8 +138,7 @@ class UniPC(Solver):
         → σ(0)), where it measured 5-7× Euler's distance on the digits model
         (docs/benchmarks.md). bh2's B(h) = e^h - 1 stays below 1 and needs no such limit.
         """
-        values = [v for v in sigmas.tolist() if 0.0 < v < math.inf]
-        for s0, s1 in itertools.pairwise(values):
+        for s0, s1 in positive_steps(sigmas):
             h = abs(math.log(s0 / s1))
             if h > self.BH1_MAX_STEP:
                 raise UnstableStepError(
