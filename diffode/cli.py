@@ -29,6 +29,7 @@ from diffode.sampling import resolve_sampler, sample
 from diffode.solve import StepInfo
 from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
+from diffode.solvers.runge_kutta import RungeKutta
 
 MAX_FRAMES = 10_000
 """The most frames ``interpolate`` decodes in one run."""
@@ -79,6 +80,11 @@ def _add_grid_options(
     )
     if eta:
         p.add_argument("--eta", type=float, default=0.0, help="DDIM eta, with --solver ddim (default: 0)")
+    p.add_argument(
+        "--no-stability-check",
+        action="store_true",
+        help="take the steps that a Runge–Kutta solver (heun, rk4, ...) refuses as unstable, to study them",
+    )
 
 
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
@@ -115,8 +121,7 @@ def _demo(args: argparse.Namespace) -> int:
         noise,
         steps=args.steps,
         timesteps=args.timesteps,
-        solver=args.solver,
-        eta=args.eta,
+        solver=_solver_from_args(args),
         generator=generator,
         callback=count,
     )
@@ -148,11 +153,22 @@ def _int_list(name: str, text: str) -> list[int]:
 
 
 def _solver_from_args(args: argparse.Namespace) -> Solver:
-    if args.sigma_hat:
+    """The solver of ``--solver``, ``--eta``, ``--sigma-hat`` and ``--no-stability-check``."""
+    if getattr(args, "sigma_hat", False):
         if args.solver != "ddim":
             raise UsageError(f"--sigma-hat is a variant of --solver ddim, got --solver {args.solver}")
         return DDIM(sigma_hat=True)
-    return resolve_sampler(args.solver, args.eta)
+    solver = resolve_sampler(args.solver, getattr(args, "eta", 0.0))
+    if not args.no_stability_check:
+        return solver
+    if not isinstance(solver, RungeKutta):
+        raise UsageError(
+            "--no-stability-check applies to the Runge–Kutta solvers, which refuse unstable steps "
+            f"(heun, midpoint, rk4, ...), got --solver {args.solver}"
+        )
+    if type(solver).TABLEAU is None:
+        return RungeKutta(solver.tableau, check_stability=False)
+    return type(solver)(check_stability=False)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -393,7 +409,7 @@ def _model_and_grid(
 ) -> tuple[LoadedModel, dict[str, Any], torch.device, torch.dtype]:
     """The model of ``--model/--device/--dtype``, the keyword arguments that fix the grid and
     solver of ``encode``/``decode`` (deterministic solvers only), the device and the dtype."""
-    solver = resolve_sampler(args.solver, 0.0)
+    solver = _solver_from_args(args)
     if solver.stochastic:
         raise UsageError(
             f"--solver {args.solver} is stochastic; encoding and decoding need a deterministic solver"

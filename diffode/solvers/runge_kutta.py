@@ -428,7 +428,7 @@ class RungeKutta(Solver):
             f"method's linear stability: along a denoiser eigenvalue d = {d:.2f} it multiplies errors by "
             f"{factor:.2f} where the exact flow and Euler damp them. Use more steps, a grid without so "
             "large a ratio (karras or logsnr with more steps), a method whose stages stay inside the step "
-            f"(midpoint, ralston3, heun3, dpmpp-2s), or (in Python) {call} to take it anyway"
+            f"(midpoint, ralston3, heun3, dpmpp-2s), or {call} (CLI: --no-stability-check) to take it anyway"
         )
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
