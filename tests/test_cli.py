@@ -70,14 +70,27 @@ def test_sample_writes_a_png_grid_and_reports_nfe_and_time(tmp_path, capsys):
 def test_sample_refuses_an_unstable_heun_step_unless_told(tmp_path, capsys):
     # 5 uniform steps end with σ(200) -> σ(0), a ratio far beyond Heun's 13.9
     out = tmp_path / "heun.png"
-    argv = ["sample", "--seeds", "0-1", "--steps", "5", "--solver", "heun", "--out", str(out), "--no-progress"]
+    argv = [
+        "sample",
+        "--seeds",
+        "0-1",
+        "--steps",
+        "5",
+        "--solver",
+        "heun",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "linear stability" in err and "--no-stability-check" in err, err
     assert not out.exists()
     text = run([*argv[:-1], "--no-stability-check"], capsys)
     assert "Heun(check_stability=False)" in text and out.is_file()
-    assert main([*argv[:5], "--solver", "euler", "--out", str(out), "--overwrite", "--no-stability-check"]) == 2
+    assert (
+        main([*argv[:5], "--solver", "euler", "--out", str(out), "--overwrite", "--no-stability-check"]) == 2
+    )
     assert "applies to the Runge–Kutta solvers" in capsys.readouterr().err
 
 

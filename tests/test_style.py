@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "args",
     [
-        ["ruff", "check", "diffode", "tests", "benchmarks"],
-        ["ruff", "format", "--check", "diffode", "tests", "benchmarks"],
+        ["ruff", "check", "diffode", "tests", "benchmarks", "notebooks"],
+        ["ruff", "format", "--check", "diffode", "tests", "benchmarks", "notebooks"],
         ["mypy", "diffode"],
     ],
     ids=["ruff-lint", "ruff-format", "mypy"],
