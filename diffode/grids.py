@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffode.atomic import atomic_write
 from diffode.schedule import NoiseSchedule, require_discrete
 from diffode.validation import check_sigma_grid, describe, require_int, require_positive
 
@@ -156,7 +157,8 @@ def sigma_grid(
         steps: number of network-evaluating steps S; must be ``None`` or equal to the length of
             an explicit tensor. ``None`` with a spacing name: :data:`DEFAULT_STEPS` (at most T),
             or for an adaptive solver (``adaptive=True``) the grid [σ_max, σ_min, 0], whose
-            intervals the solver subdivides itself.
+            intervals the solver subdivides itself (encoding with zero terminal SNR: from the
+            largest finite σ).
         timesteps: a spacing name (see :func:`spaced_timesteps`, plus ``"karras"`` and
             ``"logsnr"``, see :func:`logsnr_sigmas`), a strictly
             decreasing integer tensor of training timesteps, or a strictly decreasing float
@@ -177,7 +179,10 @@ def sigma_grid(
             f"{describe(timesteps)}; encoding runs the grid upwards itself, so pass timesteps.flip(0)"
         )
     if steps is None and isinstance(timesteps, str) and timesteps in TIMESTEP_SPACINGS:
-        if adaptive:
+        if adaptive and direction == "encode":
+            # latents live at a finite σ: with zero terminal SNR, the largest finite one
+            grid = torch.tensor([schedule.sigma_max_finite, schedule.sigma_min, 0.0], dtype=torch.float64)
+        elif adaptive:
             # with zero terminal SNR the x̂0 step out of σ = ∞ lands on the largest finite σ
             top = [schedule.sigma_max, schedule.sigma_max_finite][: 1 + math.isinf(schedule.sigma_max)]
             grid = torch.tensor([*top, schedule.sigma_min, 0.0], dtype=torch.float64)
@@ -230,6 +235,11 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
         grid = _sigma_values(schedule, timesteps)
         if grid.numel() > 1 and grid[1] > grid[0]:
             raise ValueError(f"timesteps given as σ values must decrease for sampling, got {describe(grid)}")
+        if float(grid[0]) == 0.0:
+            raise ValueError(
+                f"timesteps given as σ values need at least one σ > 0 to sample from, got "
+                f"{describe(grid)}; pass the σ values to step through (a final 0 is appended)"
+            )
         if float(grid[-1]) != 0.0:
             grid = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
         return grid
@@ -422,12 +432,16 @@ def optimize(
     return torch.tensor([*chosen, 0.0], dtype=torch.float64)
 
 
-def save_grid(path: str | Path, grid: Tensor, **info: object) -> None:
+def save_grid(path: str | Path, grid: Tensor, *, overwrite: bool = False, **info: object) -> None:
     """Write a σ grid (and JSON-serialisable ``info``, e.g. the solver and the model) to a small
-    JSON file; the σ values round-trip exactly (Python's shortest repr of each float64)."""
+    JSON file, atomically; the σ values round-trip exactly (Python's shortest repr of each
+    float64). An existing file is replaced only with ``overwrite=True``."""
     values = check_sigma_grid(grid, "grid").tolist()
+    if Path(path).exists() and not overwrite:
+        raise ValueError(f"path {str(path)!r} exists; pass overwrite=True to replace it")
     payload = {"format": GRID_FORMAT, "sigmas": values, "info": info}
-    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+    with atomic_write(path) as fh:
+        fh.write((json.dumps(payload, indent=1) + "\n").encode())
 
 
 def load_grid(path: str | Path) -> Tensor:

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffode.validation import describe, require_floating
+from diffode.validation import describe, require_finite, require_floating
 
 INTERPOLATIONS = ("slerp", "lerp")
 
@@ -54,8 +54,8 @@ def interpolate(
         With a float weight, shape ``(batch, ...)``; with W weights, ``(W, batch, ...)``, entry
         [w, b] the interpolation of sample b at weights[w]. Dtype and device of z0.
     """
-    z0 = require_floating("z0", z0)
-    z1 = require_floating("z1", z1)
+    z0 = require_finite("z0", require_floating("z0", z0))
+    z1 = require_finite("z1", require_floating("z1", z1))
     if z0.shape != z1.shape:
         raise ValueError(
             f"z0 and z1 must have the same shape, got {tuple(z0.shape)} and {tuple(z1.shape)}; "

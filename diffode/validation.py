@@ -7,6 +7,7 @@ argument, the offending value and the fix.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -48,8 +49,13 @@ def require_finite(name: str, value: Tensor) -> Tensor:
 
 
 def require_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    """``value`` as a Python int: any integer type (NumPy's, a 0-d integer tensor) but bool."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {describe(value)}") from None
     if low is not None and value < low:
         raise ValueError(f"{name} must be at least {low}, got {value}")
     if high is not None and value > high:

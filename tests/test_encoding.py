@@ -384,6 +384,8 @@ def test_exact_inversion_refuses_multistep_and_adaptive_solvers():
     model, x0 = data("gaussian", 4)
     with pytest.raises(ValueError, match="carries state between steps"):
         encode(model, SCHEDULE, x0, steps=5, solver="ab2", method="exact")
+    with pytest.raises(ValueError, match="a backend's integrator, whose steps diffode does not invert"):
+        encode(model, SCHEDULE, x0, steps=5, solver="torchdiffeq:rk4", method="exact")
     with pytest.raises(ValueError, match="adaptive"):
         encode(model, SCHEDULE, x0, solver="bosh3", method="exact")
     with pytest.raises(ValueError, match="an inverse already"):

@@ -16,6 +16,27 @@ def test_non_finite_noise(linear):
         sample(wavy_model(), linear, noise, steps=5)
 
 
+def test_steps_take_any_integer_type_but_bool(linear):
+    import numpy as np
+
+    noise = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
+    expected = sample(wavy_model(), linear, noise, steps=5)
+    assert torch.equal(sample(wavy_model(), linear, noise, steps=np.int64(5)), expected)
+    for bad in (True, 5.0, np.float64(5)):
+        with pytest.raises(TypeError, match="steps must be an int, got"):
+            sample(wavy_model(), linear, noise, steps=bad)
+
+
+def test_non_finite_latents_are_not_interpolated():
+    from diffode import interpolate
+
+    z = torch.randn(1, 4)
+    with pytest.raises(ValueError, match="z0 contains 4 non-finite value"):
+        interpolate(torch.full((1, 4), float("nan")), z, 0.5)
+    with pytest.raises(ValueError, match="z1 contains 1 non-finite value"):
+        interpolate(z, torch.tensor([[0.0, math.inf, 1.0, 2.0]]), 0.5)
+
+
 def test_integer_noise_is_a_type_error(linear):
     with pytest.raises(TypeError, match="noise must be a floating-point tensor"):
         sample(wavy_model(), linear, torch.zeros(2, 2, dtype=torch.int64), steps=5)

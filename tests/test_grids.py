@@ -74,6 +74,24 @@ def test_explicit_grids(linear):
     ]
 
 
+def test_a_sigma_grid_without_a_positive_sigma_is_refused(linear):
+    # [0.] alone would "sample" in zero steps and hand back the noise
+    with pytest.raises(ValueError, match="at least one σ > 0"):
+        sigma_grid(linear, None, torch.tensor([0.0], dtype=torch.float64))
+
+
+def test_adaptive_grids_with_zero_terminal_snr():
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)
+    ac[-1] = 0.0
+    s = Schedule.from_alphas_cumprod(ac)
+    # sampling starts at σ = ∞ (the x̂₀ step lands on the largest finite σ); encoding ends there
+    down = sigma_grid(s, None, "uniform", adaptive=True)
+    assert down.tolist() == [math.inf, s.sigma_max_finite, s.sigma_min, 0.0]
+    for spacing in ("uniform", "karras", "logsnr"):
+        up = sigma_grid(s, None, spacing, adaptive=True, direction="encode")
+        assert up.tolist() == [0.0, s.sigma_min, s.sigma_max_finite]
+
+
 @pytest.mark.parametrize(
     "ts, match",
     [
@@ -204,6 +222,14 @@ def test_grid_files_round_trip_exactly_and_feed_sample(linear, tmp_path):
         load_grid(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="cannot read a σ grid"):
         load_grid(tmp_path / "missing.json")
+    # an existing file is replaced only when asked, and then atomically (no temporary file left)
+    other = sigma_grid(linear, 5, "logsnr")
+    with pytest.raises(ValueError, match="exists; pass overwrite=True"):
+        save_grid(path, other)
+    assert torch.equal(load_grid(path), grid)
+    save_grid(path, other, overwrite=True)
+    assert torch.equal(load_grid(path), other)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "grid.json"]
 
 
 @pytest.mark.parametrize("rho", [3.0, 5.0, 7.0])

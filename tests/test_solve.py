@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import diffode
-from diffode import EpsField, Euler, StepInfo, oracles, sample, solve
+from diffode import EpsField, Euler, StepInfo, oracles, sample, sigma_grid, solve
 from diffode.solvers import get_solver, solver_names
 from tests.helpers import slope, wavy_model
 
@@ -94,9 +94,18 @@ def test_callback_denoised_is_none_for_a_plain_callable():
 
 def test_state_keeps_dtype_and_float64_grid(linear):
     oracle = oracles.Gaussian(torch.zeros(2), 0.5)
+    grid = sigma_grid(linear, 5)
+    reference = solve(EpsField(oracle.model(linear), linear), torch.ones(4, 2, dtype=torch.float64), grid).x
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         x = sample(oracle.model(linear), linear, torch.randn(4, 2).to(dtype), steps=5)
-        assert x.dtype == dtype
+        assert x.dtype == dtype and bool(torch.isfinite(x).all())
+        # a float32 grid given by the caller is followed in float64, the state stays in its dtype
+        out = solve(EpsField(oracle.model(linear), linear), torch.ones(4, 2, dtype=dtype), grid.float())
+        assert out.sigmas.dtype == torch.float64 and out.x.dtype == dtype
+        # rounding only: of σ to float32 (6e-8) and of the state, 2^-8 per step in bfloat16 and
+        # 2^-24 per operation in float32 (5 steps of a few operations each)
+        tol = 5 * 2.0**-8 if dtype == torch.bfloat16 else 1e-6
+        torch.testing.assert_close(out.x.double(), reference, rtol=tol, atol=tol)
 
 
 def test_model_sees_reference_timesteps_and_float_t(linear):

@@ -58,10 +58,10 @@ class Solver(ABC):
     adaptive: bool = False
     stochastic: bool = False
     reversible: bool = False
+    """Whether the step is algebraically its own inverse when run on the reversed grid (BDIA)."""
     single_step: bool = False
     """Whether a step depends on (s0, s1, x) alone, with no history carried between steps, so that
     one step can be inverted on its own (:class:`~diffode.solvers.InverseOf`)."""
-    """Whether the step is algebraically its own inverse when run on the reversed grid (BDIA)."""
     max_nfe: int | None = None
     """Evaluation budget of a whole solve (``None``: unlimited); :func:`diffode.solve` counts the
     evaluations and raises ``ValueError`` on the one past the budget."""

@@ -274,9 +274,14 @@ class InverseOf(Solver):
         if isinstance(solver, InverseOf):
             raise ValueError(f"{solver!r} is an inverse already; invert the sampler itself")
         if not (solver.single_step or solver.reversible):
+            what = (
+                "is a backend's integrator, whose steps diffode does not invert"
+                if solver.name == "torchdiffeq"
+                else "carries state between steps (a multistep history), so one of its steps cannot "
+                "be inverted on its own"
+            )
             raise ValueError(
-                f"{solver!r} carries state between steps (a multistep history), so one of its "
-                "steps cannot be inverted on its own; invert a single-step solver (euler, heun, "
+                f"{solver!r} {what}; invert one of diffode's single-step solvers (euler, heun, "
                 "midpoint, rk4, dpmpp-2s) or encode with method='reverse'"
             )
         self.solver = solver
