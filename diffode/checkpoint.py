@@ -244,12 +244,15 @@ def _has_checkpoint(folder: Path) -> bool:
     return (folder / CONFIG).is_file() or (folder / TRAINING_STATE).is_file()
 
 
-def prepare_run_folder(out: str | os.PathLike[str], *, resume: bool, overwrite: bool) -> Path:
+def prepare_run_folder(
+    out: str | os.PathLike[str], *, resume: bool, overwrite: bool, resumable: bool = True
+) -> Path:
     """Check (and create) the output folder of a training run before any work starts.
 
     A new run needs a missing or empty folder; ``overwrite`` starts one in a folder that holds a
     checkpoint or other files (removing the old checkpoint's files, leaving the others);
-    ``resume`` needs a folder holding the training state of a run. ``ValueError`` otherwise.
+    ``resume`` needs a folder holding the training state of a run. ``ValueError`` otherwise,
+    offering ``--resume`` only for runs that can resume (``resumable``).
     """
     if resume and overwrite:
         raise ValueError(
@@ -270,9 +273,10 @@ def prepare_run_folder(out: str | os.PathLike[str], *, resume: bool, overwrite: 
         return folder
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         what = "a checkpoint" if _has_checkpoint(folder) else "other files"
+        resume_it = "pass --resume to continue that run, " if resumable else "pass "
         raise ValueError(
-            f"out={str(folder)!r} already holds {what}; pass --resume to continue that run, "
-            "--overwrite to start a new one there, or another folder"
+            f"out={str(folder)!r} already holds {what}; {resume_it}--overwrite to start a new one "
+            "there, or another folder"
         )
     if overwrite:
         for name in (TRAINING_STATE, WEIGHTS, CONFIG):

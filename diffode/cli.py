@@ -8,6 +8,7 @@ status 2, without a traceback; outputs are checked before any work starts.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import signal
 import sys
@@ -63,6 +64,25 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _levels(text: str) -> int:
+    """An argparse type: a number of quantisation levels, 0 (continuous data) or at least 2."""
+    value = _int_in(0)(text)
+    if value == 1:
+        raise argparse.ArgumentTypeError("must be 0 (continuous data) or at least 2 levels, got 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def _add_grid_options(
@@ -225,6 +245,7 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
 def _sample_to_folder(args: argparse.Namespace) -> int:
     """``sample --outdir``: the seeds into shard files, from one process or every rank torchrun
     starts; resumes a folder with an equal manifest, refuses one with another."""
+    distributed.check_outdir(args.outdir)
     seeds = parse_seeds(args.seeds)
     solver = _solver_from_args(args)
     dtype = _DTYPES[args.dtype]
@@ -335,7 +356,12 @@ def _train_classifier(args: argparse.Namespace) -> int:
     from diffode.train import train_classifier
 
     result = train_classifier(
-        args.out, steps=args.steps, seed=args.seed, command=args.command_line, progress=not args.no_progress
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        command=args.command_line,
+        progress=not args.no_progress,
     )
     floor = frechet_distance(result.test_stats, result.train_stats)
     print(
@@ -683,8 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
         "distance, and write it with the real train/test feature statistics to --out.",
     )
     cls.add_argument("--out", required=True, help="checkpoint folder")
-    cls.add_argument("--steps", type=int, default=3000, help="optimiser steps (default: 3000)")
+    cls.add_argument("--steps", type=_int_in(1), default=3000, help="optimiser steps (default: 3000)")
     cls.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    _add_overwrite(cls)
     cls.add_argument("--no-progress", action="store_true", help="no progress bar")
     cls.set_defaults(run=_train_classifier)
 
@@ -737,7 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--out", default="latents.npz", help="output .npz (default: latents.npz)")
     enc.add_argument("--method", default="reverse", choices=("reverse", "exact"), help="encoding method")
     enc.add_argument(
-        "--tol", type=float, default=None, help="--method exact: fixed-point tolerance (default: diffode's)"
+        "--tol",
+        type=_positive_float,
+        default=None,
+        help="--method exact: fixed-point tolerance (default: diffode's)",
     )
     enc.add_argument(
         "--max-iter",
@@ -799,14 +829,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lik.add_argument(
         "--levels",
-        type=_int_in(0),
+        type=_levels,
         default=None,
-        help="quantisation levels in [-1, 1] (default: 17 with --split, 256 for files; 0: continuous)",
+        help="quantisation levels in [-1, 1], at least 2 (default: 17 with --split, 256 for files; "
+        "0: continuous)",
     )
     lik.add_argument(
         "--divergence", default="exact", choices=("exact", "hutchinson"), help="default: exact (D products)"
     )
-    lik.add_argument("--tol", type=float, default=None, help="rtol = atol of dopri5 (default: 1e-5)")
+    lik.add_argument(
+        "--tol", type=_positive_float, default=None, help="rtol = atol of dopri5, > 0 (default: 1e-5)"
+    )
     lik.add_argument("--batch", type=_int_in(1), default=64, help="images per solve (default: 64)")
     lik.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     lik.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -239,10 +239,25 @@ def read_manifest(outdir: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_outdir(outdir: str | os.PathLike[str]) -> None:
+    """Check, before any work, that the shard folder ``outdir`` can be created or used: neither it
+    nor a folder above it may be a file. ``ValueError`` naming ``--outdir`` and the fix otherwise."""
+    folder = Path(outdir)
+    # the nearest of outdir and the folders above it that exists ("." at the latest)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        what = f"--outdir {outdir}" if existing == folder else f"--outdir {outdir}: {existing}"
+        raise ValueError(
+            f"{what} is a file, not a folder; name a new folder for the shards, or the folder of an "
+            "earlier sample --outdir run to resume it"
+        )
+
+
 def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
     """Make ``outdir`` ready for a run: create it and write the manifest, or check that the
     manifest there is equal (``ValueError`` naming the first difference otherwise). Removes the
     temporary files a killed run left behind (they are never shards)."""
+    check_outdir(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / MANIFEST
     if path.exists():
@@ -537,14 +552,14 @@ def pack(
     does not hold what the manifest says; nothing is written then.
     """
     folder = Path(outdir)
-    manifest, shards = _planned(folder)
-    missing = [shard for shard in shards if not (folder / shard.name).is_file()]
+    missing = missing_shards(folder)
     if missing:
         ranges = [format_seeds(shard.seeds) for shard in missing]
         shown = ", ".join(ranges[:10]) + (f", … ({len(ranges) - 10} more)" if len(ranges) > 10 else "")
         raise ValueError(
             f"{folder} misses {len(missing)} shard(s), seeds {shown}; rerun the sampling command to finish"
         )
+    manifest, shards = _planned(folder)
     spec = manifest["array"]
     if png is not None and spec["dtype"] != "uint8":
         raise ValueError(f"--png needs images; {folder} holds {spec['dtype']} points")

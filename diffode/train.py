@@ -276,19 +276,21 @@ def train(
         overwrite: start a new run in ``out`` even if it holds a checkpoint or other files.
 
     Raises:
-        ValueError: ``out`` is empty, a file, or a folder that holds a checkpoint or other files
-            (without ``resume`` or ``overwrite``); ``resume`` without a checkpoint to continue, or
-            with a config that differs from the checkpointed run's.
+        ValueError: ``config.model`` does not fit ``config.architecture``; ``out`` is empty, a file,
+            or a folder that holds a checkpoint or other files (without ``resume`` or
+            ``overwrite``); ``resume`` without a checkpoint to continue, or with a config that
+            differs from the checkpointed run's. Nothing is created in ``out`` then.
     """
+    # the network first (it is cheap): a config it refuses leaves no output folder behind
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.architecture, config.model).to(device)
     folder = prepare_run_folder(out, resume=resume, overwrite=overwrite) if out is not None else None
     schedule = schedule_from_checkpoint_config(config.schedule)
     data = load_dataset(config.dataset, split="train", n=config.n_points, seed=config.seed)
     test = load_dataset(config.dataset, split="test", n=min(config.n_points, 2000), seed=config.seed)
     labels = load_labels(config.dataset, split="train").to(device) if config.conditional else None
     test_labels = load_labels(config.dataset, split="test") if config.conditional else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_model(config.architecture, config.model).to(device)
     ema = _ema(model, config.ema_decay)
     optimizer, scheduler = _optimizer(
         model.parameters(),
@@ -421,13 +423,26 @@ def train_classifier(
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
+    overwrite: bool = False,
     command: str = "",
     progress: bool = True,
 ) -> ClassifierResult:
     """Train the digits classifier on the train split (cross-entropy, AdamW with cosine decay,
     random ±1-pixel shifts), seeded; with ``out``, write it as a checkpoint folder plus
     ``features.safetensors`` holding the real feature statistics (see
-    :func:`diffode.metrics.save_feature_stats`, splits train and test). Needs scikit-learn."""
+    :func:`diffode.metrics.save_feature_stats`, splits train and test). Needs scikit-learn.
+
+    ``out`` is checked before training, as by :func:`train`: it must be a missing or empty
+    folder, or ``overwrite`` must be given; ``ValueError`` otherwise, and for ``steps`` or
+    ``batch_size`` below 1 or a learning rate that is not a finite number > 0."""
+    require_int("steps", steps, low=1)
+    require_int("batch_size", batch_size, low=1)
+    require_positive("lr", lr)
+    folder = (
+        prepare_run_folder(out, resume=False, overwrite=overwrite, resumable=False)
+        if out is not None
+        else None
+    )
     start = time.perf_counter()
     x_train, y_train = digits("train")
     x_test, y_test = digits("test")
@@ -444,7 +459,7 @@ def train_classifier(
     accuracy = float((net(x_test).argmax(1) == y_test).double().mean())
     train_stats = FeatureStats.of(digits_features(x_train, net))
     test_stats = FeatureStats.of(digits_features(x_test, net))
-    if out is not None:
+    if folder is not None:
         info = {
             "dataset": "digits",
             "test_accuracy": accuracy,
@@ -455,6 +470,6 @@ def train_classifier(
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
         }
-        save_checkpoint(out, net, info)
-        save_feature_stats(Path(out) / "features.safetensors", {"train": train_stats, "test": test_stats})
+        save_checkpoint(folder, net, info)
+        save_feature_stats(folder / "features.safetensors", {"train": train_stats, "test": test_stats})
     return ClassifierResult(net, accuracy, train_stats, test_stats, time.perf_counter() - start)

@@ -178,6 +178,35 @@ def test_train_a_tiny_digits_unet_and_the_classifier(tmp_path, capsys):
         "model.safetensors",
         "features.safetensors",
     }
+    # a second run into the folder is refused (see below) unless asked to replace it
+    run(["train-classifier", "--steps", "3", "--out", str(tmp_path / "cls"), "--overwrite"], capsys)
+    assert "--overwrite" in json.loads((tmp_path / "cls" / "config.json").read_text())["command"]
+
+
+@pytest.mark.parametrize(
+    "existing, message",
+    # no --resume offered: train-classifier has none
+    [("file", "is a file, not a folder"), ("run", "; pass --overwrite to start a new one there")],
+)
+def test_train_classifier_refuses_an_existing_out_before_training(
+    existing, message, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "out"
+    if existing == "file":
+        out.write_bytes(b"mine")
+    else:
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before --out was checked")
+
+    monkeypatch.setattr("diffode.train.digits", no_training)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["train-classifier", "--steps", "3", "--out", str(out), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffode: error: ") and message in lines[0], lines
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_sample_a_diffusers_folder(tmp_path, capsys):
@@ -281,6 +310,18 @@ def test_parse_seeds():
         (["train", "--out", "x", "--steps", "0"], "steps must be at least 1"),
         (["train", "--out", "x", "--channels", "8,a"], "--channels must be comma-separated integers"),
         (["train"], "the following arguments are required: --out"),
+        # a model config the network refuses leaves no --out folder behind
+        (["train", "--out", "x", "--channels", "0,0", "--steps", "1"], "channels must be a non-empty list"),
+        (
+            ["train", "--out", "x", "--dataset", "moons", "--channels", "8,8"],
+            "does not fit architecture 'mlp'",
+        ),
+        (["train-classifier", "--out", "x", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+        (["train-classifier", "--out", "x", "--steps", "-5"], "argument --steps: must be at least 1, got -5"),
+        (["likelihood", "--split", "test", "--tol", "-1"], "argument --tol: must be a finite number > 0"),
+        (["likelihood", "--split", "test", "--tol", "nan"], "argument --tol: must be a finite number > 0"),
+        (["likelihood", "--split", "test", "--levels", "1"], "argument --levels: must be 0 (continuous"),
+        (["encode", "x.npz", "--method", "exact", "--tol", "0"], "argument --tol: must be a finite number"),
         (["eval", "missing.npz"], "samples must be an existing .npz file"),
         (["encode", "missing.png"], "no such image file: missing.png"),
         (["encode", "x.npz", "--out", "z.png"], "--out must be a file name ending in .npz"),

@@ -167,6 +167,30 @@ def test_pack_refuses_missing_shards_and_lists_them(reference, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "misses 2 shard(s), seeds 30-39, 100-109" in err, err
     assert not (tmp_path / "all.npz").exists()
+    assert [shard.seeds for shard in distributed.missing_shards(folder)] == [
+        tuple(range(30, 40)),
+        tuple(range(100, 110)),
+    ]
+    assert distributed.missing_shards(reference) == []
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_an_outdir_that_is_a_file_is_refused_before_any_work(below, tmp_path, capsys, monkeypatch):
+    file = tmp_path / "exists.npz"
+    file.write_bytes(b"mine")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before --outdir was checked")
+
+    monkeypatch.setattr("diffode.cli.load_model", no_work)
+    outdir = file / below if below else file
+    assert main(["sample", "--seeds", "0", "--outdir", str(outdir), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffode: error: --outdir "), lines
+    assert f"{file} is a file, not a folder; name a new folder" in lines[0], lines
+    assert file.read_bytes() == b"mine"
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        distributed.prepare_folder(outdir, {})
 
 
 def test_sigterm_drops_the_shard_in_flight_and_keeps_the_others(reference, tmp_path):

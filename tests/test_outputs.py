@@ -315,6 +315,7 @@ VALUES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "--steps": (("1", "2", "3"), ("0", "-1")),
     "--eta": (("0",), ("1", "-1", "nan")),
     "--sigma-hat": FLAG,
+    "--no-stability-check": FLAG,
     "--seeds": (("0", "0-2", "3,7"), ("5-2", "x")),
     "--batch": (("1", "2"), ("0",)),
     "--device": (("cpu",), ("meta", "nonsense")),
