@@ -10,6 +10,8 @@ ring mixture (exact ε):
   the stated NFE.
 - stability: at 10 NFE, every solver on every named grid against Euler on the same grid, both
   measured against the converged solution from that grid's own first point (digits).
+- diagnosis: where the 10-NFE cells beyond 3× Euler lose accuracy (distance to the converged
+  trajectory at every grid point) and the digits denoiser's Jacobian spectrum along trajectories.
 - digits Fréchet distance (1000 samples, float32) at 5, 10, 20 NFE for the best configurations.
 - loop overhead: 100 Euler steps through ``diffode.solve`` and diffusers' DDIM loop against the
   bare network calls, on a tiny MLP and the digits UNet.
@@ -623,7 +625,7 @@ def fd_configs(best_digits: list[Cell]) -> list[tuple[str, Callable[[Problem, in
     return configs + [(p.name, p.run) for p in peers()]
 
 
-PARTS = ("distance", "stability", "fd", "overhead")
+PARTS = ("distance", "stability", "diagnosis", "fd", "overhead")
 RESULTS = ROOT / "benchmarks" / "peers.json"
 """The best digits configurations found by the distance part, read by the FD part."""
 
@@ -675,6 +677,92 @@ def stability_part(args: argparse.Namespace) -> str:
     )
 
 
+TRAJECTORIES = (
+    ("heun", "logsnr"),
+    ("rk4", "trailing"),
+    ("ipndm", "linspace"),
+    ("ipndm", "logsnr"),
+    ("ipndm", "karras"),
+)
+"""The 10-NFE cells of the stability table beyond 3× Euler that the checks do not refuse, and two
+iPNDM cells within it for comparison."""
+SPECTRUM_SIGMAS = (157.4, 50.0, 14.0, 5.0, 1.25, 0.4, 0.112, 0.03, 0.01)
+
+
+def spectrum_table(problem: Problem, samples: int = 16) -> str:
+    """Eigenvalues d of the digits denoiser's Jacobian ∂x̂₀/∂x̄ (64 × 64, per sample) along the
+    converged trajectories from σ_max: the linear stability analysis assumes d ∈ [0, 1]."""
+    f = problem.field
+    x = problem.start(SPECTRUM_SIGMAS[0])[:samples]
+    rows = []
+    for i, sigma in enumerate(SPECTRUM_SIGMAS):
+        if i:
+            span = torch.tensor([SPECTRUM_SIGMAS[i - 1], sigma], dtype=torch.float64)
+            x = solve(f, x, span, Dopri5(rtol=STABILITY_TOL, atol=STABILITY_TOL)).x
+        values = []
+        for row in x:
+
+            def denoise(v: Tensor, sigma: float = sigma, shape: torch.Size = row.shape) -> Tensor:
+                y = v.reshape(1, *shape)
+                return (y - sigma * f(sigma, y)).reshape(-1)
+
+            jacobian = torch.autograd.functional.jacobian(denoise, row.reshape(-1), vectorize=True)
+            values.append(torch.linalg.eigvals(jacobian))
+        d = torch.cat(values)
+        rows.append(
+            {
+                "σ": f"{sigma:g}",
+                "min Re d": f"{float(d.real.min()):.3f}",
+                "max Re d": f"{float(d.real.max()):.3f}",
+                "max abs Im d": f"{float(d.imag.abs().max()):.3f}",
+                "share with Re d < 0": f"{float((d.real < 0).double().mean()):.2f}",
+            }
+        )
+    return study.to_markdown(rows)
+
+
+def trajectory_table(problem: Problem) -> str:
+    """For each cell of :data:`TRAJECTORIES` and Euler on the same grid: the RMS distance in x to
+    the converged trajectory at every grid point (solve stopped there: iPNDM takes no lower-order final steps,
+    so its history up to that point is the same)."""
+    f = problem.field
+    rows = []
+    for solver, spacing in TRAJECTORIES:
+        grid = problem.grid(spacing, 10, solver)
+        start = problem.start(float(grid[0]))
+        exact = [start]
+        for i in range(grid.numel() - 2):
+            exact.append(solve(f, exact[-1], grid[i : i + 2], Dopri5(rtol=1e-7, atol=1e-7)).x)
+        # at σ = 0 the stability table's reference: through σ_min, then the step into 0
+        exact.append(problem.converged(float(grid[0])))
+        for name in (solver, "euler"):
+            row: dict[str, object] = {"cell": f"{solver} on {spacing}", "solver": name}
+            for k in range(1, grid.numel()):
+                top = float(grid[k])
+                x = solve(f, start, grid if top == 0.0 else grid[: k + 1], name).x
+                row[f"σ {top:.3g}"] = (
+                    f"{float((x - exact[k]).square().mean().sqrt()) / math.sqrt(1 + top * top):.3f}"
+                )
+            rows.append(row)
+    return "\n\n".join(
+        study.to_markdown([r for r in rows if r["cell"] == f"{s} on {g}"]) for s, g in TRAJECTORIES
+    )
+
+
+def diagnosis_part(args: argparse.Namespace) -> str:
+    problem = digits_problem(args.digits_batch)
+    return (
+        "Where the three failing cells lose their accuracy (and iPNDM on two grids where it "
+        "stays within 3×). Distance in x (RMS over "
+        f"{args.digits_batch} samples, float64) to the converged trajectory (Dopri5, rtol = atol = "
+        "1e-7) at each point of the cell's grid, for the solver and for Euler on the same grid; at "
+        "σ = 0 to the stability table's converged solution:\n\n"
+        f"{trajectory_table(problem)}\n\nEigenvalues d of the denoiser's Jacobian ∂x̂₀/∂x̄ along "
+        "converged trajectories from σ_max (16 samples × 64; for Gaussian data d = s²/(s² + σ²) "
+        f"∈ [0, 1]):\n\n{spectrum_table(problem)}"
+    )
+
+
 def fd_part(args: argparse.Namespace) -> str:
     results = json.loads(RESULTS.read_text())
     chosen = [Cell(who, grid, target, 0, 0.0) for who, grid, target in results["best"]]
@@ -711,7 +799,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-write", action="store_true", help="print without updating docs/")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    run = {"distance": distance_part, "stability": stability_part, "fd": fd_part, "overhead": overhead_part}
+    run = {
+        "distance": distance_part,
+        "stability": stability_part,
+        "diagnosis": diagnosis_part,
+        "fd": fd_part,
+        "overhead": overhead_part,
+    }
     for part in PARTS if args.part == "all" else (args.part,):
         began = time.perf_counter()
         with torch.no_grad():
