@@ -100,24 +100,22 @@ def reference_solution(
 ) -> Tensor:
     """A tight adaptive solution over the span of ``sigmas``, in ``dtype`` (float64 by default).
 
-    :class:`~diffode.solvers.Dopri5` integrates from ``sigmas[0]`` to the last positive σ of the
-    grid; when the grid ends at σ = 0 the same first-order step into 0 that every solve takes
-    follows, so a study measures the error each solver makes on the positive part of its grid.
+    :class:`~diffode.solvers.Dopri5` integrates between the first and the last positive finite σ
+    of the grid. The steps that every solve takes the same way at the ends of the σ axis are kept:
+    out of σ = 0 (an encoding grid) or σ = ∞ to the first of them, and from the last into σ = 0.
+    So a study measures the error each solver makes on the positive part of its grid. Builds no
+    autograd graph.
 
     Args:
         f: the field; it must accept a state of ``dtype``.
         x: the state at ``sigmas[0]``, shape ``(batch, ...)``.
-        sigmas: the σ grid whose span is solved (only its first, last and last positive entries
-            matter).
+        sigmas: the σ grid whose span is solved (only its ends and first and last positive
+            finite entries matter).
     """
-    grid = check_sigma_grid(sigmas)
-    ends_at_zero = grid.numel() > 1 and float(grid[-1]) == 0.0
-    positive = grid[:-1] if ends_at_zero else grid
-    span = [float(positive[0])] + ([float(positive[-1])] if positive.numel() > 1 else [])
-    if ends_at_zero:
-        span.append(0.0)
+    span = torch.tensor(_span(check_sigma_grid(sigmas)), dtype=torch.float64)
     solver = Dopri5(rtol=rtol, atol=atol, max_nfe=max_nfe)
-    return solve(f, x.to(dtype), torch.tensor(span, dtype=torch.float64), solver).x
+    with torch.no_grad():
+        return solve(f, x.to(dtype), span, solver).x
 
 
 def measure(
@@ -136,9 +134,12 @@ def measure(
         solver: a solver name or object (fixed-step or adaptive).
         reference: see :data:`Reference`.
         label: the row's solver label; by default the name given, or the object's ``repr``.
+
+    Builds no autograd graph.
     """
     grid = check_sigma_grid(sigmas)
-    out = solve(f, x, grid, solver)
+    with torch.no_grad():
+        out = solve(f, x, grid, solver)
     target = _resolve(reference, f, x, grid)
     diff = out.x.detach().to(torch.float64) - target.detach().to(out.x.device, torch.float64)
     return StudyRow(
@@ -252,10 +253,15 @@ def _label(solver: SolverSpec) -> str:
 
 
 def _span(grid: Tensor) -> tuple[float, ...]:
-    """What the default reference depends on: the start, the last positive σ, and the end."""
+    """The grid points the default reference passes through: the start, the first and last
+    positive finite σ, and the end (repeats dropped)."""
     values = grid.tolist()
-    positive = [v for v in values if v > 0]
-    return (values[0], positive[-1], values[-1])
+    finite = [v for v in values if 0 < v < math.inf]
+    span: list[float] = []
+    for v in (values[0], finite[0], finite[-1], values[-1]):
+        if not span or v != span[-1]:
+            span.append(v)
+    return tuple(span)
 
 
 def _resolve(reference: Reference, f: VectorField, x: Tensor, grid: Tensor) -> Tensor:

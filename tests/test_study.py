@@ -79,6 +79,35 @@ def test_default_reference_measures_order_through_the_final_step(x):
     assert [r.steps for r in result.rows] == [11, 21, 41]
 
 
+def test_default_reference_keeps_the_step_out_of_zero_of_an_encoding_grid():
+    # the step out of σ = 0 is the same one-step map for every solver: the reference takes it to
+    # the first positive σ and integrates from there, so the orders are the methods' own
+    x0 = GAUSS.sample(16, torch.Generator().manual_seed(1)).to(F64)
+    result = study.convergence_study(
+        GAUSS,
+        x0,
+        ["heun", "rk4"],
+        [8, 16, 32],
+        grid=lambda n: torch.cat(
+            [torch.zeros(1, dtype=F64), torch.logspace(math.log10(0.05), 1, n, dtype=F64)]
+        ),
+    )
+    assert result.orders["heun"] == pytest.approx(2.0, abs=0.3)
+    assert result.orders["rk4"] == pytest.approx(4.0, abs=0.5)
+
+
+def test_studies_build_no_graph(x):
+    scale = torch.ones(1, dtype=F64, requires_grad=True)
+
+    def field(sigma, y):
+        return scale * GAUSS(sigma, y)
+
+    sigmas = grid(10)
+    assert not study.reference_solution(field, x, sigmas).requires_grad
+    row = study.measure(field, x, sigmas, "heun")
+    assert math.isfinite(row.rms_error)
+
+
 def test_measure_takes_adaptive_solvers_and_tensor_references(x):
     sigmas = grid(5)
     row = study.measure(GAUSS, x, sigmas, Dopri5(rtol=1e-8, atol=1e-8), reference=exact(x, sigmas))
