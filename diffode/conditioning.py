@@ -56,7 +56,12 @@ class Guidance:
             raise ValueError(f"rescale must lie in [0, 1], got {rescale}")
         object.__setattr__(self, "rescale", rescale)
         if self.interval is not None:
-            lo, hi = (float(v) for v in self.interval)
+            try:
+                lo, hi = (float(v) for v in self.interval)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"interval must be a pair (sigma_lo, sigma_hi) of numbers, got {describe(self.interval)}"
+                ) from None
             if not 0 <= lo <= hi:
                 raise ValueError(
                     f"interval must be (sigma_lo, sigma_hi), 0 <= sigma_lo <= sigma_hi, got {self.interval}"
@@ -194,7 +199,11 @@ class Conditioning:
         guided = out_u + settings.scale * (out_c - out_u)
         if settings.rescale > 0:
             dims = tuple(range(1, x.ndim))
-            ratio = out_c.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+            # population standard deviations (a sample of one element has 0, not NaN); where the
+            # guided output is constant there is no spread to match and it stays as it is
+            spread = guided.std(dim=dims, correction=0, keepdim=True)
+            target = out_c.std(dim=dims, correction=0, keepdim=True)
+            ratio = torch.where(spread > 0, target / spread, torch.ones_like(spread))
             guided = settings.rescale * (guided * ratio) + (1 - settings.rescale) * guided
         if settings.interval is not None and isinstance(sigma, Tensor) and sigma.ndim > 0:
             lo, hi = settings.interval

@@ -40,7 +40,13 @@ from diffode.solvers.adaptive import Bosh3, Dopri5
 from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
-from diffode.validation import require_finite, require_floating, require_int, require_positive
+from diffode.validation import (
+    require_finite,
+    require_floating,
+    require_int,
+    require_nonnegative,
+    require_positive,
+)
 
 DEFAULT_TOL = 1e-5
 """rtol and atol of a named solver unless given (score_sde's likelihood tolerances)."""
@@ -346,6 +352,8 @@ def snap(x: Tensor, levels: int, *, slack: float) -> Tensor:
     off their levels by up to 1/255). ``ValueError`` when a value is further than ``slack``
     (in x units) from every level."""
     spacing = _bin_width(levels)
+    slack = require_nonnegative("slack", slack)
+    require_finite("x", x)
     nearest = ((x.to(_F64) + 1) / spacing).round().clamp(0, levels - 1) * spacing - 1
     off = float((nearest - x.to(_F64)).abs().max()) if x.numel() else 0.0
     if off > slack:

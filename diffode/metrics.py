@@ -24,6 +24,7 @@ from torch import Tensor
 
 from diffode.checkpoint import load_tensors, save_tensors
 from diffode.models import DigitsClassifier
+from diffode.validation import require_finite
 
 _F64 = torch.float64
 
@@ -41,6 +42,7 @@ class FeatureStats:
         """Statistics of features ``(n, D)``, n ≥ 2 (unbiased covariance)."""
         if features.ndim != 2 or features.shape[0] < 2:
             raise ValueError(f"features must have shape (n >= 2, D), got {tuple(features.shape)}")
+        require_finite("features", features)
         f = features.detach().to("cpu", _F64)
         return cls(mean=f.mean(0), cov=torch.cov(f.T), n=int(f.shape[0]))
 

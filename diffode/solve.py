@@ -187,6 +187,11 @@ def _adjoint_params(f: Callable[..., Tensor], stepper: Solver, given: Sequence[T
         for k, p in enumerate(params):
             if not isinstance(p, Tensor) or not p.is_floating_point():
                 raise TypeError(f"adjoint_params[{k}] must be a floating tensor, got {type(p).__name__}")
+            if not p.requires_grad:
+                raise ValueError(
+                    f"adjoint_params[{k}] (shape {tuple(p.shape)}) does not require grad, so no gradient "
+                    "can reach it; leave it out, or call requires_grad_() on it"
+                )
         return params
     if isinstance(f, torch.nn.Module):
         return [p for p in f.parameters() if p.requires_grad]

@@ -24,13 +24,14 @@ from torch import Tensor, nn
 from diffode.boundary import into_zero
 from diffode.encoding import Encoding, decode, encode
 from diffode.field import EpsField, Model, VectorField
+from diffode.grids import check_timesteps
 from diffode.oracles import Gaussian, GaussianMixture
 from diffode.schedule import Schedule
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
 from diffode.solvers.reversible import InversionError
 from diffode.study import Reference, convergence_study
-from diffode.validation import require_floating, require_int, require_nonnegative, require_positive
+from diffode.validation import describe, require_floating, require_int, require_nonnegative, require_positive
 
 _F64 = torch.float64
 
@@ -313,9 +314,10 @@ def assert_euler_is_ddim(
     """
     stepper = get_solver(solver)
     x = require_floating("x", x)
-    ts = [int(t) for t in (timesteps.tolist() if isinstance(timesteps, Tensor) else timesteps)]
-    if not ts or any(a <= b for a, b in pairwise(ts)):
-        raise ValueError(f"timesteps must be a non-empty, strictly decreasing sequence, got {ts}")
+    raw = timesteps if isinstance(timesteps, Tensor) else torch.as_tensor(list(timesteps))
+    if raw.numel() and (raw.is_floating_point() or raw.dtype == torch.bool):
+        raise TypeError(f"timesteps must be integer training timesteps, got {describe(raw)}")
+    ts: list[int] = check_timesteps(schedule, raw).tolist()
     if rtol is None:
         rtol = 1e-12 if x.dtype == _F64 else 1e-6
     field = EpsField(model, schedule)

@@ -160,3 +160,7 @@ def test_adjoint_refusals_name_the_fix():
         sample(mlp(), LINEAR, x, steps=3, adjoint=True)
     with pytest.raises(TypeError, match=r"adjoint_params\[0\] must be a floating tensor"):
         solve(field, x, grid, "euler", adjoint=True, adjoint_params=[3])
+    frozen = torch.ones(3, dtype=F64)
+    for solver in ("euler", "dopri5"):
+        with pytest.raises(ValueError, match=r"adjoint_params\[0\] \(shape \(3,\)\) does not require grad"):
+            solve(field, x, grid, solver, adjoint=True, adjoint_params=[frozen])

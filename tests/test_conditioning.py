@@ -86,6 +86,25 @@ def test_guidance_interval_and_rescale():
     torch.testing.assert_close(rescaled(0.8, x).std(dim=1), cond_only(0.8, x).std(dim=1))
 
 
+def test_rescale_leaves_outputs_without_spread_finite():
+    model = LabelledToy()
+    labels = torch.tensor([3, 8])
+    rescaled = diffode.field_for(model, LINEAR, cond=labels, guidance=Guidance(4.0, rescale=0.7))
+    plain = diffode.field_for(model, LINEAR, cond=labels, guidance=4.0)
+    # one element per sample, and a constant state (the toy's ε is constant there): no spread to
+    # match, so the guided output is kept as it is
+    for x in (torch.randn(2, 1, dtype=F64), torch.zeros(2, 4, dtype=F64)):
+        torch.testing.assert_close(rescaled(0.8, x), plain(0.8, x), rtol=0, atol=0)
+
+
+def test_malformed_guidance_intervals_name_the_argument():
+    for interval in ((1.0, 2.0, 3.0), 5.0, ("a", 1.0)):
+        with pytest.raises(TypeError, match="interval must be a pair \\(sigma_lo, sigma_hi\\) of numbers"):
+            Guidance(2.0, interval=interval)
+    with pytest.raises(ValueError, match="0 <= sigma_lo <= sigma_hi"):
+        Guidance(2.0, interval=(2.0, 1.0))
+
+
 def test_callback_denoised_and_any_solver_work_under_guidance():
     model = LabelledToy()
     field = diffode.field_for(model, LINEAR, cond=torch.tensor([1, 2]), guidance=3.0)

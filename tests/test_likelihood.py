@@ -229,6 +229,10 @@ def test_levels_refuse_data_off_the_grid_and_snap_moves_it_on():
     torch.testing.assert_close(snap(eight_bit, 17, slack=1 / 255), torch.tensor([[0.125, -1.0]]))
     with pytest.raises(ValueError, match="not on 17 levels"):
         snap(torch.tensor([[0.06]]), 17, slack=1 / 255)
+    with pytest.raises(ValueError, match="x contains 1 non-finite value"):
+        snap(torch.tensor([[0.0, math.nan, 1.0]]), 17, slack=1 / 255)
+    with pytest.raises(ValueError, match="slack must be a finite number >= 0, got nan"):
+        snap(torch.tensor([[0.5]]), 17, slack=math.nan)
 
 
 def test_conditioning_follows_the_samples():

@@ -55,6 +55,8 @@ def test_metric_input_checks():
         frechet_distance(_stats(np.zeros(2), np.eye(2)), _stats(np.zeros(3), np.eye(3)))
     with pytest.raises(ValueError, match=r"features must have shape \(n >= 2, D\)"):
         FeatureStats.of(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="features contains 1 non-finite value"):
+        FeatureStats.of(torch.tensor([[0.0, 1.0], [float("inf"), 2.0]]))
     with pytest.raises(ValueError, match=r"digit images must have shape \(n, 1, 8, 8\)"):
         digits_features(torch.zeros(2, 8, 8), pretrained.digits_classifier())
     with pytest.raises(ValueError, match="split must be one of"):

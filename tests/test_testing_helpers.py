@@ -132,6 +132,12 @@ def test_assert_euler_is_ddim_catches_a_broken_solver():
         assert_euler_is_ddim(net, SCHEDULE, x, [900, 600, 300, 0], solver=LateEuler())
     with pytest.raises(ValueError, match="strictly decreasing"):
         assert_euler_is_ddim(net, SCHEDULE, x, [10, 20])
+    # out-of-range and fractional timesteps are refused, not wrapped around or truncated
+    for bad in ([10, 5, -3], [1000, 500]):
+        with pytest.raises(ValueError, match="timesteps must lie in 0 … 999"):
+            assert_euler_is_ddim(net, SCHEDULE, x, bad)
+    with pytest.raises(TypeError, match="timesteps must be integer training timesteps"):
+        assert_euler_is_ddim(net, SCHEDULE, x, [999.9, 500.5])
 
 
 def test_assert_convergence_order_passes_heun_and_catches_a_false_claim():
