@@ -92,9 +92,10 @@ def test_rescale_leaves_outputs_without_spread_finite():
     rescaled = diffode.field_for(model, LINEAR, cond=labels, guidance=Guidance(4.0, rescale=0.7))
     plain = diffode.field_for(model, LINEAR, cond=labels, guidance=4.0)
     # one element per sample, and a constant state (the toy's ε is constant there): no spread to
-    # match, so the guided output is kept as it is
-    for x in (torch.randn(2, 1, dtype=F64), torch.zeros(2, 4, dtype=F64)):
-        torch.testing.assert_close(rescaled(0.8, x), plain(0.8, x), rtol=0, atol=0)
+    # match, so the guided output is kept as it is (0.7 g + 0.3 g: a rounding or two)
+    one = torch.randn(2, 1, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for x in (one, torch.zeros(2, 4, dtype=F64)):
+        torch.testing.assert_close(rescaled(0.8, x), plain(0.8, x), rtol=4 * 2.0**-53, atol=0)
 
 
 def test_malformed_guidance_intervals_name_the_argument():
