@@ -177,8 +177,9 @@ def _solver_from_args(args: argparse.Namespace) -> Solver:
     if getattr(args, "sigma_hat", False):
         if args.solver != "ddim":
             raise UsageError(f"--sigma-hat is a variant of --solver ddim, got --solver {args.solver}")
-        return DDIM(sigma_hat=True)
-    solver = resolve_sampler(args.solver, getattr(args, "eta", 0.0))
+        solver: Solver = DDIM(sigma_hat=True)
+    else:
+        solver = resolve_sampler(args.solver, getattr(args, "eta", 0.0))
     if not args.no_stability_check:
         return solver
     if not isinstance(solver, RungeKutta):
