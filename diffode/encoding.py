@@ -379,7 +379,9 @@ def decode(
                 "companion=None"
             )
         s_below = float(grid[-2])
-        sampler = BDIA(stepper.sigma_data, companion=companion * math.sqrt(1.0 + s_below * s_below))
+        # in the dtype sample integrates the latents in (float32 for float16 and bfloat16 data)
+        lifted = companion.to(ode_dtype(latents)) * math.sqrt(1.0 + s_below * s_below)
+        sampler = BDIA(stepper.sigma_data, companion=lifted)
     return sample(
         model,
         schedule,

@@ -380,6 +380,21 @@ def test_a_fixed_point_iteration_that_does_not_converge_is_reported():
         encode(mixture, SCHEDULE, x_mix, steps=10, timesteps="uniform", solver="midpoint", method="exact")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bdia_encodings_of_low_precision_data_decode(dtype):
+    # sample integrates float16/bfloat16 data in float32; the companion must follow it there
+    oracle = oracles.Gaussian(torch.zeros(4, dtype=torch.float64), 0.5)
+    x0 = (0.5 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))).to(dtype)
+    info = encode(
+        oracle.model(SCHEDULE), SCHEDULE, x0, steps=20, solver="bdia", method="exact", return_info=True
+    )
+    assert info.companion is not None and info.companion.dtype == dtype
+    back = decode(oracle.model(SCHEDULE), SCHEDULE, info)
+    # the float32 round trip errs far below the data's resolution: back within one unit of it
+    assert back.dtype == dtype
+    torch.testing.assert_close(back.float(), x0.float(), rtol=0, atol=torch.finfo(dtype).eps)
+
+
 def test_exact_inversion_refuses_multistep_and_adaptive_solvers():
     model, x0 = data("gaussian", 4)
     with pytest.raises(ValueError, match="carries state between steps"):
