@@ -31,6 +31,7 @@ from diffode.atomic import atomic_write
 from diffode.field import PREDICTIONS
 from diffode.models import architecture_name, build_model
 from diffode.schedule import Schedule
+from diffode.validation import require_device, require_floating_dtype
 
 FORMAT = "diffode-checkpoint"
 FORMAT_VERSION = 1
@@ -204,6 +205,8 @@ def load_checkpoint(
     weight must match), moved to ``device``/``dtype``, put in eval mode and frozen
     (``requires_grad=False``, so sampling builds no autograd graph; unfreeze to fine-tune).
     """
+    device = require_device("device", device)
+    dtype = require_floating_dtype("dtype", dtype)
     config = read_config(folder)
     where = Path(folder) / CONFIG
     try:

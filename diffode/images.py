@@ -24,6 +24,13 @@ def to_uint8(images: Tensor) -> np.ndarray:
     """Float images ``(n, C, H, W)`` in [-1, 1] (clipped) → uint8 ``(n, H, W, C)``."""
     if images.ndim != 4:
         raise ValueError(f"images must have shape (n, C, H, W), got {tuple(images.shape)}")
+    bad = (~torch.isfinite(images.detach())).flatten(1).any(1).nonzero()[:, 0]
+    if bad.numel():
+        shown = f"{bad[:10].tolist()}{' …' if bad.numel() > 10 else ''}"
+        raise ValueError(
+            f"images {shown} ({bad.numel()} of {images.shape[0]}) hold non-finite values (NaN or inf), "
+            "which no pixel value stands for"
+        )
     scaled = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round()
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

@@ -35,6 +35,7 @@ from diffode.sampling import sample
 from diffode.schedule import Schedule
 from diffode.solve import StepInfo
 from diffode.solvers.base import Solver
+from diffode.validation import require_device
 
 MAX_SEEDS = 1_000_000
 """The most seeds one run samples (``parse_seeds`` refuses more before expanding them)."""
@@ -49,22 +50,7 @@ MAX_OUTPUT_BYTES = 4 * 2**30
 def resolve_device(name: str) -> torch.device:
     """The torch device called ``name`` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...); ``ValueError``
     when it is not a device, not available here, or holds no data (``meta``)."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(
-            f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1, mps, ..."
-        ) from None
-    if device.type == "meta":
-        raise ValueError(f"--device {name}: meta tensors hold no values to sample; use --device cpu")
-    if device.type != "cpu":
-        backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
-        is_available = getattr(backend, "is_available", None)
-        if not callable(is_available) or not is_available():
-            raise ValueError(
-                f"--device {name}: {device.type} is not available on this machine; use --device cpu"
-            )
-    return device
+    return require_device("--device", name)
 
 
 @dataclass
@@ -410,10 +396,12 @@ def write_samples(out: str | os.PathLike[str], x: Tensor, *, columns: int = 0, s
             write_png(out, grid(images, columns or math.ceil(math.sqrt(len(images))), scale=scale))
         else:
             write_arrays(out, arr_0=images)
-    elif png:
-        write_png(out, scatter_image(x.numpy()))
     else:
-        write_arrays(out, arr_0=x.numpy().astype(np.float32))
+        points = x.detach().cpu().numpy()
+        if png:
+            write_png(out, scatter_image(points))
+        else:
+            write_arrays(out, arr_0=points.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- the demo

@@ -63,6 +63,31 @@ def require_int(name: str, value: Any, *, low: int | None = None, high: int | No
     return value
 
 
+def require_device(name: str, value: Any) -> torch.device:
+    """``value`` (a device or its name: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...) as a
+    ``torch.device``; ``ValueError`` when it is not a device, not available here, or holds no
+    data (``meta``). ``name`` is the argument or option the message names."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} {value!r} is not a torch device; use cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "meta":
+        raise ValueError(f"{name} {value}: meta tensors hold no values to sample; use cpu")
+    if device.type != "cpu":
+        backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+        is_available = getattr(backend, "is_available", None)
+        if not callable(is_available) or not is_available():
+            raise ValueError(f"{name} {value}: {device.type} is not available on this machine; use cpu")
+    return device
+
+
+def require_floating_dtype(name: str, value: Any) -> torch.dtype:
+    """``value`` if it is a floating-point ``torch.dtype``; ``TypeError`` otherwise."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"{name} must be a floating torch.dtype such as torch.float32, got {describe(value)}")
+    return value
+
+
 def require_nonnegative(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {describe(value)}")

@@ -400,6 +400,23 @@ def test_every_command_has_help(command, capsys):
 # ----------------------------------------------------------------------------- image files
 
 
+def test_non_finite_images_are_not_written_as_pixels(tmp_path):
+    from diffode.images import to_uint8
+    from diffode.runs import write_samples
+
+    x = torch.zeros(3, 1, 2, 2)
+    x[1, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"images \[1\] \(1 of 3\) hold non-finite values"):
+        to_uint8(x)
+    with pytest.raises(ValueError, match="non-finite"):
+        write_samples(tmp_path / "x.png", x)
+    assert not (tmp_path / "x.png").exists()
+    # points that carry a graph are written as they are
+    points = torch.zeros(4, 2, requires_grad=True) + 1
+    write_samples(tmp_path / "p.npz", points)
+    assert np.load(tmp_path / "p.npz")["arr_0"].tolist() == [[1.0, 1.0]] * 4
+
+
 def test_png_round_trip_and_grid(tmp_path):
     from diffode.images import from_uint8, grid, read_png, to_uint8, write_png
 

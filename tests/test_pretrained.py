@@ -50,6 +50,16 @@ def test_real_floor_is_the_test_split_against_the_train_split():
     assert real_floor() == frechet_distance(test, train) > 0
 
 
+def test_bundled_loaders_check_device_and_dtype():
+    with pytest.raises(ValueError, match="device 'nonsense' is not a torch device"):
+        pretrained.digits(device="nonsense")
+    with pytest.raises(ValueError, match="device meta: meta tensors hold no values"):
+        pretrained.digits(device="meta")
+    for dtype in (torch.int64, "float16"):
+        with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+            pretrained.digits(dtype=dtype)
+
+
 def test_metric_input_checks():
     with pytest.raises(ValueError, match="feature dimensions differ"):
         frechet_distance(_stats(np.zeros(2), np.eye(2)), _stats(np.zeros(3), np.eye(3)))
