@@ -212,7 +212,8 @@ class Schedule(NoiseSchedule):
 
     def t(self, sigma: float | Tensor) -> Tensor:
         """Network time t(σ) in float64, same shape as ``sigma``: linear in log σ between table
-        entries, the exact integer on an entry, clamped to [0, T-1] outside the table."""
+        entries, the exact integer on an entry, clamped to [0, T-1] outside the table (σ ≤ 0
+        included; NaN gives NaN: this runs on every evaluation and checks nothing)."""
         if isinstance(sigma, float | int) and sigma > 0:
             # a Python scalar (the per-evaluation path of the fields): a bisection on the table
             # in host arithmetic instead of half a dozen tensor operations
@@ -229,7 +230,7 @@ class Schedule(NoiseSchedule):
             return torch.tensor(entry + w, dtype=_F64)
         s = _as_f64(sigma)
         table = self._log_sigmas.to(s.device)
-        log_s = torch.log(s)
+        log_s = torch.log(s.clamp(min=0.0))
         idx = torch.searchsorted(table, log_s.reshape(-1), right=True).reshape(s.shape)
         low = torch.clamp(idx - 1, 0, self.T - 2)
         lo, hi = table[low], table[low + 1]
@@ -289,8 +290,9 @@ class ContinuousVPSchedule(NoiseSchedule):
         return torch.sqrt(torch.expm1(0.5 * tt * tt * (self.beta_max - self.beta_min) + tt * self.beta_min))
 
     def t(self, sigma: float | Tensor) -> Tensor:
-        """Network time for σ in closed form, clamped to [eps, 1] and scaled by ``time_scale``."""
-        s = _as_f64(sigma)
+        """Network time for σ in closed form, clamped to [eps, 1] (σ ≤ 0 included; NaN gives NaN)
+        and scaled by ``time_scale``."""
+        s = _as_f64(sigma).clamp(min=0.0)
         delta = self.beta_max - self.beta_min
         log1p_s2 = torch.log1p(s * s)
         tt = (torch.sqrt(self.beta_min**2 + 2 * delta * log1p_s2) - self.beta_min) / delta

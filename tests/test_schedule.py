@@ -62,6 +62,15 @@ def test_continuous_vp_closed_forms():
     assert vp.sigma_min == pytest.approx(float(vp.sigma(1e-3)), rel=1e-12)
 
 
+def test_network_time_is_clamped_below_the_table_for_negative_sigma():
+    linear, vp = Schedule.linear(), Schedule.vp()
+    for schedule in (linear, vp):
+        at_zero = float(schedule.t(0.0))
+        assert float(schedule.t(-1.0)) == at_zero
+        assert schedule.t(torch.tensor([-1.0, 0.0], dtype=torch.float64)).tolist() == [at_zero, at_zero]
+    assert float(linear.t(-1.0)) == 0.0 and float(vp.t(-1.0)) == pytest.approx(vp.eps * vp.time_scale)
+
+
 def test_zero_terminal_snr_is_representable():
     ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)
     ac[-1] = 0.0
