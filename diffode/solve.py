@@ -161,7 +161,11 @@ class _Counted:
                 "(diffode.field_for(model, schedule, 'v_prediction' or 'sample')), got a plain callable"
             )
         self._count(sigma)
-        return self.model.predict_x(sigma, x)
+        eps, x0 = self.model.predict_x(sigma, x)
+        if self.watch and sigma == self._start and self._fresh is None:
+            # the step out of σ = ∞ evaluates the network at its start too
+            self._fresh = x0
+        return eps, x0
 
     def begin(self, sigma: float) -> None:
         """A step starts at ``sigma``: an FSAL solver may not evaluate there, so the newest

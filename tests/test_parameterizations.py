@@ -288,6 +288,21 @@ def test_zero_snr_callback_counts_the_first_step():
     assert infos[0].sigma == math.inf and infos[0].sigma_next == infos[1].sigma
     assert infos[-1].sigma_next == 0.0
     torch.testing.assert_close(infos[-1].x, out)
+    # the first step evaluates the network at σ = ∞ too: its x̂₀ there is the callback's denoised
+    noise = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    infos.clear()
+    sample(
+        wavy_model(),
+        ZTSNR,
+        noise,
+        steps=4,
+        timesteps="trailing",
+        prediction="v_prediction",
+        callback=infos.append,
+    )
+    field = field_for(wavy_model(), ZTSNR, "v_prediction")
+    assert all(i.denoised is not None for i in infos)
+    torch.testing.assert_close(infos[0].denoised, field.predict_x(math.inf, noise)[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "score"])
