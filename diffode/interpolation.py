@@ -51,8 +51,9 @@ def interpolate(
             refused by default, since latents off the arc are not interpolations.
 
     Returns:
-        With a float weight, shape ``(batch, ...)``; with W weights, ``(W, batch, ...)``, entry
-        [w, b] the interpolation of sample b at weights[w]. Dtype and device of z0.
+        With one weight (a number, a 0-d tensor or a NumPy scalar), shape ``(batch, ...)``; with
+        W weights, ``(W, batch, ...)``, entry [w, b] the interpolation of sample b at weights[w].
+        Dtype and device of z0.
     """
     z0 = require_finite("z0", require_floating("z0", z0))
     z1 = require_finite("z1", require_floating("z1", z1))
@@ -70,7 +71,10 @@ def interpolate(
         raise ValueError("z0 and z1 must have a leading batch dimension, got 0-d tensors")
     if method not in INTERPOLATIONS:
         raise ValueError(f"method must be one of {INTERPOLATIONS}, got {method!r}")
-    scalar = isinstance(weights, (int, float)) and not isinstance(weights, bool)
+    # a Python number, or a 0-d tensor or NumPy scalar (weights drawn from a tensor or an array)
+    scalar = (isinstance(weights, (int, float)) and not isinstance(weights, bool)) or getattr(
+        weights, "ndim", None
+    ) == 0
     a = _weights(weights, extrapolate)
     batch = z0.shape[0]
     a_wb = a.to(z0.device)[:, None].expand(-1, batch)  # (W, B)
@@ -99,6 +103,8 @@ def _weights(weights: float | Sequence[float] | Tensor, extrapolate: bool) -> Te
             a = torch.as_tensor(weights).detach().to("cpu", torch.float64)
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(f"weights must be a float, a sequence of floats or a tensor ({err})") from None
+    if a.ndim == 0:
+        a = a.reshape(1)
     if a.ndim != 1 or a.numel() == 0:
         raise ValueError(f"weights must be a float or a non-empty 1-D sequence, got shape {tuple(a.shape)}")
     if not bool(torch.isfinite(a).all()):

@@ -22,7 +22,7 @@ from diffode.adjoint import checkpointed, continuous_adjoint
 from diffode.field import ModelField, Sigma
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
-from diffode.validation import check_sigma_grid, require_finite, require_floating
+from diffode.validation import check_sigma_grid, describe, require_finite, require_floating
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -261,6 +261,11 @@ def solve(
             f"solver {stepper!r} is stochastic, but the first step out of sigma = inf (zero terminal SNR) "
             "is taken deterministically; use eta=0 or a deterministic solver, or start the grid at a "
             "finite σ (for example timesteps='leading')"
+        )
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            "callback must be callable (it is called with a StepInfo after every step), got "
+            f"{describe(callback)}"
         )
     counted = _Counted(f, stepper, watch=callback is not None)
     n_steps = len(values) - 1

@@ -37,6 +37,29 @@ def test_non_finite_latents_are_not_interpolated():
         interpolate(z, torch.tensor([[0.0, math.inf, 1.0, 2.0]]), 0.5)
 
 
+def test_a_callback_that_is_not_callable_is_refused_before_any_step(linear):
+    calls = []
+
+    def model(x, t):
+        calls.append(t)
+        return torch.zeros_like(x)
+
+    with pytest.raises(TypeError, match="callback must be callable .* got 5"):
+        sample(model, linear, torch.randn(2, 2), steps=3, callback=5)
+    assert calls == []
+
+
+def test_one_weight_may_be_a_0d_tensor_or_a_numpy_scalar():
+    import numpy as np
+
+    from diffode import interpolate
+
+    z0, z1 = torch.randn(2, 4), torch.randn(2, 4)
+    expected = interpolate(z0, z1, 0.25)
+    for weight in (torch.tensor(0.25), np.float32(0.25)):
+        assert torch.equal(interpolate(z0, z1, weight), expected)
+
+
 def test_integer_noise_is_a_type_error(linear):
     with pytest.raises(TypeError, match="noise must be a floating-point tensor"):
         sample(wavy_model(), linear, torch.zeros(2, 2, dtype=torch.int64), steps=5)
