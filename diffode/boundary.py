@@ -25,7 +25,7 @@ import math
 from torch import Tensor
 
 from diffode.field import PredictingField
-from diffode.fixed_point import FixedPoint, solve_fixed_point
+from diffode.fixed_point import BOUNDARY_MEMORY, BOUNDARY_PATIENCE, FixedPoint, solve_fixed_point
 
 
 def into_zero(f: PredictingField, sigma: float, x: Tensor) -> Tensor:
@@ -59,7 +59,8 @@ def invert_into_zero(
     *,
     tol: float,
     max_iter: int,
-    memory: int = 10,
+    memory: int = BOUNDARY_MEMORY,
+    patience: int = BOUNDARY_PATIENCE,
     floor_ok: bool = True,
     accept: float | None = None,
 ) -> FixedPoint:
@@ -68,7 +69,9 @@ def invert_into_zero(
     Solved per sample by :func:`~diffode.fixed_point.solve_fixed_point` from the guess x̄ = x₀
     (its first iteration is the explicit lift of :func:`out_of_zero`); samples that have
     converged are no longer evaluated (``f.rows``). ``tol``, ``max_iter``, ``memory``,
-    ``floor_ok`` and ``accept`` are the iteration's.
+    ``patience``, ``floor_ok`` and ``accept`` are the iteration's; the defaults of ``memory`` and
+    ``patience`` are longer than on a sampling step because this step is nearly singular on a
+    real network (:data:`~diffode.fixed_point.BOUNDARY_MEMORY`).
 
     Returns:
         The :class:`~diffode.fixed_point.FixedPoint` (x̄ shaped like ``x0``, per-sample residual
@@ -79,7 +82,15 @@ def invert_into_zero(
         return into_zero(f if rows is None else f.rows(rows), sigma, y), None
 
     return solve_fixed_point(
-        forward, x0, x0, tol=tol, max_iter=max_iter, memory=memory, floor_ok=floor_ok, accept=accept
+        forward,
+        x0,
+        x0,
+        tol=tol,
+        max_iter=max_iter,
+        memory=memory,
+        patience=patience,
+        floor_ok=floor_ok,
+        accept=accept,
     )
 
 

@@ -24,7 +24,7 @@ from diffode import (
     sigma_grid,
     solve,
 )
-from diffode.fixed_point import default_acceptance, default_tolerance
+from diffode.fixed_point import default_acceptance, default_tolerance, solve_fixed_point
 from diffode.solvers import BDIA, DDIM, AdamsBashforth, Bosh3, Euler, Heun, InverseOf, Midpoint, get_solver
 from diffode.study import reference_solution
 from diffode.testing import RandomEpsNet, assert_convergence_order
@@ -183,6 +183,41 @@ def test_inverse_of_serves_any_ode_through_solve():
     back = solve(f, y, up.flip(0), Heun()).x
     torch.testing.assert_close(back, x, rtol=0, atol=1e-13)
     assert y.dtype == F64
+
+
+def test_the_predictor_is_exact_for_a_denoiser_linear_in_log_sigma():
+    # f = (x̄ - D(σ))/σ with D = a + b log σ: the Euler step undoes the flow with D held fixed, and
+    # D at the step's end is extrapolated in log σ from two starts, so from the second step on the
+    # predictor is the inverse itself and no step iterates; the first, with one start, does
+    a, b = torch.tensor([0.3, -1.2], dtype=F64), torch.tensor([0.05, 0.4], dtype=F64)
+
+    def f(s, x):
+        return (x - a - b * math.log(s)) / s
+
+    steps: list = []
+    up = torch.logspace(-1, 1, 9, dtype=F64)
+    x = torch.tensor([[0.5, -0.7], [1.5, 0.2]], dtype=F64)
+    y = solve(f, x, up, InverseOf(Euler(), tol=1e-13, observer=steps.append)).x
+    assert int(steps[0].iterations.max()) > 0
+    assert [int(step.iterations.max()) for step in steps[1:]] == [0] * 7
+    torch.testing.assert_close(solve(f, y, up.flip(0), Euler()).x, x, rtol=0, atol=1e-13)
+
+
+def test_the_gain_is_the_first_step_of_the_fixed_point_iteration():
+    # forward(y) = 0.3 y: dividing the residual by the gain 0.3 solves it in one iteration, the
+    # plain iteration (gain 1) contracts by 0.7 per iteration
+    target = torch.tensor([[1.0, -2.0]], dtype=F64)
+
+    def forward(y, rows):
+        return 0.3 * y, None
+
+    found = solve_fixed_point(forward, target, target, tol=1e-14, max_iter=100, memory=0, gain=0.3)
+    assert int(found.iterations[0]) == 1 and float(found.residual[0]) <= 1e-15
+    plain = solve_fixed_point(forward, target, target, tol=1e-14, max_iter=100, memory=0)
+    assert int(plain.iterations[0]) > 30
+    for gain in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="gain must be a positive finite"):
+            solve_fixed_point(forward, target, target, tol=1e-14, max_iter=3, gain=gain)
 
 
 def test_default_tolerance_follows_the_dtype():
