@@ -223,9 +223,12 @@ class InverseOf(Solver):
     :class:`BDIA`) is its own inverse: its steps are taken as they are, upwards.
 
     Each implicit equation is solved per sample by
-    :func:`~diffode.fixed_point.solve_fixed_point` (Anderson acceleration), starting from the
-    explicit reverse Euler step y₀ = x + (s1 - s0) f(s0, x); samples that have converged are no
-    longer evaluated (the field's ``rows``). A sample stops at the tolerance, or when its
+    :func:`~diffode.fixed_point.solve_fixed_point` (Anderson acceleration). The predictor holds
+    the denoised state D = x̄ - σf fixed over the step, y₀ = D + (s1/s0)(x - D) (the explicit
+    reverse Euler step y₀ = x + (s1 - s0) f(s0, x) when D is D(s0)), with D(s1) extrapolated
+    linearly in log σ from the starts of this step and the last; the first iteration divides its
+    residual by s0/s1, the sampling step's derivative where D does not vary with x̄ (a real
+    network at high σ). Samples that have converged are no longer evaluated (the field's ``rows``). A sample stops at the tolerance, or when its
     residual stops improving; it has converged when it reached the tolerance or, with the
     default tolerance, the round-off floor of the sampling step measured at its result. A
     sample that has not raises :class:`InversionError` (a ``ValueError``) naming the sample,
