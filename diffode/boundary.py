@@ -21,11 +21,19 @@ x̂₀ = (x - √(1-ᾱ) ε)/√ᾱ.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor
 
 from diffode.field import PredictingField
-from diffode.fixed_point import BOUNDARY_MEMORY, BOUNDARY_PATIENCE, FixedPoint, solve_fixed_point
+from diffode.fixed_point import (
+    RETRY_MEMORY,
+    RETRY_PATIENCE,
+    STEP_MEMORY,
+    FixedPoint,
+    retry_unconverged,
+    solve_fixed_point,
+)
 
 
 def into_zero(f: PredictingField, sigma: float, x: Tensor) -> Tensor:
@@ -59,19 +67,22 @@ def invert_into_zero(
     *,
     tol: float,
     max_iter: int,
-    memory: int = BOUNDARY_MEMORY,
-    patience: int = BOUNDARY_PATIENCE,
+    memory: int | None = None,
     floor_ok: bool = True,
     accept: float | None = None,
+    resolution: float | None = None,
 ) -> FixedPoint:
     """The exact inverse of :func:`into_zero`: the x̄ at σ = ``sigma`` whose x̂₀ is ``x0``.
 
     Solved per sample by :func:`~diffode.fixed_point.solve_fixed_point` from the guess x̄ = x₀
     (its first iteration is the explicit lift of :func:`out_of_zero`); samples that have
     converged are no longer evaluated (``f.rows``). ``tol``, ``max_iter``, ``memory``,
-    ``patience``, ``floor_ok`` and ``accept`` are the iteration's; the defaults of ``memory`` and
-    ``patience`` are longer than on a sampling step because this step is nearly singular on a
-    real network (:data:`~diffode.fixed_point.BOUNDARY_MEMORY`).
+    ``floor_ok``, ``accept`` and ``resolution`` are the iteration's. With ``memory=None`` the
+    first attempt keeps :data:`~diffode.fixed_point.STEP_MEMORY` columns, and the samples it
+    leaves unconverged are solved again from x₀ with
+    :data:`~diffode.fixed_point.RETRY_MEMORY` columns and
+    :data:`~diffode.fixed_point.RETRY_PATIENCE` (this step is nearly singular on a real
+    network, and neither setting suits every sample).
 
     Returns:
         The :class:`~diffode.fixed_point.FixedPoint` (x̄ shaped like ``x0``, per-sample residual
@@ -81,17 +92,17 @@ def invert_into_zero(
     def forward(y: Tensor, rows: Tensor | None) -> tuple[Tensor, None]:
         return into_zero(f if rows is None else f.rows(rows), sigma, y), None
 
-    return solve_fixed_point(
-        forward,
-        x0,
-        x0,
-        tol=tol,
-        max_iter=max_iter,
-        memory=memory,
-        patience=patience,
-        floor_ok=floor_ok,
-        accept=accept,
-    )
+    options: dict[str, Any] = {
+        "tol": tol,
+        "max_iter": max_iter,
+        "floor_ok": floor_ok,
+        "accept": accept,
+        "resolution": resolution,
+    }
+    found = solve_fixed_point(forward, x0, x0, memory=STEP_MEMORY if memory is None else memory, **options)
+    if memory is not None:
+        return found
+    return retry_unconverged(forward, x0, x0, found, memory=RETRY_MEMORY, patience=RETRY_PATIENCE, **options)
 
 
 def out_of_infinity(f: PredictingField, sigma: float, noise: Tensor) -> Tensor:

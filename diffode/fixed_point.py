@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from diffode.validation import describe, require_int
 
 ROUND_OFF_ULPS = 0.25
 """Default tolerance in units of round-off of the state's dtype (relative to the state's scale).
@@ -36,20 +39,24 @@ iterations without improvement; slowly improving ones (a nearly singular step) m
 hundreds (measured: 413 for one of the digits model's own samples in float64)."""
 
 STEP_MEMORY = 10
-"""Default Anderson history length when inverting a sampling step. Longer histories hurt on
-coarse steps, where the map is far from linear (measured on the digits model, float32, Heun at
-10 steps: with 32 columns one of 64 held-out digits stalled at σ 0.73, with 10 none did)."""
+"""Default Anderson history length when inverting a sampling step, and on the first attempt at
+the step into σ = 0. Longer histories hurt on coarse steps, where the map is far from linear
+(measured on the digits model, float32, Heun at 10 steps: with 32 columns one of 64 held-out
+digits stalled at σ 0.73, with 10 none did)."""
 
-BOUNDARY_MEMORY = 32
-"""Default Anderson history length when inverting the step into σ = 0, x̂₀(x̄, σ₁) = x₀: on a real
-network it is nearly singular on pixels saturated at ±1 (the digits model's Jacobian there has
-singular values down to 0.01). Measured on 512 of the digits model's own samples clipped to
-[-1, 1], float32: 10 columns (patience 30) left 9 stalled above the acceptance, 32 columns with
-:data:`BOUNDARY_PATIENCE` 3, 64 columns 3; a clipped sample need not be x̂₀ of any x̄ at all."""
+RETRY_MEMORY = 32
+"""Anderson history length of the second attempt at the step into σ = 0, x̂₀(x̄, σ₁) = x₀, for the
+samples the first left above the acceptance (:func:`retry_unconverged`). On a real network this
+step is nearly singular on pixels saturated at ±1 (the digits model's Jacobian there has
+singular values down to 0.01), and neither history length suits every sample: on the digits
+model's own samples clipped to [-1, 1], 10 columns (patience 30) left 9 of 512 stalled in
+float32 and none of 64 in float64; 32 columns (patience 100) left 3 of 512 in float32 but one of
+64 in float64; 10 then 32 for the stalled ones leaves 3 and 0. A clipped sample need not be x̂₀
+of any x̄ at all."""
 
-BOUNDARY_PATIENCE = 100
-"""Default patience on the step into σ = 0, where slowly improving samples are common (see
-:data:`BOUNDARY_MEMORY`); it costs evaluations only for samples that stall."""
+RETRY_PATIENCE = 100
+"""Patience of the second attempt at the step into σ = 0 (see :data:`RETRY_MEMORY`), where slowly
+improving samples are common."""
 
 SETTLE = 2
 """Iterations without a new best residual after which a sample's round-off floor is measured
@@ -100,6 +107,9 @@ class FixedPoint:
         calls: calls of ``forward`` (on any number of rows), the floor measurement included.
         evaluations: rows passed to ``forward`` in total (per-sample cost).
         aux: ``forward``'s auxiliary output at y (``None`` if it gives none).
+        secant: float64 ``(batch,)``, the map's derivative along the first iteration's step,
+            -⟨Δg, Δy⟩ / ⟨Δy, Δy⟩ with g = target - forward(y) (a gain for a similar problem);
+            NaN for a sample that did not iterate or whose first step was rejected.
     """
 
     y: Tensor
@@ -111,6 +121,7 @@ class FixedPoint:
     calls: int
     evaluations: int
     aux: Tensor | None
+    secant: Tensor
 
 
 def _anderson_correction(dy: Tensor, dg: Tensor, g: Tensor, beta: Tensor) -> Tensor:
@@ -139,7 +150,8 @@ def solve_fixed_point(
     patience: int = 30,
     floor_ok: bool = True,
     accept: float | None = None,
-    gain: float = 1.0,
+    gain: float | Tensor = 1.0,
+    resolution: float | None = None,
 ) -> FixedPoint:
     """Solve ``forward(y) = target`` for y, per sample, by safeguarded Anderson acceleration.
 
@@ -169,17 +181,27 @@ def solve_fixed_point(
         accept: a sample that stopped improving (for :data:`SETTLE` iterations, or at the end)
             counts as converged at this residual; ``None``: ``tol``. At least ``tol``.
         patience: iterations without a new best residual before a sample stops.
-        gain: a positive estimate of the map's derivative, as a multiple of the identity: the
-            first iteration's step, before Anderson's history knows better, is the residual
-            divided by it.
+        gain: a positive estimate of the map's derivative, as a multiple of the identity, one
+            for all samples or float64 ``(batch,)``: the first iteration's step, before
+            Anderson's history knows better, is the residual divided by it.
+        resolution: the relative size of the nudge that measures the round-off floor; ``None``:
+            one unit of round-off of the state's dtype. A map that computes in a coarser dtype
+            (a float16 network on a float32 state) needs that dtype's unit, or the nudge is
+            rounded away and the floor comes out as the state's round-off alone.
 
     Returns:
         A :class:`FixedPoint`. Convergence is reported, not asserted.
     """
     accept = tol if accept is None else max(accept, tol)
-    if not (math.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a positive finite estimate of the map's derivative, got {gain}")
+    require_int("max_iter", max_iter, low=1)
+    require_int("memory", memory, low=0)
+    require_int("patience", patience, low=1)
     shape, batch = target.shape, target.shape[0]
+    gains = torch.as_tensor(gain, dtype=torch.float64, device=target.device).expand(batch)
+    if not bool((torch.isfinite(gains) & (gains > 0)).all()):
+        raise ValueError(
+            f"gain must be positive and finite (an estimate of the map's derivative), got {describe(gains)}"
+        )
     flat_target = target.reshape(batch, -1)
     y = guess.reshape(batch, -1).clone()
     scale = torch.maximum(flat_target.abs().amax(1), y.abs().amax(1)).clamp(min=1.0).to(torch.float64)
@@ -198,7 +220,9 @@ def solve_fixed_point(
     # one ulp per element, alternating in sign so that no direction is favoured
     signs = torch.ones(y.shape[1], dtype=y.dtype, device=y.device)
     signs[1::2] = -1
+    nudge = torch.finfo(y.dtype).eps if resolution is None else max(resolution, torch.finfo(y.dtype).eps)
     floor = torch.zeros(batch, dtype=torch.float64, device=target.device)
+    secant = torch.full((batch,), math.nan, dtype=torch.float64, device=target.device)
     measured = torch.zeros(batch, dtype=torch.bool, device=target.device)
 
     g, best, aux = evaluate(y, None)
@@ -210,7 +234,7 @@ def solve_fixed_point(
         """The round-off floor of the map at the best iterates of ``rows``: the change of
         ``forward`` when y moves by one ulp per element."""
         y_r = y_best[rows]
-        g_nudged, _, _ = evaluate(y_r + signs * torch.finfo(y.dtype).eps * y_r.abs(), rows)
+        g_nudged, _, _ = evaluate(y_r + signs * nudge * y_r.abs(), rows)
         floor[rows] = (g_nudged - g_best[rows]).abs().amax(1).to(torch.float64) / scale[rows]
         measured[rows] = True
 
@@ -222,16 +246,22 @@ def solve_fixed_point(
     dg = y.new_zeros(batch, width, memory)
     filled = 0  # history columns in use (the newest last)
     active = best > tol
+    first_pass = True
     # host syncs per iteration: which samples still iterate, and which settled samples need a floor
     while bool(active.any()):
         rows = active.nonzero()[:, 0]
         y_a, g_a, b_a = y[rows], g[rows], beta[rows]
-        step = b_a / gain
+        step = b_a / gains[rows]
         y_new = y_a + step[:, None].to(y.dtype) * g_a
         if filled:
             y_new = y_new - _anderson_correction(dy[rows, :, -filled:], dg[rows, :, -filled:], g_a, step)
         g_new, res_new, aux_new = evaluate(y_new, rows)
         taken = res_new < 4 * best[rows]  # False where the new residual is NaN
+        if first_pass:  # every active sample takes its first iteration here
+            moved, change = (y_new - y_a).to(torch.float64), (g_new - g_a).to(torch.float64)
+            estimate = -(moved * change).sum(1) / (moved * moved).sum(1)
+            secant[rows] = torch.where(taken, estimate, math.nan)
+            first_pass = False
         keep = taken[:, None]
         if memory > 0:
             # rejected samples forget their history; all shift by one column
@@ -280,19 +310,63 @@ def solve_fixed_point(
         calls=calls,
         evaluations=evaluations,
         aux=aux_best,
+        secant=secant,
+    )
+
+
+def retry_unconverged(
+    forward: Forward, target: Tensor, guess: Tensor, found: FixedPoint, **options: Any
+) -> FixedPoint:
+    """Solve again for the samples of ``found`` that stalled (stopped unconverged before
+    ``max_iter``, which a retry does not extend), from ``guess``, with other options of
+    :func:`solve_fixed_point` (all passed as keywords, ``max_iter`` among them); per sample the
+    result with the lower residual is kept, and the counters add up. ``found`` itself if no
+    sample stalled.
+    """
+    failed = (~found.converged & (found.iterations < options["max_iter"])).nonzero()[:, 0]
+    if failed.numel() == 0:
+        return found
+
+    def forward_failed(y: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return forward(y, failed if rows is None else failed[rows])
+
+    again = solve_fixed_point(forward_failed, target[failed], guess[failed], **options)
+    better = failed[again.residual < found.residual[failed]]
+    won = again.residual < found.residual[failed]
+
+    def merged(mine: Tensor, theirs: Tensor) -> Tensor:
+        out = mine.clone()
+        out[better] = theirs[won]
+        return out
+
+    iterations = found.iterations.clone()
+    iterations[failed] += again.iterations
+    aux = found.aux if found.aux is None or again.aux is None else merged(found.aux, again.aux)
+    return FixedPoint(
+        y=merged(found.y, again.y),
+        residual=merged(found.residual, again.residual),
+        scale=merged(found.scale, again.scale),
+        floor=merged(found.floor, again.floor),
+        converged=merged(found.converged, again.converged),
+        iterations=iterations,
+        calls=found.calls + again.calls,
+        evaluations=found.evaluations + again.evaluations,
+        aux=aux,
+        secant=merged(found.secant, again.secant),
     )
 
 
 __all__ = [
     "ACCEPT_ULPS",
-    "BOUNDARY_MEMORY",
-    "BOUNDARY_PATIENCE",
     "DEFAULT_MAX_ITER",
     "FLOOR_FACTOR",
+    "RETRY_MEMORY",
+    "RETRY_PATIENCE",
     "ROUND_OFF_ULPS",
     "STEP_MEMORY",
     "FixedPoint",
     "default_acceptance",
     "default_tolerance",
+    "retry_unconverged",
     "solve_fixed_point",
 ]

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffode.conditioning import Cond
+from diffode.conditioning import Cond, Guidance
 from diffode.field import Coefficient, Model, ModelField, Sigma, _from_eps, field_for
 from diffode.sampling import graph_mode
 from diffode.schedule import NoiseSchedule
@@ -177,6 +177,8 @@ def likelihood(
     levels: int | None = None,
     prediction: str = "epsilon",
     cond: Cond | None = None,
+    guidance: float | Guidance | None = None,
+    uncond: Cond | None = None,
     progress: bool = False,
     grad: bool = False,
 ) -> Likelihood:
@@ -211,6 +213,9 @@ def likelihood(
         prediction: what the network predicts (``"epsilon"``, ``"sample"``, ``"v_prediction"``,
             ``"score"``).
         cond: conditioning of a conditional network, one row per sample (see ``field_for``).
+        guidance, uncond: classifier-free guidance (see ``field_for``): the likelihood under the
+            guided probability-flow ODE, i.e. of the distribution its deterministic sampler
+            draws from.
         progress: draw a progress bar on stderr.
         grad: keep the autograd graph through the solve (gradients of the nats with respect to
             ``x`` or the model's parameters); off by default, and the result is then detached.
@@ -251,7 +256,7 @@ def likelihood(
     batch, shape = x.shape[0], tuple(x.shape[1:])
     _check_generator(generator, batch)
     dims = math.prod(shape)
-    inner = field_for(model, schedule, prediction, cond=cond)
+    inner = field_for(model, schedule, prediction, cond=cond, guidance=guidance, uncond=uncond)
     with graph_mode(grad):
         start = x.to(_F64) if grad else x.detach().to(_F64)
         point = start

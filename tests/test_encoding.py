@@ -203,7 +203,7 @@ def test_the_predictor_is_exact_for_a_denoiser_linear_in_log_sigma():
     torch.testing.assert_close(solve(f, y, up.flip(0), Euler()).x, x, rtol=0, atol=1e-13)
 
 
-def test_the_gain_is_the_first_step_of_the_fixed_point_iteration():
+def test_the_gain_is_the_first_step_of_the_fixed_point_iteration_and_is_measured():
     # forward(y) = 0.3 y: dividing the residual by the gain 0.3 solves it in one iteration, the
     # plain iteration (gain 1) contracts by 0.7 per iteration
     target = torch.tensor([[1.0, -2.0]], dtype=F64)
@@ -215,9 +215,21 @@ def test_the_gain_is_the_first_step_of_the_fixed_point_iteration():
     assert int(found.iterations[0]) == 1 and float(found.residual[0]) <= 1e-15
     plain = solve_fixed_point(forward, target, target, tol=1e-14, max_iter=100, memory=0)
     assert int(plain.iterations[0]) > 30
+    # the first iteration measures the derivative along its step: the next problem's gain
+    assert float(plain.secant[0]) == pytest.approx(0.3, rel=1e-12)
+    # one gain per sample
+    two = torch.cat([target, 2 * target])
+    per_sample = solve_fixed_point(
+        forward, two, two, tol=1e-14, max_iter=100, memory=0, gain=torch.tensor([0.3, 1.0], dtype=F64)
+    )
+    assert per_sample.iterations.tolist()[0] == 1 and per_sample.iterations.tolist()[1] > 30
     for gain in (0.0, -1.0, math.nan, math.inf):
-        with pytest.raises(ValueError, match="gain must be a positive finite"):
+        with pytest.raises(ValueError, match="gain must be positive and finite"):
             solve_fixed_point(forward, target, target, tol=1e-14, max_iter=3, gain=gain)
+    with pytest.raises(ValueError, match="max_iter"):
+        solve_fixed_point(forward, target, target, tol=1e-14, max_iter=0)
+    with pytest.raises(ValueError, match="memory"):
+        solve_fixed_point(forward, target, target, tol=1e-14, max_iter=3, memory=-1)
 
 
 def test_default_tolerance_follows_the_dtype():

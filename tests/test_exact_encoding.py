@@ -94,9 +94,9 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
     message = str(err)
     for option in ("steps=", "max_iter=500", "--max-iter", "tol=", "--tol", "method='reverse'"):
         assert option in message
-    # the tolerance it suggests is one this sample meets
+    # the tolerance it suggests is the residual reached, rounded up to one significant digit
     tol = float(message.split("tol=")[1].split(";")[0])
-    encode(model, schedule, held_out, steps=10, timesteps="uniform", method="exact", tol=tol)
+    assert err.residual <= tol <= 2 * err.residual
 
 
 def test_an_explicit_tolerance_is_what_is_asked(held_out):
@@ -116,7 +116,7 @@ def test_the_step_into_zero_inverts_a_nearly_singular_own_sample():
     criteria = {"tol": default_tolerance(F32), "accept": default_acceptance(F32), "max_iter": 500}
     found = invert_into_zero(field, schedule.sigma_min, x0, **criteria)
     assert bool(found.converged.all()) and float(found.residual.max()) <= default_acceptance(F32)
-    short = invert_into_zero(field, schedule.sigma_min, x0, memory=10, patience=30, **criteria)
+    short = invert_into_zero(field, schedule.sigma_min, x0, memory=10, **criteria)
     assert not bool(short.converged.any()) and float(short.residual.max()) > 1e-5
 
 

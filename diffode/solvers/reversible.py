@@ -28,7 +28,6 @@ from torch import Tensor
 from diffode.boundary import invert_into_zero
 from diffode.field import PredictingField, Sigma, VectorField
 from diffode.fixed_point import (
-    BOUNDARY_MEMORY,
     DEFAULT_MAX_ITER,
     FLOOR_FACTOR,
     STEP_MEMORY,
@@ -168,7 +167,8 @@ class InversionError(ValueError):
 class _InverseRun:
     """Per-solve state of :class:`InverseOf`: the inner solver's state, counters, the field's
     value at the last result and the denoised state x̄ - σf at the last step's start (the next
-    step's predictor)."""
+    step's predictor), and per sample the denoiser's slope measured in the last step (the next
+    step's gain)."""
 
     inner: Any
     iterations: int = 0
@@ -176,6 +176,7 @@ class _InverseRun:
     evaluations: int = 0
     carry: tuple[float, Tensor] | None = None
     denoised: tuple[float, Tensor] | None = None
+    slope_d: Tensor | None = None
 
 
 class _Tap:
@@ -226,10 +227,12 @@ class InverseOf(Solver):
     :func:`~diffode.fixed_point.solve_fixed_point` (Anderson acceleration). The predictor holds
     the denoised state D = x̄ - σf fixed over the step, y₀ = D + (s1/s0)(x - D) (the explicit
     reverse Euler step y₀ = x + (s1 - s0) f(s0, x) when D is D(s0)), with D(s1) extrapolated
-    linearly in log σ from the starts of this step and the last; the first iteration divides its
-    residual by s0/s1, the sampling step's derivative where D does not vary with x̄ (a real
-    network at high σ). Samples that have converged are no longer evaluated (the field's ``rows``). A sample stops at the tolerance, or when its
-    residual stops improving; it has converged when it reached the tolerance or, with the
+    linearly in log σ from the starts of this step and the last. The first iteration divides its
+    residual by r + (1 - r) c, r = s0/s1: the sampling step's derivative is r I + (1 - r) ∂D/∂x̄,
+    and c is the denoiser's slope measured per sample by the previous step's first iteration (1
+    on the first step, the plain iteration). Samples that have converged are no longer
+    evaluated (the field's ``rows``). A sample stops at the tolerance, or when its residual
+    stops improving; it has converged when it reached the tolerance or, with the
     default tolerance, the round-off floor of the sampling step measured at its result. A
     sample that has not raises :class:`InversionError` (a ``ValueError``) naming the sample,
     the step, the residual and the options that help; it never returns silently. The iteration
@@ -248,8 +251,9 @@ class InverseOf(Solver):
             dtype, or the measured round-off floor where that is higher.
         max_iter: fixed-point iterations allowed per step and sample.
         memory: Anderson history length (0: plain damped iteration); ``None``:
-            :data:`STEP_MEMORY` on the sampling steps and :data:`BOUNDARY_MEMORY` on the step
-            into σ = 0, the nearly singular one.
+            :data:`~diffode.fixed_point.STEP_MEMORY`, and on the step into σ = 0, the nearly
+            singular one, a second attempt for the samples that stall
+            (:func:`~diffode.boundary.invert_into_zero`).
         observer: called with an :class:`InverseStep` after every step (per-sample residuals,
             iterations and cost); :func:`diffode.encode` collects them.
     """
@@ -314,9 +318,10 @@ class InverseOf(Solver):
         return _InverseRun(self.solver.init(f, sigmas.flip(0), x, None))
 
     def leave_zero(self, f: PredictingField, s1: float, x: Tensor, state: _InverseRun) -> tuple[Tensor, Any]:
-        criteria = self._criteria(x)
-        memory = BOUNDARY_MEMORY if self.memory is None else self.memory
-        found = invert_into_zero(_Tap(f, state), s1, x, max_iter=self.max_iter, memory=memory, **criteria)
+        criteria = self._criteria(f, x)
+        found = invert_into_zero(
+            _Tap(f, state), s1, x, max_iter=self.max_iter, memory=self.memory, **criteria
+        )
         self._finish(state, 0.0, s1, criteria, found, before=0)
         return found.y, state
 
@@ -351,28 +356,45 @@ class InverseOf(Solver):
             denoised_s1 = denoised
         state.denoised = (s0, denoised)
         guess = denoised_s1 + (s1 / s0) * (x - denoised_s1)
-        criteria = self._criteria(x)
-        # with D held fixed, the sampling step from s1 down to s0 scales x̄ by s0/s1: the gain the
-        # first iteration divides its residual by (a real denoiser varies little with x̄ at high σ)
+        criteria = self._criteria(f, x)
+        # The step's derivative is r I + (1 - r) ∂D/∂x̄ with r = s0/s1 (Euler's exactly, the others'
+        # nearly): the first iteration divides its residual by r + (1 - r) c, c the denoiser's
+        # slope along that iteration's step in the previous step (1 before any: the identity). On
+        # the digits network c falls from about 0.5 below σ = 1 to 0.03 above σ = 4.
+        ratio = s0 / s1
+        slope_d = state.slope_d
+        gain = 1.0 if slope_d is None else ratio + (1 - ratio) * slope_d
         found = solve_fixed_point(
             sampling_step,
             x,
             guess,
             max_iter=self.max_iter,
             memory=STEP_MEMORY if self.memory is None else self.memory,
-            gain=s0 / s1,
+            gain=gain,
             **criteria,
         )
+        measured = ((found.secant - ratio) / (1 - ratio)).clamp(0.0, 1.0)
+        state.slope_d = torch.where(measured.isnan(), 1.0 if slope_d is None else slope_d, measured)
         state.carry = None if found.aux is None else (s1, found.aux)
         self._finish(state, s0, s1, criteria, found, before)
         return found.y, state
 
-    def _criteria(self, x: Tensor) -> dict[str, Any]:
+    def _criteria(self, f: PredictingField, x: Tensor) -> dict[str, Any]:
         """The stopping and acceptance rule of :func:`solve_fixed_point`: the tolerance asked
-        for, or the defaults of ``x``'s dtype with the measured round-off floor."""
+        for, or the defaults of the coarser of ``x``'s dtype and the network's (a float16 network
+        integrated in float32) with the measured round-off floor."""
         if self.tol is not None:
             return {"tol": self.tol, "accept": None, "floor_ok": False}
-        return {"tol": default_tolerance(x.dtype), "accept": default_acceptance(x.dtype), "floor_ok": True}
+        dtype = x.dtype
+        network = getattr(getattr(f, "model", None), "network_dtype", None)
+        if network is not None and torch.finfo(network).eps > torch.finfo(dtype).eps:
+            dtype = network
+        return {
+            "tol": default_tolerance(dtype),
+            "accept": default_acceptance(dtype),
+            "floor_ok": True,
+            "resolution": torch.finfo(dtype).eps,
+        }
 
     def _report(
         self, state: _InverseRun, s0: float, s1: float, residual: Tensor, before: int, iterations: Tensor
@@ -402,8 +424,14 @@ class InverseOf(Solver):
         failed = (~found.converged).nonzero()[:, 0]
         worst = int(failed[found.residual[failed].argmax()])
         residual, floor = float(found.residual[worst]), float(found.floor[worst])
-        # a tolerance that this sample would have met, rounded up to one significant digit
-        meets = float(f"{1.01 * residual:.0e}")
+        # a tolerance that this sample would have met on this step, rounded up to one significant
+        # digit (an explicit tol also changes the other steps' iterations, so not a promise)
+        if math.isfinite(residual) and residual > 0:
+            exponent = math.floor(math.log10(residual))
+            meets = float(f"{math.ceil(residual / 10.0**exponent * (1 - 1e-9))}e{exponent}")
+            accept = f"accept this residual (tol={meets:g}; CLI --tol), "
+        else:
+            accept = ""
         raise InversionError(
             f"exact inversion of {self.solver!r} did not converge on the step σ {s0:.6g} -> {s1:.6g} for "
             f"sample {worst} ({failed.numel()} of {found.residual.numel()} samples): residual "
@@ -411,7 +439,7 @@ class InverseOf(Solver):
             f"{int(found.iterations[worst])} iterations, above tol {tol:.3g}"
             + (f" and {FLOOR_FACTOR:g} times the round-off floor {floor:.3g}" if self.tol is None else "")
             + f". Options: more steps (steps=), more iterations (max_iter={self.max_iter} now; CLI "
-            f"--max-iter), accept this residual (tol={meets:g}; CLI --tol), or method='reverse'",
+            f"--max-iter), {accept}or method='reverse'",
             sample=worst,
             sigma=s0,
             sigma_next=s1,
