@@ -105,6 +105,18 @@ def test_an_explicit_tolerance_is_what_is_asked(held_out):
         encode(model, schedule, held_out, steps=10, solver="bdia", method="exact", tol=1e-9, return_info=True)
 
 
+@pytest.mark.parametrize("solver", ["euler", "bdia"])
+def test_a_float16_network_round_trips_within_its_own_round_off(held_out, solver):
+    # float16 data are integrated in float32, but the network computes in float16: the defaults
+    # take the coarser dtype's round-off (a float32 nudge is rounded away at the network's input,
+    # and the measured floor missed the network's round-off: every sample failed)
+    model, schedule = digits(dtype=torch.float16)
+    x0 = held_out.half()
+    info = encode(model, schedule, x0, steps=10, solver=solver, method="exact", return_info=True)
+    error = float((decode(model, schedule, info).float() - x0.float()).abs().max())
+    assert error <= 64 * torch.finfo(torch.float16).eps  # the default acceptance, per step
+
+
 def test_the_step_into_zero_inverts_a_nearly_singular_own_sample():
     # the model's 40th own sample (Euler, 50 steps, 64 samples from seed 0, clipped to [-1, 1])
     # has pixels where x̂₀(x̄, σ_min) is nearly flat: Anderson with 10 columns and patience 30

@@ -260,6 +260,18 @@ def test_conditioning_follows_the_samples():
         )
         assert abs(float(corrected - x_log_prob(oracle, x[i : i + 1], LINEAR.sigma_min))) <= float(bound[i])
 
+    # guidance w with the unshifted Gaussian as the unconditional model: ε is linear in the shift,
+    # so ε_u + w (ε_c - ε_u) is the ε of the shift w m, and the guided likelihood is that model's
+    zero = {"shift": torch.zeros(3, 1, dtype=F64)}
+    guided = likelihood(
+        model, LINEAR, x, cond={"shift": shifts[:, None]}, guidance=2.5, uncond=zero, rtol=tol, atol=tol
+    )
+    shifted = likelihood(model, LINEAR, x, cond={"shift": 2.5 * shifts[:, None]}, rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        guided.nats, shifted.nats, rtol=0, atol=float(solver_bound(shifted, tol, 0.5, LINEAR.sigma_min).max())
+    )
+    assert float((guided.nats - result.nats).abs()[1:].min()) > 0.1
+
 
 def test_no_graph_unless_asked_and_gradients_when_asked():
     oracle = gaussian(2, 0.3, 0.5)
