@@ -461,6 +461,8 @@ def _encode(args: argparse.Namespace) -> int:
         _output(args, "--recon")
         if Path(args.recon).resolve() == Path(args.out).resolve():
             raise UsageError(f"--recon and --out name the same file {args.out!r}")
+    if args.method == "reverse" and (args.tol is not None or args.max_iter is not None):
+        raise UsageError("--tol and --max-iter set the iteration of --method exact; drop them or add it")
     loaded, grid, device, dtype = _model_and_grid(args)
     solver = grid["solver"]
     labels, guidance = _labels_and_guidance(args, loaded)
@@ -773,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument(
         "--max-iter",
         type=int,
-        default=DEFAULT_MAX_ITER,
+        default=None,
         help=f"--method exact: fixed-point iterations per step and image (default: {DEFAULT_MAX_ITER})",
     )
     enc.add_argument(

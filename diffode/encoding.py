@@ -99,7 +99,7 @@ def encode(
     solver: str | Solver = ...,
     method: Method = ...,
     tol: float | None = ...,
-    max_iter: int = ...,
+    max_iter: int | None = ...,
     prediction: str = ...,
     cond: Cond | None = ...,
     guidance: float | Guidance | None = ...,
@@ -121,7 +121,7 @@ def encode(
     solver: str | Solver = ...,
     method: Method = ...,
     tol: float | None = ...,
-    max_iter: int = ...,
+    max_iter: int | None = ...,
     prediction: str = ...,
     cond: Cond | None = ...,
     guidance: float | Guidance | None = ...,
@@ -142,7 +142,7 @@ def encode(
     solver: str | Solver = "euler",
     method: Method = "reverse",
     tol: float | None = None,
-    max_iter: int = DEFAULT_MAX_ITER,
+    max_iter: int | None = None,
     prediction: str = "epsilon",
     cond: Cond | None = None,
     guidance: float | Guidance | None = None,
@@ -208,10 +208,13 @@ def encode(
             ``"uniform"``, or :data:`EXACT_TIMESTEPS` for the implicit exact inverse (see above).
         solver: a deterministic solver name or object; ``"ddim"`` means η = 0.
         method: ``"reverse"`` or ``"exact"``.
-        tol: ``method="exact"``: per-step tolerance on the residual relative to the state's
-            scale (see :class:`~diffode.solvers.InverseOf`); ``None``: 4 units of round-off of
-            x0's dtype, or the measured round-off floor of the step where that is higher.
-        max_iter: ``method="exact"``: iterations allowed per step and sample.
+        tol: ``method="exact"`` only: per-step tolerance on the residual relative to the
+            state's scale (see :class:`~diffode.solvers.InverseOf`); ``None``: iterate each
+            step to its round-off floor (a quarter unit of round-off of the coarser of the
+            integration dtype and the network's, accepting a sample that stops improving within
+            64 units or 4 times the measured floor; docs/encoding.md).
+        max_iter: ``method="exact"`` only: iterations allowed per step and sample; ``None``:
+            :data:`~diffode.fixed_point.DEFAULT_MAX_ITER`.
         prediction: what the network predicts (see :func:`diffode.field_for`).
         cond, guidance, uncond: conditioning and classifier-free guidance, as for
             :func:`diffode.sample`.
@@ -229,6 +232,11 @@ def encode(
         raise ValueError("x0 must have a leading batch dimension, got a 0-d tensor")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "reverse" and (tol is not None or max_iter is not None):
+        raise ValueError(
+            f"tol={tol} and max_iter={max_iter} set the fixed-point iteration of method='exact'; "
+            "method='reverse' takes explicit steps: leave them out, or pass method='exact'"
+        )
     stepper = get_solver(solver)
     if stepper.stochastic:
         raise ValueError(
@@ -253,7 +261,12 @@ def encode(
             ode,
             x0.to(ode_dtype(x0)),
             grid,
-            InverseOf(stepper, tol=tol, max_iter=max_iter, observer=inverted.append)
+            InverseOf(
+                stepper,
+                tol=tol,
+                max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
+                observer=inverted.append,
+            )
             if method == "exact"
             else stepper,
             callback=(lambda info: trail.append(info.x)) if reversible else None,

@@ -478,6 +478,12 @@ def test_other_bad_arguments():
         encode(model, SCHEDULE, torch.tensor([[0.0, math.nan]]))
     with pytest.raises(ValueError, match="tol must be a finite number > 0"):
         encode(model, SCHEDULE, x0, method="exact", tol=0.0)
+    # the iteration's settings with explicit steps were ignored without a word
+    for options in ({"tol": 1e-3}, {"max_iter": 5}):
+        with pytest.raises(ValueError, match="set the fixed-point iteration of method='exact'"):
+            encode(model, SCHEDULE, x0, **options)
+    with pytest.raises(ValueError, match="max_iter must be at least 1, got 0"):
+        encode(model, SCHEDULE, x0, method="exact", max_iter=0)
     with pytest.raises(ValueError, match="sigma_data must be a finite number >= 0"):
         BDIA(sigma_data=-1.0)
     ztsnr = Schedule.from_betas(torch.cat([torch.full((9,), 0.1, dtype=F64), torch.ones(1, dtype=F64)]))

@@ -216,3 +216,7 @@ def test_cli_sample_then_exact_encode(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--max-iter" in err[0] and "--tol" in err[0]
+    # --tol with the default --method reverse was ignored without a word
+    assert main(["encode", str(images), "--tol", "1e-3", "--out", str(tmp_path / "z4.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--method exact" in err[0] and not (tmp_path / "z4.npz").exists()

@@ -364,6 +364,8 @@ OVERRIDES: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {
     # a whole data split through an adaptive solve takes minutes: the fuzzer reads its files only
     ("likelihood", "--split"): ((), ("bad",)),
     ("likelihood", "--tol"): (("0.1",), ("0", "-1")),
+    # --tol is a usage error with --method reverse: given only as the bad value, or never
+    ("encode", "--tol"): ((), ("0", "-1", "1e-3")),
     ("train-classifier", "--out"): (("classifier",), ("", "existing.npz", "/proc/run")),
 }
 
