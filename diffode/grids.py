@@ -211,12 +211,18 @@ def _sigma_values(schedule: NoiseSchedule, timesteps: Tensor) -> Tensor:
         else ""
     )
     values = timesteps.detach().to("cpu", torch.float64)
-    if bool((values < 0).any()) or bool((values > schedule.sigma_max).any()):
+    slack = (
+        schedule.sigma_max * torch.finfo(timesteps.dtype).eps if math.isfinite(schedule.sigma_max) else 0.0
+    )
+    # σ_max rounded to the tensor's dtype (a float32 copy of a float64 grid) lies just off it: it
+    # is read as σ_max
+    if bool((values < 0).any()) or bool((values > schedule.sigma_max + slack).any()):
         raise ValueError(
             f"timesteps given as a float tensor are read as σ values, which must lie in "
-            f"[0, sigma_max = {schedule.sigma_max:.6g}], got {describe(timesteps)}{hint}"
+            f"[0, sigma_max = {schedule.sigma_max:.9g}], got {describe(timesteps)}{hint}"
         )
-    return check_sigma_grid(timesteps, "timesteps")
+    grid = check_sigma_grid(timesteps, "timesteps")
+    return torch.where((grid - schedule.sigma_max).abs() <= slack, schedule.sigma_max, grid)
 
 
 def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSpec, rho: float) -> Tensor:
@@ -245,6 +251,8 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
         return grid
     if not isinstance(timesteps, str):
         raise TypeError(f"timesteps must be a spacing name or a tensor, got {type(timesteps).__name__}")
+    if timesteps not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timesteps must be one of {TIMESTEP_SPACINGS} or a tensor, got {timesteps!r}")
     if steps is None:
         raise ValueError(f"steps is required with timesteps={timesteps!r}; pass steps=S")
     if timesteps == "karras":
@@ -253,8 +261,6 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
     if timesteps == "logsnr":
         sig = logsnr_sigmas(schedule.sigma_min, schedule.sigma_max_finite, steps)
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
-    if timesteps not in TIMESTEP_SPACINGS:
-        raise ValueError(f"timesteps must be one of {TIMESTEP_SPACINGS} or a tensor, got {timesteps!r}")
     return sigmas_from_timesteps(schedule, spaced_timesteps(schedule, steps, timesteps))
 
 
@@ -344,7 +350,8 @@ def optimize(
     if (nfe - 1) % k:
         raise ValueError(
             f"{stepper.name or stepper!r} takes {k} evaluations per step, and a grid ending at 0 costs "
-            f"1 + {k}·steps evaluations; nfe={nfe} is not of that form (try {nfe - (nfe - 1) % k})"
+            f"1 + {k}·steps evaluations; nfe={nfe} is not of that form "
+            f"(try {max(nfe - (nfe - 1) % k, 1 + k)})"
         )
     steps = (nfe - 1) // k
     if steps < 1 or steps > candidates - 1:
@@ -397,6 +404,12 @@ def optimize(
     for given in init:
         points = check_sigma_grid(given, "init").tolist()
         points = points[:-1] if points[-1] == 0.0 else points
+        # the ends rounded to the grid's dtype (a float32 copy) count as the ends
+        slack = torch.finfo(given.dtype if isinstance(given, Tensor) else torch.float64).eps
+        if points and abs(points[-1] - sigma_min) <= slack * sigma_min:
+            points[-1] = sigma_min
+        if points and sigma_max < points[0] <= sigma_max * (1 + slack):
+            points[0] = sigma_max
         if len(points) != steps + 1 or points[0] > sigma_max or points[-1] != sigma_min:
             raise ValueError(
                 f"each init grid needs {steps + 1} positive σ values from at most sigma_max down to "
@@ -440,8 +453,12 @@ def save_grid(path: str | Path, grid: Tensor, *, overwrite: bool = False, **info
     if Path(path).exists() and not overwrite:
         raise ValueError(f"path {str(path)!r} exists; pass overwrite=True to replace it")
     payload = {"format": GRID_FORMAT, "sigmas": values, "info": info}
+    try:
+        text = json.dumps(payload, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"info must be JSON-serialisable, with finite numbers: {err}") from None
     with atomic_write(path) as fh:
-        fh.write((json.dumps(payload, indent=1) + "\n").encode())
+        fh.write((text + "\n").encode())
 
 
 def load_grid(path: str | Path) -> Tensor:
@@ -453,4 +470,11 @@ def load_grid(path: str | Path) -> Tensor:
         raise ValueError(f"cannot read a σ grid from {path}: {err}") from None
     if not isinstance(payload, dict) or payload.get("format") != GRID_FORMAT:
         raise ValueError(f"{path} is not a diffode σ grid file (format {GRID_FORMAT!r})")
-    return check_sigma_grid(torch.tensor(payload["sigmas"], dtype=torch.float64), "grid")
+    values = payload.get("sigmas")
+    if not (
+        isinstance(values, list)
+        and values
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    ):
+        raise ValueError(f"{path} is not a valid σ grid file: 'sigmas' must be a non-empty list of numbers")
+    return check_sigma_grid(torch.tensor(values, dtype=torch.float64), "grid")

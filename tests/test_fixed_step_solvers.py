@@ -24,6 +24,7 @@ from diffode import (
     DenoiserField,
     EpsField,
     Schedule,
+    field_for,
     karras_sigmas,
     oracles,
     sample,
@@ -59,6 +60,7 @@ from diffode.solvers.runge_kutta import (
     RALSTON3_TABLEAU,
     RK4_TABLEAU,
 )
+from diffode.testing import RandomEpsNet
 from tests.helpers import ddim_reference_loop, slope, wavy_model
 from tests.solver_cases import FIXED_STEP_SOLVERS, is_multistep, solver_id
 
@@ -757,3 +759,25 @@ def test_names_and_reprs():
     assert repr(get_solver("ab3")) == "AdamsBashforth(order=3)"
     assert repr(RK4()) == "RK4()"
     assert (DPMSolverPP(2, multistep=False).evals_per_step, DPMSolverPP(3).evals_per_step) == (2, 1)
+
+
+@pytest.mark.parametrize("solver", ["dpmpp-3m", "deis-3", "unipc-bh2-3"])
+def test_lower_order_final_does_not_count_the_step_out_of_infinity(solver, monkeypatch):
+    # solve takes the step out of σ = ∞ itself: the solver's own steps on [∞, σ₁ … σ₄, 0] are
+    # those of [σ₁ … σ₄, 0], and so are their orders (the last positive step at most second)
+    alphas = Schedule.linear().alphas_cumprod.clone()
+    alphas[-1] = 0.0
+    schedule = Schedule(alphas)
+    field = field_for(RandomEpsNet((3,), seed=1), schedule, "v_prediction")
+    grid = sigma_grid(schedule, 5, "trailing")
+    assert math.isinf(float(grid[0]))
+    orders: list[int] = []
+    cap = MultistepState.cap
+    monkeypatch.setattr(
+        MultistepState, "cap", lambda self, order: orders.append(cap(self, order)) or cap(self, order)
+    )
+    x = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    solve(field, x, grid, solver)
+    from_infinity, orders[:] = list(orders), []
+    solve(field, x, grid[1:], solver)
+    assert from_infinity == orders and max(orders[-1:]) <= 2

@@ -74,6 +74,20 @@ def test_explicit_grids(linear):
     ]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_grid_rounded_to_a_lower_precision_keeps_sigma_max(dtype):
+    # σ_max rounds up in float32 (157.407 + 7e-6 on the linear schedule): the grid is the same
+    # grid, clamped back, not a σ beyond the schedule
+    for schedule in (Schedule.linear(), Schedule.cosine(), Schedule.scaled_linear()):
+        grid = sigma_grid(schedule, 10, "karras")
+        got = sigma_grid(schedule, timesteps=grid.to(dtype))
+        assert float(got[0]) == schedule.sigma_max
+        torch.testing.assert_close(got, grid, rtol=torch.finfo(dtype).eps, atol=0)
+    # beyond the rounding it is still refused
+    with pytest.raises(ValueError, match="must lie in \\[0, sigma_max = 157.407"):
+        sigma_grid(Schedule.linear(), timesteps=torch.tensor([157.5, 1.0, 0.0]))
+
+
 def test_a_sigma_grid_without_a_positive_sigma_is_refused(linear):
     # [0.] alone would "sample" in zero steps and hand back the noise
     with pytest.raises(ValueError, match="at least one σ > 0"):
@@ -113,6 +127,9 @@ def test_bad_steps_and_spacing(linear):
         sigma_grid(linear, 1001)
     with pytest.raises(ValueError, match="timesteps must be one of"):
         sigma_grid(linear, 10, "cubic")
+    # a misspelt name is named as such, also without steps
+    with pytest.raises(ValueError, match="timesteps must be one of .* got 'Karras'"):
+        sigma_grid(linear, None, "Karras")
     with pytest.raises(ValueError, match="steps=5 disagrees"):
         sigma_grid(linear, 5, torch.tensor([999, 500]))
     with pytest.raises(ValueError, match="must decrease for sampling"):
@@ -183,12 +200,18 @@ def test_optimized_grid_for_a_two_stage_solver_and_bad_budgets(linear):
         optimize(field, pilot[:4], linear.sigma_max, linear.sigma_min, 5, solver="heun", candidates=8)
     with pytest.raises(ValueError, match="2 evaluations per step.*nfe=6 is not of that form \\(try 5\\)"):
         optimize(field, pilot, linear.sigma_max, linear.sigma_min, 6, solver="heun")
+    # the suggestion is a budget that exists (one step and the step into 0), not nfe=1
+    with pytest.raises(ValueError, match="nfe=2 is not of that form \\(try 3\\)"):
+        optimize(field, pilot, linear.sigma_max, linear.sigma_min, 2, solver="heun")
     with pytest.raises(ValueError, match="nfe=10 gives 9 steps .* needs 1 to candidates - 1 = 7"):
         optimize(field, pilot, linear.sigma_max, linear.sigma_min, 10, candidates=8)
     with pytest.raises(ValueError, match="deterministic fixed-step solver"):
         optimize(field, pilot, linear.sigma_max, linear.sigma_min, 10, solver="dopri5")
     with pytest.raises(ValueError, match="each init grid needs 10 positive σ values"):
         optimize(field, pilot, linear.sigma_max, linear.sigma_min, 10, init=[sigma_grid(linear, 5, "karras")])
+    # a float32 copy of a fitting grid fits (its ends rounded)
+    fitting = sigma_grid(linear, 5, "karras").float()
+    optimize(field, pilot[:4], linear.sigma_max, linear.sigma_min, 5, candidates=8, sweeps=0, init=[fitting])
 
 
 def test_optimized_grid_starts_from_a_given_grid(linear):
@@ -220,6 +243,18 @@ def test_grid_files_round_trip_exactly_and_feed_sample(linear, tmp_path):
     (tmp_path / "bad.json").write_text('{"sigmas": [1, 0]}')
     with pytest.raises(ValueError, match="is not a diffode σ grid file"):
         load_grid(tmp_path / "bad.json")
+    for sigmas in (
+        "",
+        ', "sigmas": ["a"]',
+        ', "sigmas": [1.0, null]',
+        ', "sigmas": [true, false]',
+        ', "sigmas": []',
+    ):
+        (tmp_path / "bad.json").write_text('{"format": "diffode-sigma-grid/1"' + sigmas + "}")
+        with pytest.raises(ValueError, match="is not a valid σ grid file: 'sigmas' must be a non-empty list"):
+            load_grid(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="info must be JSON-serialisable, with finite numbers"):
+        save_grid(tmp_path / "nan.json", grid, error=math.nan)
     with pytest.raises(ValueError, match="cannot read a σ grid"):
         load_grid(tmp_path / "missing.json")
     # an existing file is replaced only when asked, and then atomically (no temporary file left)

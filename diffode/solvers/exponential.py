@@ -79,7 +79,12 @@ class DPMSolverPP(Solver):
       to k-diffusion's ``sample_dpmpp_2s_ancestral`` with η = 0. Two evaluations per step.
 
     Multistep start-up: while the history is shorter than ``order - 1`` steps, the step uses
-    the highest order the history allows (step 1 is first order). Lower order final: on a
+    the highest order the history allows (step 1 is first order). As for
+    :class:`~diffode.solvers.AdamsBashforth`, the start-up steps add an O(h²) term to the
+    global error of third order: small when sampling from a high σ_max, whose flow contracts it,
+    but it sets the observed order to 2 on a grid that starts low (the Gaussian oracle from
+    σ = 10: errors fall 4-fold per doubling of the steps from 64 to 512) and when encoding.
+    Lower order final: on a
     sampling grid (ending at σ = 0) with fewer than 15 positive σ values the last positive step
     is at most second order, as diffusers' ``lower_order_final`` (and the authors' code, which
     also lowers the final steps of short runs) does; ``lower_order_final=False`` turns that off.

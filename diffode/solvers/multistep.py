@@ -98,13 +98,16 @@ def lower_order_final(sigmas: Tensor, below: int | None) -> int | None:
     The published multistep samplers (DPM-Solver++'s code, diffusers' ``lower_order_final``) take
     their last steps at a lower order on short sampling grids: the order of a step is at most the
     number of intervals left, so the last positive step is at most second order (the step into
-    σ = 0 is first order anyway). On a grid that does not end at 0 nothing is lowered.
+    σ = 0 is first order anyway). On a grid that does not end at 0 nothing is lowered. A grid
+    that starts at σ = ∞ (zero terminal SNR) counts that step towards ``below``, as diffusers
+    counts inference steps, but not in ``left``: :func:`diffode.solve` takes it itself, so the
+    solver's steps are one fewer.
     """
     values = sigmas.tolist()
     intervals = len(values) - 1
     if intervals < 1 or values[-1] != 0.0 or (below is not None and intervals >= below):
         return None
-    return intervals
+    return intervals - 1 if math.isinf(values[0]) else intervals
 
 
 class AdamsBashforth(Solver):
