@@ -213,16 +213,23 @@ def continuous_adjoint(
         # step_t makes every step end on the grid points, so f is never evaluated beyond them
         # (near σ = 0 that would be below zero)
         func = _OdeFunc(f)
-        x = odeint_adjoint(
-            func,
-            x,
-            t,
-            rtol=rtol,
-            atol=atol,
-            method=method,
-            options={"step_t": t},
-            adjoint_params=tuple(params),
-        )[-1]
+        try:
+            x = odeint_adjoint(
+                func,
+                x,
+                t,
+                rtol=rtol,
+                atol=atol,
+                method=method,
+                options={"step_t": t},
+                adjoint_params=tuple(params),
+            )[-1]
+        except AssertionError as err:
+            # torchdiffeq reports step-size underflow and non-finite states with assert
+            raise ValueError(
+                f"{stepper!r} (continuous adjoint) failed between σ = {values[first]:.6g} and "
+                f"σ = {values[end]:.6g}: {err}; check that the model returns finite values"
+            ) from err
     if end < n_steps:
         x, _ = advance(n_steps - 1, x, None)
     return x

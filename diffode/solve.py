@@ -312,6 +312,14 @@ def solve(
             x = continuous_adjoint(counted, stepper, values, advance, x, params)
         else:
             x = checkpointed(advance, n_steps, x, stepper.init(counted, grid, x, generator), params, run)
+        # max_nfe bounds the forward solve; the backward pass recomputes it on its own account
+        counted.budget.limit = None
+        if not finite_flags and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"the state became non-finite between σ {values[0]:.6g} and {values[-1]:.6g} (the "
+                "continuous adjoint reports no steps); check that the model returns finite values, "
+                "or solve without adjoint=True to find the step"
+            )
     if finite_flags:
         flags = torch.stack(finite_flags).cpu()
         if not bool(flags.all()):
