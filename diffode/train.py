@@ -38,6 +38,7 @@ from diffode.checkpoint import (
     TrainingState,
     load_training_state,
     prepare_run_folder,
+    read_config,
     save_checkpoint,
     save_training_state,
     schedule_from_checkpoint_config,
@@ -378,7 +379,9 @@ def train(
         done = step + 1
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
             checkpoint(done)
-    if first < config.steps or not resume:
+    # a run stopped between the final training state and the model's files resumes at its end:
+    # the model is written then if the folder's config.json is behind the training state
+    if first < config.steps or not resume or _saved_step(folder) != config.steps:
         checkpoint(config.steps)
     trained = ema.module.eval()
     return TrainResult(
@@ -388,6 +391,17 @@ def train(
         test_loss=eval_loss(trained, schedule, test.to(device), seed=config.seed + 1, labels=test_labels),
         seconds=elapsed(),
     )
+
+
+def _saved_step(folder: Path | None) -> int | None:
+    """The step recorded in ``folder``'s config.json (``None`` without a readable one)."""
+    if folder is None:
+        return None
+    try:
+        step = read_config(folder).get("step")
+    except (OSError, ValueError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 # ----------------------------------------------------------------------------- the digits classifier

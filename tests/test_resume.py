@@ -75,6 +75,31 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert (tmp_path / "a" / TRAINING_STATE).stat().st_mtime_ns == stamp
 
 
+def test_a_run_stopped_before_its_final_model_is_written_writes_it_on_resume(tmp_path, monkeypatch):
+    # the final training state is written first; a stop before the model's files leaves
+    # config.json at the last periodic checkpoint, and resuming must bring it up to the end
+    import diffode.train as tr
+
+    full = train(_tiny(steps=12, checkpoint_every=5), tmp_path / "whole", progress=False)
+    real = tr.save_checkpoint
+
+    def stop_at_the_end(folder, model, info):
+        if info["step"] == 12:
+            raise KeyboardInterrupt
+        return real(folder, model, info)
+
+    monkeypatch.setattr(tr, "save_checkpoint", stop_at_the_end)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny(steps=12, checkpoint_every=5), tmp_path / "cut", progress=False)
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["step"] == 10
+    monkeypatch.setattr(tr, "save_checkpoint", real)
+    train(_tiny(steps=12, checkpoint_every=5), tmp_path / "cut", progress=False, resume=True)
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["step"] == 12
+    written = load_tensors(tmp_path / "cut" / "model.safetensors")
+    for key, value in full.model.state_dict().items():
+        torch.testing.assert_close(written[key], value, rtol=0, atol=1e-6, msg=key)
+
+
 @pytest.mark.parametrize(
     "setup, kwargs, message",
     [
