@@ -255,11 +255,17 @@ def check_outdir(outdir: str | os.PathLike[str]) -> None:
 
 def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
     """Make ``outdir`` ready for a run: create it and write the manifest, or check that the
-    manifest there is equal (``ValueError`` naming the first difference otherwise). Removes the
-    temporary files a killed run left behind (they are never shards)."""
+    manifest there is equal (``ValueError`` naming the first difference otherwise). A folder with
+    files but no manifest is not a run's and is refused. Removes the temporary files a killed run
+    left behind (they are never shards), and only those."""
     check_outdir(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     path = outdir / MANIFEST
+    if outdir.is_dir() and not path.exists() and any(outdir.iterdir()):
+        raise ValueError(
+            f"--outdir {outdir} holds files but no {MANIFEST}, so it is not a sample --outdir run; "
+            "name a new or empty folder"
+        )
+    outdir.mkdir(parents=True, exist_ok=True)
     if path.exists():
         difference = first_difference(read_manifest(outdir), manifest)
         if difference is not None:
@@ -270,7 +276,8 @@ def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
     else:
         with atomic_write(path) as fh:
             fh.write(json.dumps(manifest, indent=2).encode() + b"\n")
-    for stale in outdir.glob(".*.tmp"):
+    # the names diffode.atomic gives the temporary files of shards and of the manifest
+    for stale in (*outdir.glob(".seeds-*.npz.*.tmp"), *outdir.glob(f".{MANIFEST}.*.tmp")):
         with contextlib.suppress(OSError):
             stale.unlink()
 

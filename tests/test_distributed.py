@@ -193,6 +193,28 @@ def test_an_outdir_that_is_a_file_is_refused_before_any_work(below, tmp_path, ca
         distributed.prepare_folder(outdir, {})
 
 
+def test_a_folder_that_is_not_a_run_is_refused_and_only_diffode_temporaries_are_removed(tmp_path):
+    # a user's folder with files but no manifest is not taken over (a file named like a shard
+    # would have counted as done, and the user's hidden .tmp files were deleted)
+    manifest = {"format": distributed.FORMAT, "seeds": [0, 3]}
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / ".notes.tmp").write_text("mine")
+    (user / "seeds-000000-000003.npz").write_text("not a shard")
+    with pytest.raises(
+        ValueError, match="holds files but no manifest.json, so it is not a sample --outdir run"
+    ):
+        distributed.prepare_folder(user, manifest)
+    assert sorted(p.name for p in user.iterdir()) == [".notes.tmp", "seeds-000000-000003.npz"]
+    # in a run's folder a killed run's temporaries go, other hidden files stay
+    run = tmp_path / "run"
+    distributed.prepare_folder(run, manifest)
+    for name in (".seeds-000000-000003.npz.0123abcd.tmp", ".manifest.json.89abcdef.tmp", ".mine.tmp"):
+        (run / name).write_text("x")
+    distributed.prepare_folder(run, manifest)
+    assert sorted(p.name for p in run.iterdir()) == [".mine.tmp", "manifest.json"]
+
+
 def test_sigterm_drops_the_shard_in_flight_and_keeps_the_others(reference, tmp_path):
     folder = tmp_path / "run"
     command = [sys.executable, "-m", "diffode", "sample", *RUN, "--outdir", str(folder)]
