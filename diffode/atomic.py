@@ -18,10 +18,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def temporary_path(path: Path) -> Path:
+    """A fresh name beside ``path`` for its temporary file, ``.NAME.XXXXXXXX.tmp``."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
 def _create_temporary(path: Path) -> tuple[int, Path]:
     """A new, empty file beside ``path``, opened for writing; (descriptor, its path)."""
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = temporary_path(path)
         try:
             # mode 0o666 as for open(path, "wb"): the umask decides, so the result gets the
             # permissions a plain write would have given it (mkstemp would force 0o600)

@@ -100,6 +100,11 @@ def read_png(path: str | os.PathLike[str]) -> np.ndarray:
             if picture.format != "PNG":
                 raise ValueError(f"{path} is a {picture.format} file, not a PNG")
             picture.load()
+            if picture.mode.startswith("I"):
+                # 16-bit grey ("I;16", or "I" from older Pillows): convert("L") clips at 255
+                # instead of scaling, so scale 0…65535 to 0…255 here
+                wide = np.asarray(picture, dtype=np.float64)
+                return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
             return np.asarray(picture.convert("L"))
     except (OSError, SyntaxError) as err:  # Pillow reports broken files as OSError (or SyntaxError)
         raise ValueError(f"{path} is not a readable PNG file ({_one_line(err)})") from None

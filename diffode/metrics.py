@@ -56,6 +56,9 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """Fréchet distance between the Gaussians N(a.mean, a.cov) and N(b.mean, b.cov), ≥ 0."""
     if a.mean.shape != b.mean.shape:
         raise ValueError(f"feature dimensions differ: {tuple(a.mean.shape)} vs {tuple(b.mean.shape)}")
+    for name, stats in (("a", a), ("b", b)):
+        if not (bool(torch.isfinite(stats.mean).all()) and bool(torch.isfinite(stats.cov).all())):
+            raise ValueError(f"{name} has a non-finite mean or covariance; compute it from finite features")
     root = _sym_sqrt(a.cov)
     middle = root @ b.cov @ root
     cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from diffode.atomic import atomic_write
+from diffode.atomic import atomic_write, temporary_path
 from diffode.field import Model
 from diffode.images import grid, scatter_image, to_uint8, write_png
 from diffode.oracles import GaussianMixture
@@ -369,8 +368,9 @@ def check_output(path: str, suffixes: Sequence[str], *, option: str, overwrite: 
         raise ValueError(f"{option} {path}: the folder {str(folder)!r} does not exist; create it first")
     if out.exists() and not overwrite:
         raise ValueError(f"{option} {path} exists; pass --overwrite to replace it")
-    # a real probe, since os.access answers yes to root even where nothing can be created
-    probe = folder / f".diffode-probe-{secrets.token_hex(4)}"
+    # a real probe, since os.access answers yes to root even where nothing can be created, named
+    # as the temporary file the write will use (a name too long for the file system fails here)
+    probe = temporary_path(out)
     try:
         probe.touch(exist_ok=False)
         probe.unlink()

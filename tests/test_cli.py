@@ -434,6 +434,17 @@ def test_png_round_trip_and_grid(tmp_path):
     assert np.array_equal(read_png(tmp_path / "g.png"), picture[..., 0])
 
 
+def test_read_png_scales_16_bit_grey(tmp_path):
+    # Pillow's convert("L") clips a 16-bit grey image at 255 instead of scaling it
+    from PIL import Image
+
+    from diffode.images import read_png
+
+    levels = np.arange(8, dtype=np.int64) * 65535 // 7
+    Image.fromarray(levels.astype(np.uint16)[None].repeat(2, 0)).save(tmp_path / "g16.png")
+    np.testing.assert_array_equal(read_png(tmp_path / "g16.png")[0], np.rint(levels / 257).astype(np.uint8))
+
+
 def test_read_png_undoes_every_row_filter(tmp_path):
     from diffode.images import read_png
 

@@ -140,6 +140,8 @@ def test_a_failed_write_leaves_the_previous_output_intact(tmp_path, capsys, argv
         ("/proc/x.npz", "cannot write in '/proc'"),
         ("x.jpg", "--out must be a file name ending in .png or .npz"),
         ("existing.npz", "exists; pass --overwrite to replace it"),
+        # a name the file system takes, but not with the temporary file's 14 extra characters
+        ("x" * 248 + ".npz", "File name too long"),
     ],
 )
 def test_sample_checks_its_output_before_the_work(inputs, capsys, monkeypatch, out, message):

@@ -31,6 +31,15 @@ def test_frechet_distance_of_commuting_gaussians_is_closed_form():
     got = frechet_distance(_stats(mu1, np.diag(d1)), _stats(mu2, np.diag(d2)))
     assert got == pytest.approx(expected, rel=1e-10)
     assert frechet_distance(_stats(mu1, np.diag(d1)), _stats(mu1, np.diag(d1))) == pytest.approx(0, abs=1e-10)
+    # NaN statistics are refused (max(nan, 0) returned nan)
+    bad = mu1.copy()
+    bad[2] = np.nan
+    for a, b in (
+        (_stats(bad, np.diag(d1)), _stats(mu2, np.diag(d2))),
+        (_stats(mu2, np.diag(d2)), _stats(bad, np.diag(d1))),
+    ):
+        with pytest.raises(ValueError, match="non-finite mean or covariance"):
+            frechet_distance(a, b)
 
 
 def test_frechet_distance_matches_the_sqrtm_formula_for_general_covariances():
