@@ -138,6 +138,15 @@ def _field(config: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     return value
 
 
+def check_fields(
+    info: Mapping[str, Any], fields: Mapping[str, type | tuple[type, ...]], where: str | os.PathLike[str]
+) -> None:
+    """Check that ``info`` has each of ``fields`` with its type; ``ValueError`` naming the file
+    ``where`` and the field otherwise (a damaged or foreign file, never a ``KeyError``)."""
+    for key, kind in fields.items():
+        _field(info, key, kind, Path(where))
+
+
 def save_checkpoint(folder: str | os.PathLike[str], model: nn.Module, info: dict[str, Any]) -> Path:
     """Write ``model`` (a built-in architecture) to ``folder``; returns the folder.
 

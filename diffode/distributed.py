@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from diffode.atomic import atomic_write
+from diffode.checkpoint import check_fields
 from diffode.images import read_npz_array, to_uint8, write_png
 from diffode.runs import LoadedModel, parse_seeds, resolve_device, sample_seeds, write_arrays
 from diffode.solvers.base import Solver
@@ -236,6 +237,8 @@ def read_manifest(outdir: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a diffode shard manifest (format {FORMAT!r})")
+    check_fields(manifest, {"seeds": str, "count": int, "shard_size": int, "array": dict}, path)
+    check_fields(manifest["array"], {"dtype": str, "shape": list}, path)
     return manifest
 
 

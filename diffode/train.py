@@ -35,7 +35,9 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from diffode.checkpoint import (
+    TRAINING_STATE,
     TrainingState,
+    check_fields,
     load_training_state,
     prepare_run_folder,
     read_config,
@@ -307,6 +309,13 @@ def train(
     first, seconds_before = 0, 0.0
     if resume and folder is not None:
         state = load_training_state(folder, device=device)
+        required: dict[str, type | tuple[type, ...]] = {
+            "config": dict,
+            "seconds": (int, float),
+            "losses": list,
+            "recent": list,
+        }
+        check_fields(state.info, required, folder / TRAINING_STATE)
         _check_resumable(config, state.info["config"], folder)
         state.restore(model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, generator=generator)
         first, seconds_before = state.info["step"], state.info["seconds"]

@@ -2,6 +2,7 @@
 process, a ``kill -9`` of every process then a restart equals an uninterrupted run, a changed run
 is refused, ``pack`` refuses a folder with missing shards, SIGTERM stops cleanly."""
 
+import json
 import os
 import signal
 import subprocess
@@ -273,3 +274,21 @@ def test_labels_and_guidance_follow_the_seeds_across_shards(tmp_path, capsys):
     # the guidance weight is part of the run
     assert main(["sample", *cond("2"), "--shard-size", "7", "--outdir", folder]) == 2
     assert "guidance is 3.0 there and 2.0 here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", [{"seeds": 5}, {"count": None}, {"shard_size": "4"}, {"array": None}])
+def test_a_damaged_manifest_is_one_line(reference, tmp_path, capsys, damage):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(reference, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    key, value = next(iter(damage.items()))
+    if value is None:
+        del manifest[key]
+    else:
+        manifest[key] = value
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["pack", str(folder), "--out", str(tmp_path / "x.npz")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "manifest.json" in lines[0] and repr(key) in lines[0], lines

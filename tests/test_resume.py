@@ -146,3 +146,20 @@ def test_cli_train_refuses_an_existing_checkpoint_with_one_line(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert "already holds a checkpoint" in err and len(err.splitlines()) == 1
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_damaged_training_state_is_a_value_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    train(_tiny(steps=6, checkpoint_every=3), tmp_path / "a", progress=False)
+    path = tmp_path / "a" / TRAINING_STATE
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        metadata = dict(fh.metadata())
+    key = next(iter(metadata))
+    info = json.loads(metadata[key])
+    del info["config"]
+    save_file(load_file(path), path, metadata={key: json.dumps(info)})
+    with pytest.raises(ValueError, match="has no 'config' field"):
+        train(_tiny(steps=6, checkpoint_every=3), tmp_path / "a", progress=False, resume=True)
