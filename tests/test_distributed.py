@@ -197,7 +197,13 @@ def test_an_outdir_that_is_a_file_is_refused_before_any_work(below, tmp_path, ca
 def test_a_folder_that_is_not_a_run_is_refused_and_only_diffode_temporaries_are_removed(tmp_path):
     # a user's folder with files but no manifest is not taken over (a file named like a shard
     # would have counted as done, and the user's hidden .tmp files were deleted)
-    manifest = {"format": distributed.FORMAT, "seeds": [0, 3]}
+    manifest = {
+        "format": distributed.FORMAT,
+        "seeds": "0-3",
+        "count": 4,
+        "shard_size": 4,
+        "array": {"dtype": "uint8", "shape": [8, 8, 1]},
+    }
     user = tmp_path / "user"
     user.mkdir()
     (user / ".notes.tmp").write_text("mine")
