@@ -194,7 +194,9 @@ def _solver_from_args(args: argparse.Namespace) -> Solver:
 
 def _sample(args: argparse.Namespace) -> int:
     """Sample the bundled digits model (or a checkpoint) and write a PNG grid or an .npz."""
-    if args.outdir:
+    if args.outdir is not None:
+        if not args.outdir:
+            raise UsageError("--outdir must name a folder for the shards, got ''")
         return _sample_to_folder(args)
     _output(args, "--out")
     seeds = parse_seeds(args.seeds)
@@ -649,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--out", default="digits.png", help="output .png grid or .npz (default: digits.png)")
     target.add_argument(
         "--outdir",
-        default="",
+        default=None,
         help="a folder of shard files instead (resumable; torchrun -m diffode for several processes)",
     )
     smp.add_argument(
@@ -867,6 +869,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"diffode: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # outputs are written atomically: an interrupted command leaves no partial file
+        print("diffode: interrupted; no partial output was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -293,7 +293,9 @@ def test_parse_seeds():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["sample", "--seeds", "5-2"], "--seeds must be non-negative integers and ranges like 0-63"),
+        (["sample", "--seeds", "5-2"], "--seeds must be non-negative integers below 2**63 and ranges"),
+        (["sample", "--seeds", str(2**63)], "--seeds must be non-negative integers below 2**63"),
+        (["sample", "--seeds", "0", "--outdir", ""], "--outdir must name a folder for the shards, got ''"),
         (["sample", "--seeds", "a"], "--seeds must be"),
         (["sample", "--out", "x.jpg"], "--out must be a file name ending in .png or .npz"),
         (["sample", "--batch", "0"], "argument --batch: must be at least 1"),
@@ -532,3 +534,15 @@ def test_bad_labels_and_guidance_exit_2_with_one_line(argv, message, capsys, tmp
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffode: error:") and message in lines[0], lines
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    # outputs are atomic, so an interrupted command has nothing to clean up: no traceback
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("diffode.cli.load_model", interrupted)
+    out = tmp_path / "x.npz"
+    assert main(["sample", "--seeds", "0-3", "--out", str(out), "--no-progress"]) == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["diffode: interrupted; no partial output was written"] and not out.exists()
