@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 
 def temporary_path(path: Path) -> Path:
-    """A fresh name beside ``path`` for its temporary file, ``.NAME.XXXXXXXX.tmp``."""
+    """A fresh name beside ``path`` for its temporary file: ``.NAME.<8 random hex digits>.tmp``."""
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 

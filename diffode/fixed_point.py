@@ -331,8 +331,8 @@ def retry_unconverged(
         return forward(y, failed if rows is None else failed[rows])
 
     again = solve_fixed_point(forward_failed, target[failed], guess[failed], **options)
-    better = failed[again.residual < found.residual[failed]]
     won = again.residual < found.residual[failed]
+    better = failed[won]
 
     def merged(mine: Tensor, theirs: Tensor) -> Tensor:
         out = mine.clone()

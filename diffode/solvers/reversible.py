@@ -247,8 +247,9 @@ class InverseOf(Solver):
             Multistep solvers (their state carries history), adaptive and stochastic ones are
             refused.
         tol: per-sample tolerance on ‖solver.step(y) - x‖∞ / max(1, ‖x‖∞, ‖y₀‖∞) (y₀ the
-            predictor); ``None``: :func:`~diffode.fixed_point.default_tolerance` of the state's
-            dtype, or the measured round-off floor where that is higher.
+            predictor); ``None``: :func:`~diffode.fixed_point.default_tolerance` of the coarser
+            of the state's dtype and the network's, or the measured round-off floor where that
+            is higher.
         max_iter: fixed-point iterations allowed per step and sample.
         memory: Anderson history length (0: plain damped iteration); ``None``:
             :data:`~diffode.fixed_point.STEP_MEMORY`, and on the step into σ = 0, the nearly
