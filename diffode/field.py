@@ -89,13 +89,19 @@ def signal_and_noise(sigma: Sigma, like: Tensor) -> tuple[Coefficient, Coefficie
     """
     if isinstance(sigma, Tensor) and sigma.ndim > 0:
         sig = sigma.to(like.device, torch.float64).reshape(-1, *([1] * (like.ndim - 1)))
-        alpha = torch.rsqrt(1 + sig * sig)
-        # σ·α is ∞·0 at σ = ∞, where the limit is 1
-        s = torch.where(torch.isinf(sig), torch.ones_like(sig), sig * alpha)
+        # α = 1/√(1+σ²) and s = σα written so that neither overflows for huge σ (σ² = inf) and
+        # s reaches its limit 1 at σ = ∞
+        inverse = 1 / sig
+        alpha = torch.where(sig > 1, inverse * torch.rsqrt(1 + inverse * inverse), torch.rsqrt(1 + sig * sig))
+        s = torch.where(sig > 1, torch.rsqrt(1 + inverse * inverse), sig * torch.rsqrt(1 + sig * sig))
         return alpha.to(like.dtype), s.to(like.dtype)
     value = _scalar(sigma)
+    if value > 1:
+        inverse_f = 1.0 / value
+        s_f = 1.0 / math.sqrt(1.0 + inverse_f * inverse_f)
+        return inverse_f * s_f, s_f
     alpha_f = 1.0 / math.sqrt(1.0 + value * value)
-    return alpha_f, (1.0 if math.isinf(value) else value * alpha_f)
+    return alpha_f, value * alpha_f
 
 
 def _per_sample(value: float | Tensor, like: Tensor) -> Tensor:
@@ -205,7 +211,10 @@ class ModelField(torch.nn.Module, ABC):
         but x is the noise itself; fields whose x̂₀ is singular there raise ``ValueError``.
         """
         alpha, s = signal_and_noise(sigma, x)
-        if isinstance(alpha, float) and alpha == 0.0 and not self.finite_at_infinity:
+        # (a per-sample σ syncs with the device here; predict_x is off the sampling loop's path)
+        if not self.finite_at_infinity and (
+            alpha == 0.0 if isinstance(alpha, float) else bool((alpha == 0).any())
+        ):
             raise ValueError(
                 f"{type(self).__name__} cannot be evaluated at sigma = inf (zero terminal SNR): a "
                 f"{self.prediction} model gives no finite x̂0 there; use a v- or x0-prediction model "

@@ -207,7 +207,8 @@ class Schedule(NoiseSchedule):
         w = tt - low
         exact = w == 0
         log_s = torch.lerp(self._log_sigmas[low], self._log_sigmas[low + 1], w)
-        interpolated = torch.exp(log_s)
+        # towards an infinite σ (zero terminal SNR) the log-σ line is infinite too (lerp gives NaN)
+        interpolated = torch.where(torch.isinf(self._log_sigmas[low + 1]), math.inf, torch.exp(log_s))
         return torch.where(exact, self.sigmas[low], torch.where(w == 1, self.sigmas[low + 1], interpolated))
 
     def t(self, sigma: float | Tensor) -> Tensor:

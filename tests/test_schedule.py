@@ -78,6 +78,33 @@ def test_zero_terminal_snr_is_representable():
     assert math.isinf(s.sigma_max)
     assert float(s.t(math.inf)) == 99.0
     assert float(s.t(s.sigmas[50])) == 50.0
+    # between the last finite entry and the infinite one, σ is infinite (lerp towards inf gave NaN)
+    assert math.isinf(float(s.sigma(98.5)))
+    got = s.sigma(torch.tensor([98.0, 98.25, 98.75, 99.0], dtype=torch.float64))
+    assert float(got[0]) == float(s.sigmas[98]) and bool(torch.isinf(got[1:]).all())
+
+
+def test_signal_and_noise_hold_for_huge_and_infinite_sigma():
+    from diffode import EpsField, oracles
+    from diffode.field import signal_and_noise
+
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    for sigma in (0.0, 0.5, 1.0, 2.0, 1e3, 1e200, math.inf):
+        alpha, s = signal_and_noise(sigma, x)
+        alphas, ss = signal_and_noise(torch.full((3,), sigma, dtype=torch.float64), x)
+        # α² + s² = 1 and s/α = σ, also where σ² overflows (it gave α = s = 0 at 1e200)
+        assert alpha**2 + s**2 == pytest.approx(1.0, rel=1e-15) and (alpha, s) == (
+            float(alphas[0]),
+            float(ss[0]),
+        )
+        if 0 < sigma < math.inf:
+            assert s / alpha == pytest.approx(sigma, rel=1e-15)
+    # an ε-field read at a per-sample σ = ∞ refuses, as it does for a scalar σ = ∞
+    field = EpsField(oracles.GaussianMixture.ring().model(Schedule.linear()), Schedule.linear())
+    with pytest.raises(ValueError, match="cannot be evaluated at sigma = inf"):
+        field.predict_x(
+            torch.tensor([math.inf, 1.0], dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64)
+        )
 
 
 @pytest.mark.parametrize(
