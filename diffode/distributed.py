@@ -562,6 +562,9 @@ def pack(
     does not hold what the manifest says; nothing is written then.
     """
     folder = Path(outdir)
+    manifest, shards = _planned(folder)
+    if Path(out).resolve() in {(folder / name).resolve() for name in (MANIFEST, *(s.name for s in shards))}:
+        raise ValueError(f"--out {out} is one of {folder}'s own files; write the packed file elsewhere")
     missing = missing_shards(folder)
     if missing:
         ranges = [format_seeds(shard.seeds) for shard in missing]
@@ -569,7 +572,6 @@ def pack(
         raise ValueError(
             f"{folder} misses {len(missing)} shard(s), seeds {shown}; rerun the sampling command to finish"
         )
-    manifest, shards = _planned(folder)
     spec = manifest["array"]
     if png is not None and spec["dtype"] != "uint8":
         raise ValueError(f"--png needs images; {folder} holds {spec['dtype']} points")

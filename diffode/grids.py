@@ -230,6 +230,11 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
     if isinstance(timesteps, Tensor):
         if timesteps.ndim != 1 or timesteps.numel() == 0:
             raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(timesteps.shape)}")
+        if timesteps.dtype == torch.bool or timesteps.is_complex():
+            raise TypeError(
+                "timesteps must hold integer training timesteps or float σ values, got dtype "
+                f"{timesteps.dtype}"
+            )
         n = timesteps.numel() - int(timesteps.is_floating_point() and float(timesteps[-1]) == 0.0)
         if steps is not None and steps != n:
             raise ValueError(

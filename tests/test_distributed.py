@@ -158,6 +158,19 @@ def test_an_equal_run_resumes_with_nothing_to_do(reference, capsys):
     assert "wrote 0 shard(s)" in out and f"{len(shard_names())} shard(s) were already there" in out
 
 
+def test_pack_does_not_write_over_its_own_shards(reference, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(reference, folder)
+    shard = folder / shard_names()[0]
+    before = shard.read_bytes()
+    assert main(["pack", str(folder), "--out", str(shard), "--overwrite"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is one of" in lines[0] and "own files" in lines[0], lines
+    assert shard.read_bytes() == before
+
+
 def test_pack_refuses_missing_shards_and_lists_them(reference, tmp_path, capsys):
     folder = tmp_path / "partial"
     folder.mkdir()

@@ -127,6 +127,8 @@ def test_bad_steps_and_spacing(linear):
         sigma_grid(linear, 1001)
     with pytest.raises(ValueError, match="timesteps must be one of"):
         sigma_grid(linear, 10, "cubic")
+    with pytest.raises(TypeError, match="timesteps must hold integer training timesteps or float σ values"):
+        sigma_grid(linear, None, torch.tensor([True, False]))
     # a misspelt name is named as such, also without steps
     with pytest.raises(ValueError, match="timesteps must be one of .* got 'Karras'"):
         sigma_grid(linear, None, "Karras")
