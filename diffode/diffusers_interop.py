@@ -63,8 +63,12 @@ def _cond_keyword(unet: Any) -> str | None:
     return None
 
 
-class UNetAdapter:
+class UNetAdapter(torch.nn.Module):
     """A diffusers model as a diffode network ``model(x, t, **cond) -> Tensor``.
+
+    A ``torch.nn.Module`` holding ``unet`` as a submodule, so the field's ``parameters()`` are the
+    network's (what ``solve(..., adjoint=True)`` differentiates by default) and ``.to()``,
+    ``.eval()`` reach it.
 
     Calls ``unet(x, t, **cond)`` and unwraps the output's ``.sample`` (or the first element of a
     tuple). x and floating conditioning tensors are cast to the network's dtype (``unet.dtype``)
@@ -79,10 +83,11 @@ class UNetAdapter:
     def __init__(self, unet: Any) -> None:
         if not callable(unet):
             raise TypeError(f"unet must be a callable diffusers model, got {type(unet).__name__}")
+        super().__init__()
         self.unet = unet
         self.cond_keyword = _cond_keyword(unet)
 
-    def __call__(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
         dtype = getattr(self.unet, "dtype", None)
         if isinstance(dtype, torch.dtype):
             x = x.to(dtype)

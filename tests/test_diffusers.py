@@ -147,6 +147,29 @@ def test_adapter_runs_the_network_in_its_own_dtype(unet):
     torch.testing.assert_close(got, in_float32.double(), rtol=0, atol=atol)
 
 
+def test_the_adjoint_reaches_the_diffusers_networks_parameters(unet):
+    # the adapter is a module holding the UNet: the field's parameters are the UNet's, so the
+    # adjoint's default adjoint_params find them (with none it raised a raw autograd error)
+    wrapped = diffode.from_diffusers(unet, make_scheduler())
+    field = diffode.field_for(wrapped.model, wrapped.schedule, wrapped.prediction)
+    params = list(unet.parameters())
+    assert {id(p) for p in field.parameters()} == {id(p) for p in params}
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    grid = diffode.sigma_grid(wrapped.schedule, 3, "uniform")
+    grads = []
+    unet.requires_grad_(True)  # the shared fixture is frozen
+    try:
+        for adjoint in (False, True):
+            unet.zero_grad()
+            diffode.solve(field, noise, grid, "euler", adjoint=adjoint).x.square().sum().backward()
+            grads.append([p.grad.clone() for p in params])
+    finally:
+        unet.zero_grad()
+        unet.requires_grad_(False)
+    for plain, by_adjoint in zip(*grads, strict=True):
+        torch.testing.assert_close(by_adjoint, plain, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------- bad input
 
 
