@@ -302,6 +302,8 @@ def _sample_to_folder(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     """Check a shard folder and pack it into one .npz in seed order (and PNGs)."""
     _output(args, "--out", (".npz",))
+    if args.png:
+        distributed.check_png_folder(args.png)
     if args.png and Path(args.png).exists() and any(Path(args.png).iterdir()) and not args.overwrite:
         raise UsageError(f"--png {args.png} is not empty; pass --overwrite to write into it")
     packed = distributed.pack(args.outdir, args.out, png=args.png or None)
@@ -385,9 +387,13 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(
             f"samples must be an existing .npz file (uint8 NHWC under arr_0), got {args.samples!r}"
         )
-    images = from_uint8(read_npz_array(path))
-    if tuple(images.shape[1:]) != (1, 8, 8) or images.shape[0] < 2:
-        raise UsageError(f"{path}: need at least 2 grey 8×8 images (n, 8, 8, 1), got {tuple(images.shape)}")
+    array = read_npz_array(path)
+    if array.ndim != 4 or tuple(array.shape[1:]) != (8, 8, 1) or array.shape[0] < 2:
+        raise UsageError(f"{path}: need at least 2 grey 8×8 images (n, 8, 8, 1), got shape {array.shape}")
+    try:
+        images = from_uint8(array)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{path}: {err}") from None
     fd = digits_fd(images, args.reference)
     print(f"digits FD={fd:.3f} (n={images.shape[0]}, reference={args.reference} split)")
     print(f"real-data floor: test split (297) vs train split (1500) FD={real_floor():.3f}")

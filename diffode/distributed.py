@@ -256,6 +256,13 @@ def check_outdir(outdir: str | os.PathLike[str]) -> None:
         )
 
 
+def check_png_folder(png: str | os.PathLike[str]) -> None:
+    """``ValueError`` naming ``--png`` when it, or a folder above it, is a file."""
+    above = next(path for path in (Path(png), *Path(png).parents) if path.exists())
+    if not above.is_dir():
+        raise ValueError(f"--png {png}: {above} is a file, not a folder; name a folder for the PNGs")
+
+
 def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
     """Make ``outdir`` ready for a run: create it and write the manifest, or check that the
     manifest there is equal (``ValueError`` naming the first difference otherwise). A folder with
@@ -563,6 +570,8 @@ def pack(
     """
     folder = Path(outdir)
     manifest, shards = _planned(folder)
+    if png is not None:
+        check_png_folder(png)
     if Path(out).resolve() in {(folder / name).resolve() for name in (MANIFEST, *(s.name for s in shards))}:
         raise ValueError(f"--out {out} is one of {folder}'s own files; write the packed file elsewhere")
     missing = missing_shards(folder)

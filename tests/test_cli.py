@@ -379,13 +379,20 @@ def test_encode_refuses_pictures_of_the_wrong_size(tmp_path, capsys):
 
 
 def test_eval_refuses_npz_that_are_not_digits(tmp_path, capsys):
-    for name, array in (("rgb.npz", np.zeros((4, 8, 8, 3), np.uint8)), ("float.npz", np.zeros((4, 8, 8, 1)))):
+    # the messages name the file and the shape as stored, (n, 8, 8, 1)
+    cases = (
+        (
+            "rgb.npz",
+            np.zeros((4, 8, 8, 3), np.uint8),
+            "need at least 2 grey 8×8 images (n, 8, 8, 1), got shape (4, 8, 8, 3)",
+        ),
+        ("float.npz", np.zeros((4, 8, 8, 1)), "float.npz: images must be uint8"),
+    )
+    for name, array, message in cases:
         np.savez(tmp_path / name, arr_0=array)
         assert main(["eval", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and (
-            "need at least 2 grey 8×8 images" in err or "must be uint8" in err
-        ), err
+        assert err.count("\n") == 0 and message in err and name in err, err
     np.savez(tmp_path / "other.npz", images=np.zeros((4, 8, 8, 1), np.uint8))
     assert main(["eval", str(tmp_path / "other.npz")]) == 2
     assert "has no arr_0 array (found images)" in capsys.readouterr().err

@@ -169,6 +169,14 @@ def test_pack_does_not_write_over_its_own_shards(reference, tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "is one of" in lines[0] and "own files" in lines[0], lines
     assert shard.read_bytes() == before
+    # a --png that is a file is named as the option's
+    (tmp_path / "a.png").write_bytes(b"picture")
+    assert (
+        main(["pack", str(folder), "--out", str(tmp_path / "all.npz"), "--png", str(tmp_path / "a.png")]) == 2
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--png" in lines[0] and "is a file, not a folder" in lines[0], lines
+    assert not (tmp_path / "all.npz").exists()
 
 
 def test_pack_refuses_missing_shards_and_lists_them(reference, tmp_path, capsys):
