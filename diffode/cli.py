@@ -302,9 +302,7 @@ def _sample_to_folder(args: argparse.Namespace) -> int:
 def _pack(args: argparse.Namespace) -> int:
     """Check a shard folder and pack it into one .npz in seed order (and PNGs)."""
     _output(args, "--out", (".npz",))
-    if args.png:
-        distributed.check_png_folder(args.png)
-    if args.png and Path(args.png).exists() and any(Path(args.png).iterdir()) and not args.overwrite:
+    if args.png and Path(args.png).is_dir() and any(Path(args.png).iterdir()) and not args.overwrite:
         raise UsageError(f"--png {args.png} is not empty; pass --overwrite to write into it")
     packed = distributed.pack(args.outdir, args.out, png=args.png or None)
     shape = "×".join(map(str, packed.shape))

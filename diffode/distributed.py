@@ -242,25 +242,24 @@ def read_manifest(outdir: Path) -> dict[str, Any]:
     return manifest
 
 
+def _check_folder(path: str | os.PathLike[str], option: str, fix: str) -> None:
+    """``ValueError`` naming ``option`` and ``fix`` when ``path`` or a folder above it is a file."""
+    folder = Path(path)
+    # the nearest of path and the folders above it that exists ("." at the latest)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        what = f"{option} {path}" if existing == folder else f"{option} {path}: {existing}"
+        raise ValueError(f"{what} is a file, not a folder; {fix}")
+
+
 def check_outdir(outdir: str | os.PathLike[str]) -> None:
     """Check, before any work, that the shard folder ``outdir`` can be created or used: neither it
     nor a folder above it may be a file. ``ValueError`` naming ``--outdir`` and the fix otherwise."""
-    folder = Path(outdir)
-    # the nearest of outdir and the folders above it that exists ("." at the latest)
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    if not existing.is_dir():
-        what = f"--outdir {outdir}" if existing == folder else f"--outdir {outdir}: {existing}"
-        raise ValueError(
-            f"{what} is a file, not a folder; name a new folder for the shards, or the folder of an "
-            "earlier sample --outdir run to resume it"
-        )
-
-
-def check_png_folder(png: str | os.PathLike[str]) -> None:
-    """``ValueError`` naming ``--png`` when it, or a folder above it, is a file."""
-    above = next(path for path in (Path(png), *Path(png).parents) if path.exists())
-    if not above.is_dir():
-        raise ValueError(f"--png {png}: {above} is a file, not a folder; name a folder for the PNGs")
+    _check_folder(
+        outdir,
+        "--outdir",
+        "name a new folder for the shards, or the folder of an earlier sample --outdir run to resume it",
+    )
 
 
 def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
@@ -541,7 +540,11 @@ def _planned(folder: Path) -> tuple[dict[str, Any], list[Shard]]:
 def missing_shards(outdir: str | os.PathLike[str]) -> list[Shard]:
     """The shards of the folder's manifest that are not there."""
     folder = Path(outdir)
-    return [shard for shard in _planned(folder)[1] if not (folder / shard.name).is_file()]
+    return _absent(folder, _planned(folder)[1])
+
+
+def _absent(folder: Path, shards: Sequence[Shard]) -> list[Shard]:
+    return [shard for shard in shards if not (folder / shard.name).is_file()]
 
 
 def _load_shard(path: Path, shard: Shard, spec: Mapping[str, Any]) -> np.ndarray:
@@ -571,10 +574,10 @@ def pack(
     folder = Path(outdir)
     manifest, shards = _planned(folder)
     if png is not None:
-        check_png_folder(png)
+        _check_folder(png, "--png", "name a folder for the PNGs")
     if Path(out).resolve() in {(folder / name).resolve() for name in (MANIFEST, *(s.name for s in shards))}:
         raise ValueError(f"--out {out} is one of {folder}'s own files; write the packed file elsewhere")
-    missing = missing_shards(folder)
+    missing = _absent(folder, shards)
     if missing:
         ranges = [format_seeds(shard.seeds) for shard in missing]
         shown = ", ".join(ranges[:10]) + (f", … ({len(ranges) - 10} more)" if len(ranges) > 10 else "")
