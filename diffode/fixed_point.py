@@ -61,7 +61,10 @@ improving samples are common."""
 SETTLE = 2
 """Iterations without a new best residual after which a sample's round-off floor is measured
 (once) and the sample stops if it is within the acceptance: Anderson iterates stop improving at
-the floor, and rarely for two iterations before."""
+the floor, and rarely for two iterations before. One would save an evaluation per step (Euler in
+float32 on the digits model at 50 steps: 6.9 -> 5.9 per image and step) but accepts samples
+that are still converging: exact Heun at 10 steps then left one of 64 held-out digits 7.7e-4
+off after decoding, where its summed step residuals read 3.7e-5 (with 2: 1.0e-5)."""
 
 FLOOR_FACTOR = 4.0
 """A residual within this factor of the measured round-off floor counts as converged: the floor is

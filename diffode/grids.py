@@ -374,8 +374,9 @@ def optimize(
         return float((a - b).double().square().mean().sqrt())
 
     def accepted(points: Tensor) -> bool:
-        """Whether the solver takes this grid: some refuse steps they are unstable on
-        (:class:`~diffode.solvers.RungeKutta` with a stage at the step's end, UniPC bh1)."""
+        """Whether the solver takes this grid: some refuse steps they are unstable on or that
+        magnify the network's errors (:class:`~diffode.solvers.RungeKutta` with a stage at the
+        step's end, UniPC bh1)."""
         try:
             stepper.init(f, points, pilot)
         except UnstableStepError:
@@ -398,8 +399,8 @@ def optimize(
     if math.isinf(best[steps][candidates - 1]):
         raise ValueError(
             f"{stepper!r} refuses a step of every {steps}-step chain from sigma_max to sigma_min over "
-            f"{candidates} candidates (steps it is unstable on); raise nfe (more, shorter steps), or "
-            "candidates where the candidate grid is too coarse"
+            f"{candidates} candidates (steps it is unstable on or that magnify the network's errors); "
+            "raise nfe (more, shorter steps), or candidates where the candidate grid is too coarse"
         )
     chain = [candidates - 1]
     for n in range(steps, 0, -1):

@@ -54,6 +54,7 @@ from diffode.solvers.exponential import phi
 from diffode.solvers.multistep import MultistepState, interpolation_weights
 from diffode.solvers.runge_kutta import (
     BOGACKI_SHAMPINE,
+    DENOISER_GAIN_LIMIT,
     HEUN3_TABLEAU,
     HEUN_TABLEAU,
     MIDPOINT_TABLEAU,
@@ -164,18 +165,63 @@ def test_amplification_is_the_step_on_the_linear_test_equation(tableau):
         assert float(modes[x.abs().argmax()]) == d
 
 
+@pytest.mark.parametrize("tableau", [*TABLEAUX, BOGACKI_SHAMPINE], ids=lambda t: t.name)
+def test_denoiser_weights_are_the_steps_response_to_each_stages_denoised_estimate(tableau):
+    # the analysis against the stage loop itself: from x̄ = 0 with a zero denoiser except at the
+    # m-th evaluation, where it is 1, one step lands on w_m (the step is linear in the estimates)
+    ratios = [1.5, 4.0, 11.2, 50.0]
+    weights = tableau.denoiser_weights(torch.tensor(ratios, dtype=F64))
+    for ratio, row in zip(ratios, weights.tolist(), strict=True):
+        for m, w in enumerate(row):
+            calls = []
+
+            def f(sigma, x, m=m, calls=calls):
+                calls.append(sigma)
+                return (x - float(len(calls) - 1 == m)) / sigma
+
+            grid = torch.tensor([2.0, 2.0 / ratio], dtype=F64)
+            x = solve(f, torch.zeros(1, 1, dtype=F64), grid, RungeKutta(tableau)).x
+            assert abs(float(x) - w) <= 1e-13 * max(1.0, abs(w))
+
+
+def test_denoiser_weights_in_closed_form():
+    ratio = torch.tensor([1.5, 2.0, 10.0, 100.0], dtype=F64)
+    r = ratio.numpy()
+    # Euler's one weight 1 - σ₁/σ₀; Heun's (1 - r)(r - 2)/(2r) and (r - 1)/2, whose magnitudes sum
+    # to (r - 1)²/r from r = 2 on
+    euler = ButcherTableau(a=((0.0,),), b=(1.0,), c=(0.0,), order=1)
+    np.testing.assert_allclose(euler.denoiser_weights(ratio)[:, 0].numpy(), 1 - 1 / r, rtol=1e-15)
+    heun = HEUN_TABLEAU.denoiser_weights(ratio).numpy()
+    np.testing.assert_allclose(heun, np.stack([(1 - r) * (r - 2) / (2 * r), (r - 1) / 2], 1), rtol=1e-14)
+    np.testing.assert_allclose(np.abs(heun).sum(1)[1:], ((r - 1) ** 2 / r)[1:], rtol=1e-14)
+
+
 @pytest.mark.parametrize(
-    "solver, stable, unstable",
-    [(Heun, 13.9, 14.0), (RK4, 45.2, 45.3), (Midpoint, 1e4, None), (Ralston, 1e4, None), (Heun3, 1e4, None)],
+    "solver, takes, too_heavy, unstable",
+    [
+        # Heun's weights sum to (r - 1)²/r = 9 at r = (11 + √117)/2 = 10.908; RK4's at 12.876
+        (Heun, 10.9, 10.92, 14.0),
+        (RK4, 12.87, 12.88, 45.3),
+        (Midpoint, 1e4, None, None),
+        (Ralston, 1e4, None, None),
+        (Heun3, 1e4, None, None),
+    ],
 )
-def test_runge_kutta_refuses_the_steps_it_is_unstable_on(solver, stable, unstable):
+def test_runge_kutta_refuses_the_steps_it_is_unstable_on(solver, takes, too_heavy, unstable):
     # Heun's stability function exceeds 1 in modulus from σ₀/σ₁ = 7 + 4√3 = 13.93, RK4's from
-    # 45.21 (for denoiser eigenvalues in [0, 1]); methods whose stages stay inside the step never do
+    # 45.21 (for denoiser eigenvalues in [0, 1]), and before that their weights on the denoised
+    # estimates pass DENOISER_GAIN_LIMIT; methods whose stages stay inside the step never do either
+    assert DENOISER_GAIN_LIMIT == 9.0
     x = torch.ones(2, 3, dtype=F64)
     field = DenoiserField(lambda xbar, sigma: 0.5 * xbar)
-    solve(field, x, torch.tensor([30.0, 30.0 / stable, 0.0], dtype=F64), solver())
+    solve(field, x, torch.tensor([30.0, 30.0 / takes, 0.0], dtype=F64), solver())
     if unstable is None:
         return
+    heavy = torch.tensor([30.0, 30.0 / too_heavy, 0.0], dtype=F64)
+    with pytest.raises(
+        UnstableStepError, match="multiplies the network's errors in its denoised estimates by 9.0"
+    ):
+        solve(field, x, heavy, solver())
     grid = torch.tensor([30.0, 30.0 / unstable, 0.0], dtype=F64)
     with pytest.raises(UnstableStepError, match=f"σ 30 -> .*σ₀/σ₁ = {unstable:g}.*check_stability=False"):
         solve(field, x, grid, solver())
@@ -607,9 +653,9 @@ def test_image_batches_keep_their_shape_and_match_the_flattened_problem(solver):
     images = oracles.Gaussian(mean.reshape(3, 4, 4), 0.3)
     flat = oracles.Gaussian(mean, 0.3)
     noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
-    got = sample(images.model(SCHEDULE), SCHEDULE, noise, steps=8, timesteps="karras", solver=solver)
+    got = sample(images.model(SCHEDULE), SCHEDULE, noise, steps=10, timesteps="karras", solver=solver)
     expected = sample(
-        flat.model(SCHEDULE), SCHEDULE, noise.reshape(2, -1), steps=8, timesteps="karras", solver=solver
+        flat.model(SCHEDULE), SCHEDULE, noise.reshape(2, -1), steps=10, timesteps="karras", solver=solver
     )
     assert got.shape == noise.shape and got.dtype == torch.float32
     torch.testing.assert_close(got.reshape(2, -1), expected, rtol=1e-6, atol=1e-6)

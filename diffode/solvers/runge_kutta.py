@@ -196,13 +196,36 @@ class ButcherTableau:
         h = (1.0 / ratio.to(torch.float64) - 1.0)[:, None]  # σ₁ - σ₀ with σ₀ = 1
         ks: list[Tensor] = []
         for row, ci in zip(self.a, self.c, strict=True):
-            xi = 1.0 + h * sum(
-                (w * k for w, k in zip(row[: len(ks)], ks, strict=True) if w != 0.0), torch.zeros_like(h)
-            )
-            ks.append(slope * xi / (1.0 + ci * h))
-        r = 1.0 + h * sum((w * k for w, k in zip(self.b, ks, strict=True) if w != 0.0), torch.zeros_like(h))
+            ks.append(slope * (1.0 + h * _combine_or_zero(row[: len(ks)], ks, h)) / (1.0 + ci * h))
+        r = 1.0 + h * _combine_or_zero(self.b, ks, h)
         worst, at = r.abs().max(1)
         return worst, d[at]
+
+    def denoiser_weights(self, ratio: Tensor) -> Tensor:
+        """How a sampling step σ₀ → σ₁ = σ₀ / ``ratio`` weighs the network's denoised estimates.
+
+        With ε = (x̄ - x̂₀)/σ, an error δ in the denoised estimate x̂₀ of stage i moves the step's
+        result by w_i δ (state and the other stages held fixed); the weights depend on σ₀/σ₁
+        alone. Euler's (DDIM's) one weight is 1 - σ₁/σ₀ < 1: its result is a convex combination of
+        the state and x̂₀. A method whose Σ|w_i| is large magnifies the network's own errors (its
+        deviations from the exact denoiser) by that much, however well it integrates an exact
+        field: Heun's weights are (1 - r)(r - 2)/(2r) and (r - 1)/2 at r = σ₀/σ₁.
+
+        Args:
+            ratio: σ₀/σ₁ ≥ 1 per step, float64 ``(n,)``.
+
+        Returns:
+            float64 ``(n, stages)``: the weights per step and stage.
+        """
+        h = 1.0 / ratio.to(torch.float64) - 1.0  # σ₁ - σ₀ with σ₀ = 1
+        columns = []
+        for m in range(self.stages):
+            # derivatives of the stage slopes k_i = (x_i - x̂₀_i)/σ_i with respect to x̂₀_m
+            dk: list[Tensor] = []
+            for i, (row, ci) in enumerate(zip(self.a, self.c, strict=True)):
+                dk.append((h * _combine_or_zero(row[:i], dk, h) - float(i == m)) / (1.0 + ci * h))
+            columns.append(h * _combine_or_zero(self.b, dk, h))
+        return torch.stack(columns, dim=1)
 
     @property
     def error_weights(self) -> tuple[float, ...]:
@@ -288,6 +311,12 @@ def _combine(weights: Sequence[float], ks: list[Tensor]) -> Tensor | None:
     return total
 
 
+def _combine_or_zero(weights: Sequence[float], ks: list[Tensor], like: Tensor) -> Tensor:
+    """:func:`_combine`, with zeros shaped like ``like`` for a sum with no terms."""
+    total = _combine(weights, ks)
+    return torch.zeros_like(like) if total is None else total
+
+
 HEUN_TABLEAU = ButcherTableau(a=((0, 0), (1, 0)), b=(1 / 2, 1 / 2), c=(0, 1), order=2, name="heun")
 MIDPOINT_TABLEAU = ButcherTableau(a=((0, 0), (1 / 2, 0)), b=(0, 1), c=(0, 1 / 2), order=2, name="midpoint")
 RALSTON3_TABLEAU = ButcherTableau(
@@ -346,6 +375,20 @@ DORMAND_PRINCE = ButcherTableau(
 """Dormand & Prince (1980), "A family of embedded Runge–Kutta formulae", J. Comput. Appl. Math. 6(1)."""
 
 
+DENOISER_GAIN_LIMIT = 9.0
+"""The largest sum of magnitudes of a sampling step's weights on the network's denoised
+estimates (:meth:`ButcherTableau.denoiser_weights`) that :class:`RungeKutta` takes on a
+network's field. A stage at the end of the step (Heun, RK4) puts weights growing like σ₀/σ₁ on
+them, so a long step magnifies the network's own errors even where it is linearly stable;
+Euler's (DDIM's) weight stays below 1. The limit is set from measurements on the bundled digits
+network at 10-40 NFE (docs/benchmarks.md): of the Heun and RK4 cells that the linear stability
+check takes, those whose largest sum exceeds 9 landed 1.3-9.9 times as far from the converged
+solution as Euler at the same budget, among them Heun on ``logsnr`` at 10 NFE (sum 9.3, 6.7×)
+and RK4 on ``trailing`` at 10 NFE (12.6, 3.6×); the largest sum below it, 8.1 (RK4 on
+``karras`` at 30 NFE), measured 0.28×. It is a calibration on one network, not a bound. Methods
+whose stages stay inside the step never reach it (at most 5.4 for Heun3)."""
+
+
 class RungeKutta(Solver):
     """Explicit Runge–Kutta method of any :class:`ButcherTableau`. Order ``tableau.order``,
     ``tableau.stages`` evaluations per step.
@@ -364,11 +407,14 @@ class RungeKutta(Solver):
     extrapolated over the whole step, and ε = (x̄ - x̂₀)/σ₁ turns that state's error into one
     σ₀/σ₁ times larger: Heun is unstable from σ₀/σ₁ > 13.9 (log(σ₀/σ₁) > 2.63), RK4 from 45.2
     (log(σ₀/σ₁) > 3.81); methods whose stages stay inside the step (Midpoint, Ralston3, Heun3)
-    never are. An increasing grid (encoding by reverse integration) is checked as the sampling
-    grid that decodes it. A plain callable f(σ, x) is any ODE and is integrated as given. On
+    never are. Steps whose weights on the network's denoised estimates
+    (:meth:`~ButcherTableau.denoiser_weights`) sum beyond :data:`DENOISER_GAIN_LIMIT` are
+    refused too: they magnify the network's own errors (Heun from σ₀/σ₁ > 10.9, RK4 from 12.9).
+    An increasing grid (encoding by reverse integration) is checked as the sampling grid that
+    decodes it. A plain callable f(σ, x) is any ODE and is integrated as given. On
     the bundled digits network at 10 evaluations the grids refused are those on which Heun and
     RK4 had landed 3-274 times farther from the converged solution than Euler on the same grid,
-    and at 16-40 evaluations 0.8-5.8 times (docs/benchmarks.md).
+    and at 16-40 evaluations 0.8-9.9 times (docs/benchmarks.md).
 
     Args:
         tableau: the method's coefficients (the named subclasses fix their own).
@@ -404,19 +450,32 @@ class RungeKutta(Solver):
         return None
 
     def _check_steps(self, sigmas: Tensor) -> None:
-        """Refuse the first step between positive σ on which sampling is unstable (a step up is
-        checked as the sampling step down that undoes it)."""
+        """Refuse the first step between positive σ on which sampling is unstable, or magnifies
+        the network's errors beyond :data:`DENOISER_GAIN_LIMIT` (a step up is checked as the
+        sampling step down that undoes it)."""
         steps = [(max(a, b), min(a, b)) for a, b in positive_steps(sigmas)]
         if not steps:
             return
         ratios = torch.tensor([s0 / s1 for s0, s1 in steps], dtype=torch.float64)
         worst, mode = self.tableau.amplification(ratios)
+        gain = self.tableau.denoiser_weights(ratios).abs().sum(1)
         # |R| = 1 exactly at d = 1 (ε = 0); the slack keeps its rounding from counting
-        unstable = (worst > 1.0 + 1e-9).nonzero()
-        if unstable.numel() == 0:
+        refused = ((worst > 1.0 + 1e-9) | (gain > DENOISER_GAIN_LIMIT)).nonzero()
+        if refused.numel() == 0:
             return
-        i = int(unstable[0])
+        i = int(refused[0])
         (s0, s1), factor, d = steps[i], float(worst[i]), float(mode[i])
+        if factor > 1.0 + 1e-9:
+            why = (
+                f"is beyond the method's linear stability: along a denoiser eigenvalue d = {d:.2f} it "
+                f"multiplies errors by {factor:.2f} where the exact flow and Euler damp them"
+            )
+        else:
+            why = (
+                f"multiplies the network's errors in its denoised estimates by {float(gain[i]):.4g} (the sum "
+                f"of the step's weights on them; Euler's is {1 - s1 / s0:.2f}), above the limit "
+                f"{DENOISER_GAIN_LIMIT:g}"
+            )
         named = type(self).TABLEAU is not None
         call = (
             f"{type(self).__name__}(check_stability=False)"
@@ -424,11 +483,10 @@ class RungeKutta(Solver):
             else "RungeKutta(tableau, check_stability=False)"
         )
         raise UnstableStepError(
-            f"{self!r}: the sampling step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.3g}) is beyond the "
-            f"method's linear stability: along a denoiser eigenvalue d = {d:.2f} it multiplies errors by "
-            f"{factor:.2f} where the exact flow and Euler damp them. Use more steps, a grid without so "
-            "large a ratio (karras or logsnr with more steps), a method whose stages stay inside the step "
-            f"(midpoint, ralston3, heun3, dpmpp-2s), or {call} (CLI: --no-stability-check) to take it anyway"
+            f"{self!r}: the sampling step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.3g}) {why}. Use more "
+            "steps, a grid without so large a ratio (karras or logsnr with more steps), a method whose "
+            f"stages stay inside the step (midpoint, ralston3, heun3, dpmpp-2s), or {call} (CLI: "
+            "--no-stability-check) to take it anyway"
         )
 
     def step(self, f: VectorField, s0: float, s1: float, x: Tensor, state: Any) -> tuple[Tensor, Any]:
@@ -497,6 +555,7 @@ class RK4(RungeKutta):
 
 __all__ = [
     "BOGACKI_SHAMPINE",
+    "DENOISER_GAIN_LIMIT",
     "DORMAND_PRINCE",
     "HEUN3_TABLEAU",
     "HEUN_TABLEAU",
