@@ -58,8 +58,9 @@ MODES = {"reverse": ("euler", "reverse"), "exact": ("euler", "exact"), "bdia": (
 DOC = Path(__file__).resolve().parents[1] / "docs" / "encoding.md"
 FIGURE = DOC.parent / "digits_reconstruction.png"
 DIGITS_STEPS = (10, 20, 50, 100)
-# Heun refuses DDIM's uniform grid below 26 steps (its last step σ(T/S) -> σ(0) is beyond
-# Heun's linear stability, RungeKutta); the table measures it there all the same
+# Heun refuses DDIM's uniform grid below 34 steps (its last step σ(T/S) -> σ(0) is beyond
+# Heun's linear stability, or magnifies the network's errors beyond RungeKutta's limit); the
+# table measures it there all the same
 UNCHECKED_HEUN = Heun(check_stability=False)
 # label: (solver, method, timesteps); None is encode's default grid for that method and solver
 DIGITS_MODES: dict[str, tuple[str | Solver, str, str | None]] = {
@@ -518,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
             "default grid (DDIM's uniform grid; logsnr for the implicit inverses, "
             "`diffode.encoding.EXACT_TIMESTEPS`) unless the row names one; Heun on DDIM's uniform grid "
             "(reverse Heun, exact Heun on the uniform grid) with `Heun(check_stability=False)`, since "
-            "Heun refuses that grid's last step below 26 steps. The first row is the DDIM "
+            "Heun refuses that grid's last step below 34 steps. The first row is the DDIM "
             "paper's CIFAR-10 figure for its "
             "reverse-DDIM encoding (different data and network; as cited in the reference, §12).\n\n"
             f'{table}\n\nThe other single-step solvers that `method="exact"` inverts, on the default grid '

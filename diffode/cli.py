@@ -103,7 +103,8 @@ def _add_grid_options(
     p.add_argument(
         "--no-stability-check",
         action="store_true",
-        help="take the steps that a Runge–Kutta solver (heun, rk4, ...) refuses as unstable, to study them",
+        help="take the steps that a Runge–Kutta solver (heun, rk4, ...) refuses (unstable, or magnifying the "
+        "network's errors), to study them",
     )
 
 

@@ -196,9 +196,9 @@ def test_optimized_grid_for_a_two_stage_solver_and_bad_budgets(linear):
     _, field, pilot = mixture_problem(linear)
     grid = optimize(field, pilot[:4], linear.sigma_max, linear.sigma_min, 11, solver="heun", candidates=16)
     assert grid.shape == (7,)  # 6 positive σ: 5 Heun steps (10 evaluations) and the step into 0
-    # no step Heun refuses (σ₀/σ₁ > 10.9, where its weights on the denoised estimates pass 9);
+    # no step Heun refuses (σ₀/σ₁ > 10.91, where its weights on the denoised estimates pass 9);
     # 2 or 4 steps over σ_max/σ_min = 15 700 need one
-    assert float((grid[:-2] / grid[1:-1]).max()) <= 10.9
+    assert float((grid[:-2] / grid[1:-1]).max()) <= 10.91
     with pytest.raises(ValueError, match="refuses a step of every 4-step chain"):
         optimize(field, pilot[:4], linear.sigma_max, linear.sigma_min, 9, solver="heun", candidates=16)
     with pytest.raises(ValueError, match="refuses a step of every 2-step chain"):

@@ -37,9 +37,10 @@ from diffode.field import PredictingField, VectorField
 
 
 class UnstableStepError(ValueError):
-    """A solver refuses a grid: one of its steps is beyond the method's stability (Heun's and
-    RK4's, :class:`~diffode.solvers.RungeKutta`; UniPC bh1's, :class:`~diffode.solvers.UniPC`).
-    The message names the step and what to do instead."""
+    """A solver refuses a grid: one of its steps is beyond the method's stability, or (Heun's and
+    RK4's, :class:`~diffode.solvers.RungeKutta`) magnifies the network's errors beyond
+    ``DENOISER_GAIN_LIMIT``; UniPC bh1's refusal is :class:`~diffode.solvers.UniPC`'s. The
+    message names the step and what to do instead."""
 
 
 def positive_steps(sigmas: Tensor) -> list[tuple[float, float]]:

@@ -385,8 +385,9 @@ network at 10-40 NFE (docs/benchmarks.md): of the Heun and RK4 cells that the li
 check takes, those whose largest sum exceeds 9 landed 1.3-9.9 times as far from the converged
 solution as Euler at the same budget, among them Heun on ``logsnr`` at 10 NFE (sum 9.3, 6.7×)
 and RK4 on ``trailing`` at 10 NFE (12.6, 3.6×); the largest sum below it, 8.1 (RK4 on
-``karras`` at 30 NFE), measured 0.28×. It is a calibration on one network, not a bound. Methods
-whose stages stay inside the step never reach it (at most 5.4 for Heun3)."""
+``karras`` at 30 NFE), measured 0.29×. It is a calibration on one network, not a bound. Methods
+whose stages stay inside the step never reach it (their sums stay below 3 for Midpoint, 5 for
+Ralston3 and 5.5 for Heun3, however long the step)."""
 
 
 class RungeKutta(Solver):
@@ -409,7 +410,7 @@ class RungeKutta(Solver):
     (log(σ₀/σ₁) > 3.81); methods whose stages stay inside the step (Midpoint, Ralston3, Heun3)
     never are. Steps whose weights on the network's denoised estimates
     (:meth:`~ButcherTableau.denoiser_weights`) sum beyond :data:`DENOISER_GAIN_LIMIT` are
-    refused too: they magnify the network's own errors (Heun from σ₀/σ₁ > 10.9, RK4 from 12.9).
+    refused too: they magnify the network's own errors (Heun from σ₀/σ₁ > 10.91, RK4 from 12.88).
     An increasing grid (encoding by reverse integration) is checked as the sampling grid that
     decodes it. A plain callable f(σ, x) is any ODE and is integrated as given. On
     the bundled digits network at 10 evaluations the grids refused are those on which Heun and
@@ -418,7 +419,8 @@ class RungeKutta(Solver):
 
     Args:
         tableau: the method's coefficients (the named subclasses fix their own).
-        check_stability: ``False`` takes the unstable steps anyway (to study them).
+        check_stability: ``False`` takes the refused steps anyway, unstable or magnifying the
+            network's errors (to study them).
     """
 
     name = "runge-kutta"
@@ -472,7 +474,7 @@ class RungeKutta(Solver):
             )
         else:
             why = (
-                f"multiplies the network's errors in its denoised estimates by {float(gain[i]):.4g} (the sum "
+                f"multiplies the network's errors in its denoised estimates by {float(gain[i]):.3f} (the sum "
                 f"of the step's weights on them; Euler's is {1 - s1 / s0:.2f}), above the limit "
                 f"{DENOISER_GAIN_LIMIT:g}"
             )
@@ -483,7 +485,7 @@ class RungeKutta(Solver):
             else "RungeKutta(tableau, check_stability=False)"
         )
         raise UnstableStepError(
-            f"{self!r}: the sampling step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.3g}) {why}. Use more "
+            f"{self!r}: the sampling step σ {s0:.4g} -> {s1:.4g} (σ₀/σ₁ = {s0 / s1:.4g}) {why}. Use more "
             "steps, a grid without so large a ratio (karras or logsnr with more steps), a method whose "
             f"stages stay inside the step (midpoint, ralston3, heun3, dpmpp-2s), or {call} (CLI: "
             "--no-stability-check) to take it anyway"
