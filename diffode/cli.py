@@ -781,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument(
         "--max-iter",
-        type=int,
+        type=_int_in(1),
         default=None,
         help=f"--method exact: fixed-point iterations per step and image (default: {DEFAULT_MAX_ITER})",
     )

@@ -6,6 +6,7 @@ Images travel as float tensors ``(n, C, H, W)`` in [-1, 1] inside diffode and as
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from diffode.atomic import atomic_write
@@ -78,15 +80,38 @@ def grid(images: np.ndarray, columns: int, *, scale: int = 1, pad: int = 1) -> n
     return np.asarray(picture).reshape(size[1], size[0], c)
 
 
-def write_png(path: str | os.PathLike[str] | BinaryIO, image: np.ndarray) -> None:
+GRID_KEY = "diffode-grid"
+"""The PNG text chunk in which :func:`write_grid` records a grid's layout (JSON: ``count``,
+``columns``, ``height``, ``width``, ``scale``, ``pad``), so that :func:`load_images` can cut the
+grid back into its images."""
+
+
+def write_png(
+    path: str | os.PathLike[str] | BinaryIO, image: np.ndarray, *, text: dict[str, str] | None = None
+) -> None:
     """Write a uint8 image ``(H, W)``, ``(H, W, 1)`` (grey) or ``(H, W, 3)`` (RGB) as a PNG, to a
-    path (atomically: a failed write leaves an existing file intact) or an open binary file."""
+    path (atomically: a failed write leaves an existing file intact) or an open binary file;
+    ``text``: PNG text chunks (key: value)."""
     picture = _pillow(image)
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     if isinstance(path, (str, os.PathLike)):
         with atomic_write(path) as fh:
-            picture.save(fh, format="PNG", optimize=True)
+            picture.save(fh, format="PNG", optimize=True, pnginfo=info)
     else:
-        picture.save(path, format="PNG", optimize=True)
+        picture.save(path, format="PNG", optimize=True, pnginfo=info)
+
+
+def write_grid(
+    path: str | os.PathLike[str] | BinaryIO, images: np.ndarray, columns: int, *, scale: int = 1, pad: int = 1
+) -> None:
+    """Write uint8 images ``(n, H, W, C)`` as one PNG :func:`grid` that records its layout
+    (:data:`GRID_KEY`), so that :func:`load_images` reads the n images back exactly."""
+    n, h, w, _ = images.shape
+    columns = max(1, min(columns, n))
+    layout = {"count": n, "columns": columns, "height": h, "width": w, "scale": scale, "pad": pad}
+    write_png(path, grid(images, columns, scale=scale, pad=pad), text={GRID_KEY: json.dumps(layout)})
 
 
 def read_png(path: str | os.PathLike[str]) -> np.ndarray:
@@ -95,19 +120,58 @@ def read_png(path: str | os.PathLike[str]) -> np.ndarray:
     Colour is reduced to luminance (ITU-R 601 weights, Pillow's ``convert("L")``); alpha is
     dropped. A file that is not a complete image raises ``ValueError`` naming it.
     """
+    return _read_png(path)[0]
+
+
+def _read_png(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, str]]:
+    """:func:`read_png`, and the file's PNG text chunks."""
     try:
         with Image.open(path) as picture:
             if picture.format != "PNG":
                 raise ValueError(f"{path} is a {picture.format} file, not a PNG")
             picture.load()
+            text = {str(k): str(v) for k, v in getattr(picture, "text", {}).items()}
             if picture.mode.startswith("I"):
                 # 16-bit grey ("I;16", or "I" from older Pillows): convert("L") clips at 255
                 # instead of scaling, so scale 0…65535 to 0…255 here
                 wide = np.asarray(picture, dtype=np.float64)
-                return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-            return np.asarray(picture.convert("L"))
+                return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), text
+            return np.asarray(picture.convert("L")), text
     except (OSError, SyntaxError) as err:  # Pillow reports broken files as OSError (or SyntaxError)
         raise ValueError(f"{path} is not a readable PNG file ({_one_line(err)})") from None
+
+
+def _grid_tiles(name: str, grey: np.ndarray, layout_text: str, h: int, w: int) -> np.ndarray:
+    """The images ``(n, h, w)`` (uint8) of a grid that :func:`write_grid` wrote, from its layout
+    record; a record that does not describe this picture, or images of another size, raise
+    ``ValueError`` naming the file."""
+    try:
+        layout = json.loads(layout_text)
+        n, columns, th, tw, scale, pad = (
+            layout[k] for k in ("count", "columns", "height", "width", "scale", "pad")
+        )
+        if not all(type(v) is int for v in (n, columns, th, tw, scale, pad)):
+            raise TypeError("integers expected")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{name}: its {GRID_KEY} layout record is damaged ({_one_line(err)})") from None
+    rows = -(-n // columns) if n > 0 and columns > 0 else 0
+    hs, ws = th * scale, tw * scale
+    if (
+        min(n, columns, th, tw, scale) < 1
+        or pad < 0
+        or grey.shape != (rows * (hs + pad) - pad, columns * (ws + pad) - pad)
+    ):
+        raise ValueError(
+            f"{name}: its {GRID_KEY} layout record {layout_text} does not fit its {grey.shape} pixels"
+        )
+    if (th, tw) != (h, w):
+        raise ValueError(f"{name} is a grid of {th}×{tw} images; the model needs {h}×{w} images")
+    tiles = []
+    for i in range(n):
+        r, col = divmod(i, columns)
+        tile = grey[r * (hs + pad) : r * (hs + pad) + hs, col * (ws + pad) : col * (ws + pad) + ws]
+        tiles.append(tile.astype(np.float64).reshape(h, scale, w, scale).mean(axis=(1, 3)))
+    return np.round(np.stack(tiles)).astype(np.uint8)
 
 
 def _one_line(err: BaseException) -> str:
@@ -138,8 +202,9 @@ def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -
     [-1, 1].
 
     ``.npz`` files contribute every image under ``arr_0`` (uint8 NHWC, as ``diffode sample``
-    writes them); ``.png`` files one grey image each, of size H×W or an integer multiple of it
-    (such as the enlarged pictures diffode writes), reduced by block averaging. Problems raise
+    writes them); ``.png`` files the images of a grid that :func:`write_grid` wrote (``diffode
+    sample --out x.png``), exactly, or else one grey image each, of size H×W or an integer
+    multiple of it, reduced by block averaging. Problems raise
     ``ValueError`` (or ``FileNotFoundError``) in one line naming the file.
     """
     if len(shape) != 3:
@@ -156,7 +221,11 @@ def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -
         if path.suffix.lower() == ".npz":
             batches.append(from_uint8(read_npz_array(path)))
         elif path.suffix.lower() == ".png":
-            grey = read_png(path).astype(np.float64)
+            picture, text = _read_png(path)
+            if c == 1 and GRID_KEY in text:
+                batches.append(from_uint8(_grid_tiles(str(name), picture, text[GRID_KEY], h, w)[..., None]))
+                continue
+            grey = picture.astype(np.float64)
             fy, fx = grey.shape[0] // h, grey.shape[1] // w
             if c != 1 or fy < 1 or grey.shape != (fy * h, fx * w) or fx != fy:
                 raise ValueError(

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from diffode.atomic import atomic_write, temporary_path
 from diffode.field import Model
-from diffode.images import grid, scatter_image, to_uint8, write_png
+from diffode.images import scatter_image, to_uint8, write_grid, write_png
 from diffode.oracles import GaussianMixture
 from diffode.sampling import sample
 from diffode.schedule import Schedule
@@ -395,7 +395,7 @@ def write_samples(out: str | os.PathLike[str], x: Tensor, *, columns: int = 0, s
     if x.ndim == 4:
         images = to_uint8(x)
         if png:
-            write_png(out, grid(images, columns or math.ceil(math.sqrt(len(images))), scale=scale))
+            write_grid(out, images, columns or math.ceil(math.sqrt(len(images))), scale=scale)
         else:
             write_arrays(out, arr_0=images)
     else:

@@ -9,6 +9,7 @@ round-off of the step) plus decoding's own round-off, one rounding per step and 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,12 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
     # the tolerance it suggests is the residual reached, rounded up to one significant digit
     tol = float(message.split("tol=")[1].split(";")[0])
     assert err.residual <= tol <= 2 * err.residual
+    # the step out of σ = 0 ends at σ_min whatever the number of steps: more steps are not offered
+    with pytest.raises(InversionError) as caught:
+        encode(model, schedule, held_out, steps=10, method="exact", max_iter=2)
+    message = str(caught.value)
+    assert caught.value.sigma == 0.0 and "steps=" not in message and "--steps" not in message
+    assert "--max-iter" in message and "--method reverse" in message
 
 
 def test_an_explicit_tolerance_is_what_is_asked(held_out):
@@ -159,6 +166,53 @@ def test_decode_retraces_an_encoding(held_out):
     reverse = encode(model, schedule, held_out, steps=10, return_info=True)
     assert reverse.residual is None and reverse.evaluations_per_step == 1.0
     assert torch.equal(decode(model, schedule, reverse), decode(model, schedule, reverse.latents, steps=10))
+
+
+def test_cli_sample_png_grid_then_exact_encode(tmp_path, capsys):
+    # sample's PNG grid (5 images, 2 per row, enlarged 3 times, grey padding) records its layout,
+    # so encode reads back exactly the images the .npz of the same seeds holds
+    import json
+
+    from diffode.cli import main
+    from diffode.images import GRID_KEY, write_png
+
+    png, npz = tmp_path / "s.png", tmp_path / "s.npz"
+    for out in (png, npz):
+        assert (
+            main(
+                [
+                    "sample",
+                    "--seeds",
+                    "0-4",
+                    "--steps",
+                    "20",
+                    "--columns",
+                    "2",
+                    "--scale",
+                    "3",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+    assert torch.equal(load_images([str(png)], (1, 8, 8)), load_images([str(npz)], (1, 8, 8)))
+    assert (
+        main(["encode", str(png), "--method", "exact", "--steps", "10", "--out", str(tmp_path / "z.npz")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "encoded 5 image(s)" in out
+    assert float(out.split("round trip max abs error ")[1].split(";")[0]) <= TARGET[F32]
+    # a layout record that does not fit the picture is refused naming the file
+    picture = np.zeros((17, 17), np.uint8)
+    layout = {"count": 5, "columns": 2, "height": 8, "width": 8, "scale": 3, "pad": 1}
+    write_png(tmp_path / "bad.png", picture, text={GRID_KEY: json.dumps(layout)})
+    with pytest.raises(ValueError, match="bad.png: its diffode-grid layout record .* does not fit"):
+        load_images([str(tmp_path / "bad.png")], (1, 8, 8))
+    write_png(tmp_path / "junk.png", picture, text={GRID_KEY: "{not json"})
+    with pytest.raises(ValueError, match="junk.png: its diffode-grid layout record is damaged"):
+        load_images([str(tmp_path / "junk.png")], (1, 8, 8))
 
 
 def test_cli_sample_then_exact_encode(tmp_path, capsys):

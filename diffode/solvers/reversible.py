@@ -433,14 +433,16 @@ class InverseOf(Solver):
             accept = f"accept this residual (tol={meets:g}; CLI --tol), "
         else:
             accept = ""
+        # the step out of σ = 0 ends at σ₁, the schedule's σ_min, whatever the number of steps
+        more_steps = "" if s0 == 0.0 else "more steps (steps=; CLI --steps), "
         raise InversionError(
             f"exact inversion of {self.solver!r} did not converge on the step σ {s0:.6g} -> {s1:.6g} for "
             f"sample {worst} ({failed.numel()} of {found.residual.numel()} samples): residual "
             f"{residual:.3g} (relative; {float(absolute[worst]):.3g} in x) after "
             f"{int(found.iterations[worst])} iterations, above tol {tol:.3g}"
             + (f" and {FLOOR_FACTOR:g} times the round-off floor {floor:.3g}" if self.tol is None else "")
-            + f". Options: more steps (steps=), more iterations (max_iter={self.max_iter} now; CLI "
-            f"--max-iter), {accept}or method='reverse'",
+            + f". Options: {more_steps}more iterations (max_iter={self.max_iter} now; CLI "
+            f"--max-iter), {accept}or method='reverse' (CLI --method reverse)",
             sample=worst,
             sigma=s0,
             sigma_next=s1,
