@@ -107,7 +107,7 @@ def write_grid(
     path: str | os.PathLike[str] | BinaryIO, images: np.ndarray, columns: int, *, scale: int = 1, pad: int = 1
 ) -> None:
     """Write uint8 images ``(n, H, W, C)`` as one PNG :func:`grid` that records its layout
-    (:data:`GRID_KEY`), so that :func:`load_images` reads the n images back exactly."""
+    (:data:`GRID_KEY`), so that :func:`load_images` reads n grey images back exactly."""
     n, h, w, _ = images.shape
     columns = max(1, min(columns, n))
     layout = {"count": n, "columns": columns, "height": h, "width": w, "scale": scale, "pad": pad}
@@ -141,29 +141,26 @@ def _read_png(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, str]]
         raise ValueError(f"{path} is not a readable PNG file ({_one_line(err)})") from None
 
 
-def _grid_tiles(name: str, grey: np.ndarray, layout_text: str, h: int, w: int) -> np.ndarray:
+def _grid_tiles(name: str, grey: np.ndarray, layout_text: str, h: int, w: int) -> np.ndarray | None:
     """The images ``(n, h, w)`` (uint8) of a grid that :func:`write_grid` wrote, from its layout
-    record; a record that does not describe this picture, or images of another size, raise
-    ``ValueError`` naming the file."""
+    record; ``None`` where the record is damaged or does not describe this picture (another tool
+    cropped or resized it and kept the chunk: the picture is then read as one image). A grid of
+    images of another size raises ``ValueError`` naming the file."""
     try:
         layout = json.loads(layout_text)
         n, columns, th, tw, scale, pad = (
             layout[k] for k in ("count", "columns", "height", "width", "scale", "pad")
         )
-        if not all(type(v) is int for v in (n, columns, th, tw, scale, pad)):
-            raise TypeError("integers expected")
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{name}: its {GRID_KEY} layout record is damaged ({_one_line(err)})") from None
-    rows = -(-n // columns) if n > 0 and columns > 0 else 0
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    if not all(type(v) is int for v in (n, columns, th, tw, scale, pad)):
+        return None
+    if min(n, columns, th, tw, scale) < 1 or pad < 0:
+        return None
+    rows = -(-n // columns)
     hs, ws = th * scale, tw * scale
-    if (
-        min(n, columns, th, tw, scale) < 1
-        or pad < 0
-        or grey.shape != (rows * (hs + pad) - pad, columns * (ws + pad) - pad)
-    ):
-        raise ValueError(
-            f"{name}: its {GRID_KEY} layout record {layout_text} does not fit its {grey.shape} pixels"
-        )
+    if grey.shape != (rows * (hs + pad) - pad, columns * (ws + pad) - pad):
+        return None
     if (th, tw) != (h, w):
         raise ValueError(f"{name} is a grid of {th}×{tw} images; the model needs {h}×{w} images")
     tiles = []
@@ -222,8 +219,10 @@ def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -
             batches.append(from_uint8(read_npz_array(path)))
         elif path.suffix.lower() == ".png":
             picture, text = _read_png(path)
-            if c == 1 and GRID_KEY in text:
-                batches.append(from_uint8(_grid_tiles(str(name), picture, text[GRID_KEY], h, w)[..., None]))
+            layout = text.get(GRID_KEY) if c == 1 else None
+            tiles = None if layout is None else _grid_tiles(str(name), picture, layout, h, w)
+            if tiles is not None:
+                batches.append(from_uint8(tiles[..., None]))
                 continue
             grey = picture.astype(np.float64)
             fy, fx = grey.shape[0] // h, grey.shape[1] // w

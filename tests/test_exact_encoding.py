@@ -104,6 +104,10 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
     message = str(caught.value)
     assert caught.value.sigma == 0.0 and "steps=" not in message and "--steps" not in message
     assert "--max-iter" in message and "--method reverse" in message
+    # a trailing grid starts above σ_min, and more steps lower its first σ: they are offered
+    with pytest.raises(InversionError) as caught:
+        encode(model, schedule, held_out, steps=10, timesteps="trailing", method="exact", max_iter=2)
+    assert caught.value.sigma == 0.0 and "more steps (steps=; CLI --steps)" in str(caught.value)
 
 
 def test_an_explicit_tolerance_is_what_is_asked(held_out):
@@ -204,15 +208,20 @@ def test_cli_sample_png_grid_then_exact_encode(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "encoded 5 image(s)" in out
     assert float(out.split("round trip max abs error ")[1].split(";")[0]) <= TARGET[F32]
-    # a layout record that does not fit the picture is refused naming the file
-    picture = np.zeros((17, 17), np.uint8)
+    # a record that does not describe the picture (another tool resized or cropped it and kept
+    # the chunk) or is damaged leaves the picture to the single-image rule: 16×16 is one image
+    picture = np.kron(np.arange(64, dtype=np.uint8).reshape(8, 8), np.ones((2, 2), np.uint8))
     layout = {"count": 5, "columns": 2, "height": 8, "width": 8, "scale": 3, "pad": 1}
-    write_png(tmp_path / "bad.png", picture, text={GRID_KEY: json.dumps(layout)})
-    with pytest.raises(ValueError, match="bad.png: its diffode-grid layout record .* does not fit"):
-        load_images([str(tmp_path / "bad.png")], (1, 8, 8))
-    write_png(tmp_path / "junk.png", picture, text={GRID_KEY: "{not json"})
-    with pytest.raises(ValueError, match="junk.png: its diffode-grid layout record is damaged"):
-        load_images([str(tmp_path / "junk.png")], (1, 8, 8))
+    for name, record in (("resized.png", json.dumps(layout)), ("junk.png", "[" * 5000)):
+        write_png(tmp_path / name, picture, text={GRID_KEY: record})
+        single = load_images([str(tmp_path / name)], (1, 8, 8))
+        assert single.shape == (1, 1, 8, 8)
+        assert torch.equal(single, load_images([str(tmp_path / "resized.png")], (1, 8, 8)))
+    # a grid of images of another size is refused naming the file
+    layout = {"count": 1, "columns": 1, "height": 4, "width": 4, "scale": 4, "pad": 0}
+    write_png(tmp_path / "small.png", picture, text={GRID_KEY: json.dumps(layout)})
+    with pytest.raises(ValueError, match="small.png is a grid of 4×4 images; the model needs 8×8"):
+        load_images([str(tmp_path / "small.png")], (1, 8, 8))
 
 
 def test_cli_sample_then_exact_encode(tmp_path, capsys):

@@ -323,7 +323,11 @@ class InverseOf(Solver):
         found = invert_into_zero(
             _Tap(f, state), s1, x, max_iter=self.max_iter, memory=self.memory, **criteria
         )
-        self._finish(state, 0.0, s1, criteria, found, before=0)
+        # more steps lower σ₁ only on grids that do not start at the schedule's σ_min already
+        # (trailing spacing starts at σ(T/S - 1))
+        schedule = getattr(getattr(f, "model", f), "schedule", None)
+        lowest = schedule is not None and s1 <= schedule.sigma_min * (1 + 1e-9)
+        self._finish(state, 0.0, s1, criteria, found, before=0, more_steps=not lowest)
         return found.y, state
 
     def step(
@@ -411,8 +415,10 @@ class InverseOf(Solver):
         criteria: dict[str, Any],
         found: FixedPoint,
         before: int,
+        more_steps: bool = True,
     ) -> None:
-        """Record the step σ ``s0`` → ``s1``; raise if a sample missed the tolerance."""
+        """Record the step σ ``s0`` → ``s1``; raise if a sample missed the tolerance (offering
+        more steps if ``more_steps``: they change this step)."""
         tol = criteria["accept"] or criteria["tol"]
         most = int(found.iterations.max())
         state.iterations += most
@@ -433,15 +439,14 @@ class InverseOf(Solver):
             accept = f"accept this residual (tol={meets:g}; CLI --tol), "
         else:
             accept = ""
-        # the step out of σ = 0 ends at σ₁, the schedule's σ_min, whatever the number of steps
-        more_steps = "" if s0 == 0.0 else "more steps (steps=; CLI --steps), "
+        steps = "more steps (steps=; CLI --steps), " if more_steps else ""
         raise InversionError(
             f"exact inversion of {self.solver!r} did not converge on the step σ {s0:.6g} -> {s1:.6g} for "
             f"sample {worst} ({failed.numel()} of {found.residual.numel()} samples): residual "
             f"{residual:.3g} (relative; {float(absolute[worst]):.3g} in x) after "
             f"{int(found.iterations[worst])} iterations, above tol {tol:.3g}"
             + (f" and {FLOOR_FACTOR:g} times the round-off floor {floor:.3g}" if self.tol is None else "")
-            + f". Options: {more_steps}more iterations (max_iter={self.max_iter} now; CLI "
+            + f". Options: {steps}more iterations (max_iter={self.max_iter} now; CLI "
             f"--max-iter), {accept}or method='reverse' (CLI --method reverse)",
             sample=worst,
             sigma=s0,
