@@ -93,8 +93,10 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
     assert isinstance(err, ValueError) and 0 <= err.sample < 4 and err.residual > TARGET[F32]
     assert err.sigma == pytest.approx(0.0100005, rel=1e-4)
     message = str(err)
-    for option in ("steps=", "max_iter=500", "--max-iter", "tol=", "--tol", "method='reverse'"):
+    for option in ("steps=", "--steps", "tol=", "--tol", "method='reverse'", "--method reverse"):
         assert option in message
+    # the sample stopped improving before the iteration limit: more iterations are not offered
+    assert err.sample >= 0 and "(where it stopped improving)" in message and "--max-iter" not in message
     # the tolerance it suggests is the residual reached, rounded up to one significant digit
     tol = float(message.split("tol=")[1].split(";")[0])
     assert err.residual <= tol <= 2 * err.residual
@@ -103,7 +105,8 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
         encode(model, schedule, held_out, steps=10, method="exact", max_iter=2)
     message = str(caught.value)
     assert caught.value.sigma == 0.0 and "steps=" not in message and "--steps" not in message
-    assert "--max-iter" in message and "--method reverse" in message
+    # stopped by the limit, not by stagnation: more iterations are offered
+    assert "max_iter=2 now; CLI --max-iter" in message and "--method reverse" in message
     # a trailing grid starts above σ_min, and more steps lower its first σ: they are offered
     with pytest.raises(InversionError) as caught:
         encode(model, schedule, held_out, steps=10, timesteps="trailing", method="exact", max_iter=2)
@@ -278,7 +281,7 @@ def test_cli_sample_then_exact_encode(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--max-iter" in err[0] and "--tol" in err[0]
+    assert len(err) == 1 and "--tol" in err[0] and "--method reverse" in err[0]
     # --tol with the default --method reverse was ignored without a word
     assert main(["encode", str(images), "--tol", "1e-3", "--out", str(tmp_path / "z4.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -440,14 +440,19 @@ class InverseOf(Solver):
         else:
             accept = ""
         steps = "more steps (steps=; CLI --steps), " if more_steps else ""
+        # a sample stopped by the iteration limit may go on converging; one that stopped
+        # improving before it (stagnation) does not, however many iterations it is allowed
+        iterations = int(found.iterations[worst])
+        limited = iterations >= self.max_iter
+        stopped = "" if limited else " (where it stopped improving)"
+        more = f"more iterations (max_iter={self.max_iter} now; CLI --max-iter), " if limited else ""
         raise InversionError(
             f"exact inversion of {self.solver!r} did not converge on the step σ {s0:.6g} -> {s1:.6g} for "
             f"sample {worst} ({failed.numel()} of {found.residual.numel()} samples): residual "
             f"{residual:.3g} (relative; {float(absolute[worst]):.3g} in x) after "
-            f"{int(found.iterations[worst])} iterations, above tol {tol:.3g}"
+            f"{iterations} iterations{stopped}, above tol {tol:.3g}"
             + (f" and {FLOOR_FACTOR:g} times the round-off floor {floor:.3g}" if self.tol is None else "")
-            + f". Options: {steps}more iterations (max_iter={self.max_iter} now; CLI "
-            f"--max-iter), {accept}or method='reverse' (CLI --method reverse)",
+            + f". Options: {steps}{more}{accept}or method='reverse' (CLI --method reverse)",
             sample=worst,
             sigma=s0,
             sigma_next=s1,
