@@ -262,7 +262,8 @@ def prepare_run_folder(
     """Check (and create) the output folder of a training run before any work starts.
 
     A new run needs a missing or empty folder; ``overwrite`` starts one in a folder that holds a
-    checkpoint or other files (removing the old checkpoint's files, leaving the others);
+    checkpoint or other files (the old checkpoint's files stay until the new run's checkpoints
+    replace them, each atomically, so an interrupted new run leaves the old one resumable);
     ``resume`` needs a folder holding the training state of a run. ``ValueError`` otherwise,
     offering ``--resume`` only for runs that can resume (``resumable``).
     """
@@ -290,9 +291,6 @@ def prepare_run_folder(
             f"out={str(folder)!r} already holds {what}; {resume_it}--overwrite to start a new one "
             "there, or another folder"
         )
-    if overwrite:
-        for name in (TRAINING_STATE, WEIGHTS, CONFIG):
-            (folder / name).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -345,9 +345,11 @@ def _train(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         progress=not args.no_progress,
     )
+    # the loss is logged as means over windows of 100 steps from the start; the last may be shorter
+    window = (config.steps - 1) % 100 + 1
     print(
         f"trained {config.architecture} on {config.dataset}: {config.steps} steps in {result.seconds:.1f}s; "
-        f"train loss (last {min(100, config.steps)} steps) {result.losses[-1]:.4f}, "
+        f"train loss (last {window} steps) {result.losses[-1]:.4f}, "
         f"test loss {result.test_loss:.4f}"
     )
     print(f"wrote {args.out}")
@@ -876,7 +878,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # outputs are written atomically: an interrupted command leaves no partial file
-        print("diffode: interrupted; no partial output was written", file=sys.stderr)
+        print(
+            "diffode: interrupted; no file was left half-written (train: --resume continues from the "
+            "last checkpoint; sample --outdir: run it again to resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -25,10 +25,38 @@ from diffode.validation import describe
 _F64 = torch.float64
 
 
-def _sigma_like(sigma: Sigma, x: Tensor) -> Tensor:
-    """σ as float64 on x's device, shaped to broadcast against x (one σ per sample allowed)."""
+SIGMA_LIMIT = 1e150
+"""The largest σ (and data standard deviation) an oracle takes: squares stay finite in float64."""
+
+
+def _sigma(sigma: Sigma, x: Tensor, name: str = "sigma") -> Tensor:
+    """σ as float64 on x's device, checked: finite, in [0, :data:`SIGMA_LIMIT`] (the exact
+    formulas square it)."""
     s = torch.as_tensor(sigma, dtype=_F64, device=x.device)
+    if not bool(((s >= 0) & (s <= SIGMA_LIMIT)).all()):  # False for NaN
+        raise ValueError(
+            f"{name} must be finite and in [0, {SIGMA_LIMIT:g}] for an oracle, got {describe(s)}"
+        )
+    return s
+
+
+def _sigma_like(sigma: Sigma, x: Tensor, name: str = "sigma") -> Tensor:
+    """:func:`_sigma`, shaped to broadcast against x (one σ per sample allowed)."""
+    s = _sigma(sigma, x, name)
     return s.reshape(-1, *([1] * (x.ndim - 1))) if s.ndim > 0 else s
+
+
+def _check_stds(stds: Tensor, name: str) -> None:
+    """Data standard deviations: finite, positive, with squares that are normal float64 numbers."""
+    if not bool(((stds >= 1.0 / SIGMA_LIMIT) & (stds <= SIGMA_LIMIT)).all()):
+        raise ValueError(
+            f"{name} must be finite and in [{1 / SIGMA_LIMIT:g}, {SIGMA_LIMIT:g}], got {describe(stds)}"
+        )
+
+
+def _check_finite(values: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} must be finite, got {describe(values)}")
 
 
 class Oracle(ABC):
@@ -45,8 +73,9 @@ class Oracle(ABC):
         """``n`` draws from the data distribution, float64 of shape ``(n, *event_shape)``."""
 
     @abstractmethod
-    def log_prob(self, x0: Tensor, sigma: float = 0.0) -> Tensor:
-        """log p_σ(x̄) of the x̄-space marginal at noise level σ (σ = 0: the data), shape ``(batch,)``."""
+    def log_prob(self, x0: Tensor, sigma: Sigma = 0.0) -> Tensor:
+        """log p_σ(x̄) of the x̄-space marginal at noise level σ (σ = 0: the data; one σ per sample
+        allowed), shape ``(batch,)``."""
 
     def __call__(self, sigma: Sigma, xbar: Tensor) -> Tensor:
         """The oracle as a σ-space field f(σ, x̄) = ε*(x̄, σ), with no schedule involved."""
@@ -71,8 +100,10 @@ class Gaussian(Oracle):
         self.mean = torch.as_tensor(mean, dtype=_F64)
         if self.mean.ndim == 0:
             self.mean = self.mean.reshape(1)
-        if not std > 0 or not math.isfinite(std):
-            raise ValueError(f"std must be a finite number > 0, got {std!r}")
+        _check_finite(self.mean, "mean")
+        if isinstance(std, bool) or not isinstance(std, (int, float)):
+            raise TypeError(f"std must be a number, got {type(std).__name__}")
+        _check_stds(torch.tensor(float(std), dtype=_F64), "std")
         self.std = float(std)
         self.event_shape = self.mean.shape
 
@@ -84,7 +115,7 @@ class Gaussian(Oracle):
 
     def flow(self, xbar: Tensor, sigma_from: Sigma, sigma_to: Sigma) -> Tensor:
         """The exact ODE solution: x̄ at σ = ``sigma_to`` from x̄ at ``sigma_from`` (dtype of ``xbar``)."""
-        s0, s1 = _sigma_like(sigma_from, xbar), _sigma_like(sigma_to, xbar)
+        s0, s1 = _sigma_like(sigma_from, xbar, "sigma_from"), _sigma_like(sigma_to, xbar, "sigma_to")
         mu = self.mean.to(xbar.device)
         ratio = torch.sqrt((self.std**2 + s1 * s1) / (self.std**2 + s0 * s0))
         return (mu + (xbar.to(_F64) - mu) * ratio).to(xbar.dtype)
@@ -93,12 +124,12 @@ class Gaussian(Oracle):
         z = torch.randn((n, *self.event_shape), generator=generator, dtype=_F64)
         return self.mean + self.std * z
 
-    def log_prob(self, x0: Tensor, sigma: float = 0.0) -> Tensor:
-        var = self.std**2 + sigma**2
-        d = x0.to(_F64) - self.mean.to(x0.device)
-        dims = math.prod(self.event_shape)
-        sq = d.reshape(d.shape[0], -1).pow(2).sum(1)
-        return -0.5 * (sq / var + dims * math.log(2 * math.pi * var))
+    def log_prob(self, x0: Tensor, sigma: Sigma = 0.0) -> Tensor:
+        s = _sigma(sigma, x0)
+        var = self.std**2 + s * s  # a scalar, or one per sample
+        # a scalar mean broadcasts over the sample: the dimension is the data's, not the mean's
+        d = (x0.to(_F64) - self.mean.to(x0.device)).reshape(x0.shape[0], -1)
+        return -0.5 * (d.pow(2).sum(1) / var + d.shape[1] * torch.log(2 * math.pi * var))
 
 
 class GaussianMixture(Oracle):
@@ -109,27 +140,31 @@ class GaussianMixture(Oracle):
         self.means = torch.as_tensor(means, dtype=_F64)
         self.stds = torch.as_tensor(stds, dtype=_F64)
         k = self.weights.numel()
-        if self.weights.ndim != 1 or (self.weights <= 0).any():
+        if self.weights.ndim != 1 or not bool(((self.weights > 0) & torch.isfinite(self.weights)).all()):
             raise ValueError(
-                f"weights must be a 1-D tensor of positive numbers, got {describe(self.weights)}"
+                f"weights must be a 1-D tensor of finite positive numbers, got {describe(self.weights)}"
             )
         if self.means.ndim < 2 or self.means.shape[0] != k:
             raise ValueError(f"means must have shape (K={k}, *event_shape), got {tuple(self.means.shape)}")
-        if self.stds.shape != (k,) or (self.stds <= 0).any():
-            raise ValueError(f"stds must have shape ({k},) with positive entries, got {describe(self.stds)}")
+        _check_finite(self.means, "means")
+        if self.stds.shape != (k,):
+            raise ValueError(f"stds must have shape ({k},), got {describe(self.stds)}")
+        _check_stds(self.stds, "stds")
         self.weights = self.weights / self.weights.sum()
         self.event_shape = self.means.shape[1:]
 
     @classmethod
     def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
         """K equal-weight 2-D components on a circle, the usual toy benchmark."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer (components), got {k!r}")
         angles = torch.arange(k, dtype=_F64) * (2 * math.pi / k)
         means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
         return cls(torch.ones(k, dtype=_F64), means, torch.full((k,), std, dtype=_F64))
 
     def _component_terms(self, sigma: Sigma, xbar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(x̄ - μ_k, c_k² + σ², log posterior weights), shapes (B,K,D), (B,K,1), (B,K)."""
-        s = torch.as_tensor(sigma, dtype=_F64, device=xbar.device).reshape(-1, 1)  # (B or 1, 1)
+        s = _sigma(sigma, xbar).reshape(-1, 1)  # (B or 1, 1)
         flat = xbar.to(_F64).reshape(xbar.shape[0], 1, -1)  # (B, 1, D)
         mu = self.means.to(xbar.device).reshape(1, self.means.shape[0], -1)  # (1, K, D)
         var = self.stds.to(xbar.device) ** 2 + s * s  # (B or 1, K)
@@ -155,6 +190,6 @@ class GaussianMixture(Oracle):
         std = self.stds[k].reshape(-1, *([1] * len(self.event_shape)))
         return self.means[k] + std * z
 
-    def log_prob(self, x0: Tensor, sigma: float = 0.0) -> Tensor:
+    def log_prob(self, x0: Tensor, sigma: Sigma = 0.0) -> Tensor:
         _, _, logits = self._component_terms(sigma, x0)
         return torch.logsumexp(logits, dim=1)

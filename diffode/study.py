@@ -214,10 +214,17 @@ def empirical_order(steps: Sequence[float], errors: Sequence[float]) -> float:
     """Least-squares slope of log(error) against log(steps): about -p for a method of order p
     in its asymptotic range (above round-off)."""
     s, e = np.asarray(steps, dtype=float), np.asarray(errors, dtype=float)
-    if s.size < 2 or s.shape != e.shape or (s <= 0).any() or (e <= 0).any():
+    if (
+        s.size < 2
+        or s.shape != e.shape
+        or not (np.isfinite(s).all() and np.isfinite(e).all())
+        or (s <= 0).any()
+        or (e <= 0).any()
+        or np.unique(s).size < 2
+    ):
         raise ValueError(
-            f"empirical_order needs at least two (steps, error) pairs of positive numbers, got {list(s)} "
-            f"and {list(e)}"
+            f"empirical_order needs at least two (steps, error) pairs of finite positive numbers, with two "
+            f"step counts that differ, got {list(s)} and {list(e)}"
         )
     return float(np.polyfit(np.log(s), np.log(e), 1)[0])
 
@@ -273,7 +280,13 @@ def _resolve(reference: Reference, f: VectorField, x: Tensor, grid: Tensor) -> T
                 f"reference must have the state's shape {tuple(x.shape)}, got {tuple(reference.shape)}"
             )
         return reference
-    return reference(x, grid)
+    solution = reference(x, grid)
+    if not isinstance(solution, Tensor) or solution.shape != x.shape:
+        got = tuple(solution.shape) if isinstance(solution, Tensor) else type(solution).__name__
+        raise ValueError(
+            f"reference(x, grid) must return a tensor of the state's shape {tuple(x.shape)}, got {got}"
+        )
+    return solution
 
 
 __all__ = [

@@ -21,6 +21,8 @@ an uninterrupted run reaches.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -243,7 +245,8 @@ def _resumable_fields(config: TrainConfig) -> dict[str, Any]:
 
 
 def _check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
-    given = _resumable_fields(config)
+    # compared as stored: JSON turns the tuples of a config (channels=(16, 32)) into lists
+    given = json.loads(json.dumps(_resumable_fields(config)))
     # a field added since the run started (conditional, label_dropout) had its default then
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     differ = [k for k in given if saved.get(k, defaults.get(k)) != given[k]]
@@ -284,12 +287,13 @@ def train(
             ``overwrite``); ``resume`` without a checkpoint to continue, or with a config that
             differs from the checkpointed run's. Nothing is created in ``out`` then.
     """
-    # the network first (it is cheap): a config it refuses leaves no output folder behind
+    # the network and the schedule first (they are cheap): a config they refuse leaves no output
+    # folder behind
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.architecture, config.model).to(device)
-    folder = prepare_run_folder(out, resume=resume, overwrite=overwrite) if out is not None else None
     schedule = schedule_from_checkpoint_config(config.schedule)
+    folder = prepare_run_folder(out, resume=resume, overwrite=overwrite) if out is not None else None
     data = load_dataset(config.dataset, split="train", n=config.n_points, seed=config.seed)
     test = load_dataset(config.dataset, split="test", n=min(config.n_points, 2000), seed=config.seed)
     labels = load_labels(config.dataset, split="train").to(device) if config.conditional else None
@@ -326,7 +330,21 @@ def train(
     def elapsed() -> float:
         return seconds_before + time.perf_counter() - start
 
+    def check_finite(step: int) -> None:
+        """Refuse to go on (or to save) once the loss is no longer finite: the weights are then
+        garbage, and a model that samples NaN must not be written as a result."""
+        finite = all(math.isfinite(v) for v in losses[-1:])
+        if recent:
+            finite = finite and bool(torch.isfinite(torch.stack(recent)).all())
+        if not finite:
+            raise ValueError(
+                f"training diverged: the loss was not finite by step {step}; the checkpoint in the output "
+                f"folder (if any) is from before. Lower the learning rate (lr={config.lr:g} now; CLI --lr) "
+                "or raise the warmup"
+            )
+
     def checkpoint(step: int) -> None:
+        check_finite(step)
         if folder is None:
             return
         # the training state first: it alone is read on resume, and each file is replaced
@@ -385,6 +403,7 @@ def train(
         if len(recent) == log_every or step == config.steps - 1:
             losses.append(float(torch.stack(recent).mean()))
             recent.clear()
+            check_finite(step + 1)
         done = step + 1
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
             checkpoint(done)

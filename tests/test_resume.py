@@ -163,3 +163,37 @@ def test_a_damaged_training_state_is_a_value_error(tmp_path):
     save_file(load_file(path), path, metadata={key: json.dumps(info)})
     with pytest.raises(ValueError, match="has no 'config' field"):
         train(_tiny(steps=6, checkpoint_every=3), tmp_path / "a", progress=False, resume=True)
+
+
+def test_a_diverging_run_is_refused_and_overwrite_keeps_the_old_checkpoint_until_replaced(tmp_path):
+    # a learning rate of 1e4 sends the loss to NaN within 10 steps: the run stops with a
+    # ValueError naming the option instead of writing a model that samples NaN (it exited 0)
+    out = tmp_path / "run"
+    train(_tiny(steps=3), out, progress=False)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match=r"training diverged: .*lr=10000 now; CLI --lr"):
+        train(_tiny(steps=40, lr=1e4), out, progress=False, overwrite=True, log_every=10)
+    # --overwrite removed the old checkpoint before the new run had one; now it stays until
+    # the new run's checkpoints replace it
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    # a schedule it refuses is found before the folder is touched
+    bad = TrainConfig(dataset="moons", steps=3, schedule={"name": "linear", "T": 1})
+    with pytest.raises(ValueError, match="T must be at least 2"):
+        train(bad, out, progress=False, overwrite=True)
+    with pytest.raises(ValueError, match="T must be at least 2"):
+        train(bad, tmp_path / "new", progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old and not (tmp_path / "new").exists()
+
+
+def test_a_config_with_tuples_resumes(tmp_path):
+    # the stored config is JSON, where (8, 16) became [8, 16]: resuming compared them unequal
+    model = {"hidden": 16, "depth": 1, "emb_dim": 8}
+    config = TrainConfig(
+        dataset="moons", batch_size=16, n_points=64, model=model, steps=4, checkpoint_every=2
+    )
+    train(config, tmp_path / "a", progress=False)
+    digits = TrainConfig(
+        dataset="digits", steps=2, batch_size=4, model={"channels": (8, 8)}, checkpoint_every=1
+    )
+    train(digits, tmp_path / "b", progress=False)
+    train(digits, tmp_path / "b", progress=False, resume=True)

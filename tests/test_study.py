@@ -142,6 +142,17 @@ def test_bad_input():
         study.empirical_order([10], [0.1])
     with pytest.raises(ValueError, match="empirical_order needs at least two"):
         study.empirical_order([10, 20], [0.1, 0.0])
+    # NaN, inf and a single step count gave nan or a meaningless slope
+    for steps, errors in (
+        ([10, 20], [math.nan, 1e-3]),
+        ([10, 20], [math.inf, 1e-3]),
+        ([10, 10], [1e-2, 1e-3]),
+    ):
+        with pytest.raises(ValueError, match="empirical_order needs at least two"):
+            study.empirical_order(steps, errors)
+    # a callable reference of the wrong shape was broadcast against the state
+    with pytest.raises(ValueError, match=r"must return a tensor of the state's shape \(2, 2\), got \(2,\)"):
+        study.measure(GAUSS, x, grid(3), "euler", reference=lambda a, b: torch.zeros(2, dtype=F64))
     with pytest.raises(ValueError, match="to_markdown needs at least one row"):
         study.to_markdown([])
     with pytest.raises(ValueError, match=r"reference must have the state's shape \(2, 2\), got \(3,\)"):

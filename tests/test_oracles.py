@@ -1,0 +1,94 @@
+"""The oracles against closed forms derived here, and their input checks."""
+
+import math
+
+import pytest
+import torch
+
+from diffode import oracles
+
+F64 = torch.float64
+
+
+def normal_log_prob(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, var I) per sample, written out: -(|x - m|²/var + D log(2π var))/2."""
+    d = (x - mean).reshape(x.shape[0], -1)
+    return -0.5 * (d.pow(2).sum(1) / var + d.shape[1] * torch.log(2 * math.pi * var))
+
+
+def test_a_scalar_mean_log_prob_counts_the_datas_dimensions():
+    # a scalar mean broadcasts over any sample shape; the normalising term is the data's
+    # dimension's (it took the mean's one dimension: off by (D - 1)/2 log(2π var))
+    x = torch.tensor([[0.3, 0.1], [1.0, -2.0]], dtype=F64)
+    for sigma in (0.0, 0.7):
+        var = torch.tensor(0.25 + sigma**2, dtype=F64)
+        want = normal_log_prob(x, torch.tensor(0.3, dtype=F64), var)
+        torch.testing.assert_close(oracles.Gaussian(0.3, 0.5).log_prob(x, sigma), want, rtol=1e-14, atol=0)
+        mixture = oracles.GaussianMixture(
+            torch.ones(1), torch.full((1, 2), 0.3, dtype=F64), torch.tensor([0.5])
+        )
+        torch.testing.assert_close(mixture.log_prob(x, sigma), want, rtol=1e-14, atol=0)
+
+
+def test_gaussian_log_prob_takes_one_sigma_per_sample():
+    gauss = oracles.Gaussian(torch.zeros(2), 1.0)
+    x = torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    sigmas = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=F64)
+    want = normal_log_prob(x, torch.zeros(2, dtype=F64), 1.0 + sigmas**2)
+    torch.testing.assert_close(gauss.log_prob(x, sigmas), want, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        gauss.log_prob(x, sigmas),
+        oracles.GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.ones(1)).log_prob(x, sigmas),
+        rtol=1e-14,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: oracles.Gaussian(math.nan, 1.0), "mean must be finite"),
+        (lambda: oracles.Gaussian(math.inf, 1.0), "mean must be finite"),
+        (lambda: oracles.Gaussian(0.0, 1e-200), "std must be finite and in"),
+        (lambda: oracles.Gaussian(0.0, 1e200), "std must be finite and in"),
+        (
+            lambda: oracles.GaussianMixture(torch.tensor([1.0, math.nan]), torch.zeros(2, 2), torch.ones(2)),
+            "weights",
+        ),
+        (
+            lambda: oracles.GaussianMixture(torch.tensor([1.0, math.inf]), torch.zeros(2, 2), torch.ones(2)),
+            "weights",
+        ),
+        (
+            lambda: oracles.GaussianMixture(torch.ones(2), torch.full((2, 2), math.nan), torch.ones(2)),
+            "means must be finite",
+        ),
+        (
+            lambda: oracles.GaussianMixture(torch.ones(2), torch.zeros(2, 2), torch.tensor([1.0, math.nan])),
+            "stds must be finite",
+        ),
+        (
+            lambda: oracles.GaussianMixture(torch.ones(2), torch.zeros(2, 2), torch.tensor([1e-200, 1.0])),
+            "stds must be finite",
+        ),
+        (lambda: oracles.GaussianMixture.ring(radius=math.nan), "means must be finite"),
+        (lambda: oracles.GaussianMixture.ring(0), "k must be a positive integer"),
+    ],
+)
+def test_bad_parameters_are_refused(build, match):
+    # each of these gave NaN ε later, or an error that did not name the argument
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+@pytest.mark.parametrize("oracle", [oracles.Gaussian(torch.zeros(2), 1.0), oracles.GaussianMixture.ring()])
+def test_sigma_outside_the_oracles_range_is_refused(oracle):
+    x = torch.ones(3, 2, dtype=F64)
+    for sigma in (math.nan, math.inf, -1.0, 1e200, torch.tensor([1.0, -1.0, 1.0])):
+        with pytest.raises(ValueError, match="sigma must be finite and in"):
+            oracle.eps(sigma, x)
+        with pytest.raises(ValueError, match="sigma must be finite and in"):
+            oracle.log_prob(x, sigma)
+    # the ends of the range: ε = 0 at σ = 0; at σ = 1e150, ε = σ(x̄ - μ)/(c² + σ²) stays finite
+    assert torch.equal(oracle.eps(0.0, x), torch.zeros_like(x))
+    assert bool(torch.isfinite(oracle.eps(1e150, x * 1e150)).all())
