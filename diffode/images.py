@@ -167,8 +167,14 @@ def _grid_tiles(name: str, grey: np.ndarray, layout_text: str, h: int, w: int) -
     for i in range(n):
         r, col = divmod(i, columns)
         tile = grey[r * (hs + pad) : r * (hs + pad) + hs, col * (ws + pad) : col * (ws + pad) + ws]
-        tiles.append(tile.astype(np.float64).reshape(h, scale, w, scale).mean(axis=(1, 3)))
-    return np.round(np.stack(tiles)).astype(np.uint8)
+        tiles.append(_block_mean(tile, h, w))
+    return np.stack(tiles)
+
+
+def _block_mean(grey: np.ndarray, h: int, w: int) -> np.ndarray:
+    """A grey picture ``(h·f, w·f)`` reduced to uint8 ``(h, w)`` by averaging f × f blocks."""
+    f = grey.shape[0] // h
+    return np.round(grey.astype(np.float64).reshape(h, f, w, f).mean(axis=(1, 3))).astype(np.uint8)
 
 
 def _one_line(err: BaseException) -> str:
@@ -231,8 +237,7 @@ def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -
                     f"{name} is a {grey.shape[0]}×{grey.shape[1]} grey PNG; the model needs {c}×{h}×{w} "
                     "images (a grey PNG of that size or a multiple of it, or an .npz)"
                 )
-            small = grey.reshape(h, fy, w, fx).mean(axis=(1, 3))
-            batches.append(from_uint8(np.round(small).astype(np.uint8)[None, :, :, None]))
+            batches.append(from_uint8(_block_mean(grey, h, w)[None, :, :, None]))
         else:
             raise ValueError(f"images must be .png or .npz files, got {str(name)!r}")
     images = torch.cat(batches) if batches else torch.zeros(0, c, h, w)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from diffode.field import Model, Sigma
 from diffode.schedule import Schedule
-from diffode.validation import describe
+from diffode.validation import describe, require_finite
 
 _F64 = torch.float64
 
@@ -52,11 +52,6 @@ def _check_stds(stds: Tensor, name: str) -> None:
         raise ValueError(
             f"{name} must be finite and in [{1 / SIGMA_LIMIT:g}, {SIGMA_LIMIT:g}], got {describe(stds)}"
         )
-
-
-def _check_finite(values: Tensor, name: str) -> None:
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError(f"{name} must be finite, got {describe(values)}")
 
 
 class Oracle(ABC):
@@ -100,7 +95,7 @@ class Gaussian(Oracle):
         self.mean = torch.as_tensor(mean, dtype=_F64)
         if self.mean.ndim == 0:
             self.mean = self.mean.reshape(1)
-        _check_finite(self.mean, "mean")
+        require_finite("mean", self.mean)
         if isinstance(std, bool) or not isinstance(std, (int, float)):
             raise TypeError(f"std must be a number, got {type(std).__name__}")
         _check_stds(torch.tensor(float(std), dtype=_F64), "std")
@@ -146,7 +141,7 @@ class GaussianMixture(Oracle):
             )
         if self.means.ndim < 2 or self.means.shape[0] != k:
             raise ValueError(f"means must have shape (K={k}, *event_shape), got {tuple(self.means.shape)}")
-        _check_finite(self.means, "means")
+        require_finite("means", self.means)
         if self.stds.shape != (k,):
             raise ValueError(f"stds must have shape ({k},), got {describe(self.stds)}")
         _check_stds(self.stds, "stds")
