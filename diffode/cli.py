@@ -66,6 +66,10 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+# torch's CPU generator keeps 32 bits of a seed: 2**32 would repeat seed 0
+_SEED = _int_in(0, 2**32 - 1)
+
+
 def _levels(text: str) -> int:
     """An argparse type: a number of quantisation levels, 0 (continuous data) or at least 2."""
     value = _int_in(0)(text)
@@ -322,7 +326,7 @@ def _train(args: argparse.Namespace) -> int:
     model: dict[str, object] = {}
     if args.channels:
         model["channels"] = _int_list("--channels", args.channels)
-    if args.hidden:
+    if args.hidden is not None:
         model["hidden"] = args.hidden
     config = TrainConfig(
         dataset=args.dataset,
@@ -626,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--n", type=_int_in(2, MAX_DEMO_POINTS), default=4000, help="number of samples (default: 4000)"
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=_SEED, default=0, help="random seed, below 2**32 (default: 0)")
     demo.add_argument("--out", default="gmm.png", help="scatter plot PNG ('' to skip; default: gmm.png)")
     _add_overwrite(demo)
     demo.set_defaults(run=_demo)
@@ -690,9 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     trn.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     trn.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (default: 0.999)")
-    trn.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    trn.add_argument("--seed", type=_SEED, default=0, help="random seed, below 2**32 (default: 0)")
     trn.add_argument("--channels", default="", help="UNet widths per resolution (digits; default 16,32,32)")
-    trn.add_argument("--hidden", type=int, default=0, help="MLP width (2-D sets; default 128)")
+    trn.add_argument("--hidden", type=_int_in(1), default=None, help="MLP width (2-D sets; default 128)")
     trn.add_argument(
         "--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: end only)"
     )
@@ -722,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cls.add_argument("--out", required=True, help="checkpoint folder")
     cls.add_argument("--steps", type=_int_in(1), default=3000, help="optimiser steps (default: 3000)")
-    cls.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    cls.add_argument("--seed", type=_SEED, default=0, help="random seed, below 2**32 (default: 0)")
     _add_overwrite(cls)
     cls.add_argument("--no-progress", action="store_true", help="no progress bar")
     cls.set_defaults(run=_train_classifier)

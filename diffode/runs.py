@@ -147,13 +147,14 @@ def _parse_ranges(text: str, option: str, what: str, verb: str, limit: int) -> l
         for part in text.split(","):
             first, sep, last = part.strip().partition("-")
             low, high = int(first), int(last) if sep else int(first)
-            # a seed is a torch.Generator seed: a non-negative int64
-            if low < 0 or high < low or high >= 2**63:
+            # a seed is a torch.Generator seed, of which the CPU generator keeps 32 bits: 2**32 would
+            # draw the noise of seed 0
+            if low < 0 or high < low or high >= 2**32:
                 raise ValueError
             bounds.append((low, high))
     except ValueError:
         raise ValueError(
-            f"{option} must be non-negative integers below 2**63 and ranges like 0-63 or 3,7,10-12, "
+            f"{option} must be non-negative integers below 2**32 and ranges like 0-63 or 3,7,10-12, "
             f"got {text!r}"
         ) from None
     count = sum(high - low + 1 for low, high in bounds)

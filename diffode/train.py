@@ -114,7 +114,7 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         require_int("warmup", self.warmup, low=0)
-        require_int("seed", self.seed, low=0)
+        require_int("seed", self.seed, low=0, high=2**32 - 1)
         require_int("n_points", self.n_points, low=1)
         require_int("checkpoint_every", self.checkpoint_every, low=0)
         if not isinstance(self.conditional, bool):
@@ -321,7 +321,13 @@ def train(
         }
         check_fields(state.info, required, folder / TRAINING_STATE)
         _check_resumable(config, state.info["config"], folder)
-        state.restore(model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, generator=generator)
+        try:
+            state.restore(model=model, ema=ema, optimizer=optimizer, scheduler=scheduler, generator=generator)
+        except (KeyError, TypeError, RuntimeError) as err:  # fields check_fields does not reach
+            raise ValueError(
+                f"{folder / TRAINING_STATE}: the training state is damaged ({type(err).__name__}: {err}); "
+                "start the run again with --overwrite"
+            ) from None
         first, seconds_before = state.info["step"], state.info["seconds"]
         losses = list(state.info["losses"])
         recent = [torch.tensor(v, device=device) for v in state.info["recent"]]

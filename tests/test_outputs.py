@@ -192,8 +192,8 @@ def test_overwrite_replaces_an_existing_output(tmp_path, capsys):
     "argv, message",
     [
         (
-            ["sample", "--seeds", "0-999999999999"],
-            "--seeds names 1000000000000 seeds; one run samples at most",
+            ["sample", "--seeds", "0-3999999999"],
+            "--seeds names 4000000000 seeds; one run samples at most",
         ),
         (["interpolate", "--seeds", "1,2", "--frames", "10001"], "argument --frames: must be at most 10000"),
         (["sample", "--scale", "1000"], "argument --scale: must be at most 64"),

@@ -197,3 +197,22 @@ def test_a_config_with_tuples_resumes(tmp_path):
     )
     train(digits, tmp_path / "b", progress=False)
     train(digits, tmp_path / "b", progress=False, resume=True)
+
+
+def test_a_damaged_training_state_is_one_clear_error(tmp_path):
+    # fields that check_fields does not reach raised KeyError or RuntimeError (a traceback)
+    from diffode.checkpoint import save_training_state
+
+    out = tmp_path / "run"
+    train(_tiny(steps=10, checkpoint_every=5), out, progress=False)
+    good = load_training_state(out)
+    for damage in ("scheduler", "optimizer", "generator"):
+        state = load_training_state(out)
+        if damage == "generator":
+            state.tensors["rng/generator"] = state.tensors["rng/generator"][:10]
+        else:
+            state.info[damage] = {}
+        save_training_state(out, state)
+        with pytest.raises(ValueError, match="training_state.safetensors: the training state is damaged"):
+            train(_tiny(steps=10, checkpoint_every=5), out, progress=False, resume=True)
+        save_training_state(out, good)
