@@ -31,6 +31,7 @@ from diffode.solve import StepInfo
 from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.runge_kutta import RungeKutta
+from diffode.validation import SEED_LIMIT
 
 MAX_FRAMES = 10_000
 """The most frames ``interpolate`` decodes in one run."""
@@ -66,8 +67,7 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-# torch's CPU generator keeps 32 bits of a seed: 2**32 would repeat seed 0
-_SEED = _int_in(0, 2**32 - 1)
+_SEED = _int_in(0, SEED_LIMIT - 1)
 
 
 def _levels(text: str) -> int:

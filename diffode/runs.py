@@ -34,7 +34,7 @@ from diffode.sampling import sample
 from diffode.schedule import Schedule
 from diffode.solve import StepInfo
 from diffode.solvers.base import Solver
-from diffode.validation import require_device
+from diffode.validation import SEED_LIMIT, require_device
 
 MAX_SEEDS = 1_000_000
 """The most seeds one run samples (``parse_seeds`` refuses more before expanding them)."""
@@ -147,9 +147,7 @@ def _parse_ranges(text: str, option: str, what: str, verb: str, limit: int) -> l
         for part in text.split(","):
             first, sep, last = part.strip().partition("-")
             low, high = int(first), int(last) if sep else int(first)
-            # a seed is a torch.Generator seed, of which the CPU generator keeps 32 bits: 2**32 would
-            # draw the noise of seed 0
-            if low < 0 or high < low or high >= 2**32:
+            if low < 0 or high < low or high >= SEED_LIMIT:
                 raise ValueError
             bounds.append((low, high))
     except ValueError:

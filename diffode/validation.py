@@ -13,6 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+SEED_LIMIT = 2**32
+"""Seeds are below this: torch's CPU generator keeps 32 bits of a seed, so 2**32 would repeat
+seed 0 (its draws, the noise of a sample, a training run)."""
+
 
 def describe(value: Any, limit: int = 8) -> str:
     """A short, readable rendering of ``value`` for error messages."""
