@@ -218,8 +218,9 @@ def load_checkpoint(
     dtype = require_floating_dtype("dtype", dtype)
     config = read_config(folder)
     where = Path(folder) / CONFIG
+    architecture, settings = _field(config, "architecture", str, where), _field(config, "model", dict, where)
     try:
-        model = build_model(_field(config, "architecture", str, where), _field(config, "model", dict, where))
+        model = build_model(architecture, settings)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
     prediction = _field(config, "prediction", str, where) if "prediction" in config else "epsilon"

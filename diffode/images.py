@@ -127,18 +127,21 @@ def _read_png(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, str]]
     """:func:`read_png`, and the file's PNG text chunks."""
     try:
         with Image.open(path) as picture:
-            if picture.format != "PNG":
-                raise ValueError(f"{path} is a {picture.format} file, not a PNG")
-            picture.load()
-            text = {str(k): str(v) for k, v in getattr(picture, "text", {}).items()}
-            if picture.mode.startswith("I"):
-                # 16-bit grey ("I;16", or "I" from older Pillows): convert("L") clips at 255
-                # instead of scaling, so scale 0…65535 to 0…255 here
-                wide = np.asarray(picture, dtype=np.float64)
-                return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), text
-            return np.asarray(picture.convert("L")), text
-    except (OSError, SyntaxError) as err:  # Pillow reports broken files as OSError (or SyntaxError)
+            found = picture.format
+            if found == "PNG":
+                picture.load()
+                text = {str(k): str(v) for k, v in getattr(picture, "text", {}).items()}
+                if picture.mode.startswith("I"):
+                    # 16-bit grey ("I;16", or "I" from older Pillows): convert("L") clips at 255
+                    # instead of scaling, so scale 0…65535 to 0…255 here
+                    wide = np.asarray(picture, dtype=np.float64)
+                    return np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), text
+                return np.asarray(picture.convert("L")), text
+    except (OSError, SyntaxError, ValueError) as err:
+        # Pillow reports broken files as OSError or SyntaxError, and text chunks beyond its
+        # decompression limit (PngImagePlugin.MAX_TEXT_CHUNK) as ValueError
         raise ValueError(f"{path} is not a readable PNG file ({_one_line(err)})") from None
+    raise ValueError(f"{path} is a {found} file, not a PNG")
 
 
 def _grid_tiles(name: str, grey: np.ndarray, layout_text: str, h: int, w: int) -> np.ndarray | None:

@@ -86,7 +86,9 @@ class RandomEpsNet(nn.Module):
         self, event_shape: Sequence[int], *, hidden: int = 32, lipschitz: float = 0.5, seed: int = 0
     ) -> None:
         super().__init__()
-        self.event_shape = torch.Size(event_shape)
+        if isinstance(event_shape, (str, bytes)) or not isinstance(event_shape, Sequence):
+            raise TypeError(f"event_shape must be a sequence of ints such as (1, 8, 8), got {event_shape!r}")
+        self.event_shape = torch.Size(require_int("event_shape entries", n, low=1) for n in event_shape)
         dims = math.prod(self.event_shape)
         require_int("hidden", hidden, low=1)
         self.lipschitz = require_positive("lipschitz", lipschitz)
@@ -155,6 +157,8 @@ def sigma_grids(
         raise ValueError(f"direction must be 'decreasing' or 'increasing', got {direction!r}")
     if final_zero and direction == "increasing":
         raise ValueError("final_zero=True needs direction='decreasing': encoding grids never start at 0")
+    require_int("min_size", min_size, low=1)
+    require_int("max_size", max_size, low=min_size)
     require_positive("sigma_min", sigma_min)
     if not sigma_max > sigma_min:
         raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_min} and {sigma_max}")

@@ -38,6 +38,15 @@ def test_format_version_of_the_wrong_type_is_named(folder, version):
         load_checkpoint(folder)
 
 
+@pytest.mark.parametrize("key", ["architecture", "model"])
+def test_a_field_of_the_wrong_type_names_its_file_once(folder, key):
+    # the file was named twice ("…/config.json: …/config.json: field 'model' …")
+    _edit(folder, lambda c: c.update({key: None}))
+    with pytest.raises(ValueError, match=f"field '{key}' must be") as info:
+        load_checkpoint(folder)
+    assert str(info.value).count("config.json") == 1
+
+
 def test_weights_that_do_not_fit_report_the_whole_mismatch(folder):
     _edit(folder, lambda c: c["model"].update(hidden=16, depth=3))
     with pytest.raises(ValueError, match="model.safetensors do not fit the architecture in") as info:

@@ -82,6 +82,16 @@ def test_bad_parameters_are_refused(build, match):
 
 
 @pytest.mark.parametrize("oracle", [oracles.Gaussian(torch.zeros(2), 1.0), oracles.GaussianMixture.ring()])
+def test_sample_counts_are_validated(oracle):
+    # a negative count reached torch ("negative dimension"), a float one its argument parser
+    with pytest.raises(ValueError, match="n must be at least 1, got -1"):
+        oracle.sample(-1)
+    with pytest.raises(TypeError, match="n must be an int, got"):
+        oracle.sample(2.0)
+    assert oracle.sample(3).shape == (3, 2)
+
+
+@pytest.mark.parametrize("oracle", [oracles.Gaussian(torch.zeros(2), 1.0), oracles.GaussianMixture.ring()])
 def test_sigma_outside_the_oracles_range_is_refused(oracle):
     x = torch.ones(3, 2, dtype=F64)
     for sigma in (math.nan, math.inf, -1.0, 1e200, torch.tensor([1.0, -1.0, 1.0])):

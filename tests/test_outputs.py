@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image, PngImagePlugin
 
 from diffode.atomic import atomic_write
 from diffode.cli import build_parser, main
@@ -56,6 +57,10 @@ def inputs(tmp_path_factory) -> Path:
     (folder / "notzip.npz").write_bytes(b"this is not a zip archive at all" * 4)
     (folder / "truncated.png").write_bytes(picture[: len(picture) // 2])
     np.savez(folder / "empty.npz")
+    # a compressed text chunk beyond Pillow's decompression limit: Pillow raises a bare ValueError
+    bomb = PngImagePlugin.PngInfo()
+    bomb.add_text("note", "a" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "bomb.png", pnginfo=bomb)
     np.savez(folder / "noimages.npz", arr_0=np.zeros((0, 8, 8, 1), np.uint8))
     (folder / "folder.npz").mkdir()
     (folder / "existing.npz").write_bytes(good)
@@ -253,6 +258,7 @@ def test_adaptive_samples_depend_only_on_their_seed(tmp_path, capsys, solver):
         (["encode", "truncated.npz"], "truncated.npz is not a readable .npz file"),
         (["encode", "notzip.npz"], "notzip.npz is not a readable .npz file"),
         (["encode", "truncated.png"], "truncated.png is not a readable PNG file"),
+        (["encode", "bomb.png"], "bomb.png is not a readable PNG file (Decompressed data too large"),
         (["encode", "empty.npz"], "empty.npz has no arr_0 array"),
         (["encode", "noimages.npz"], "no images in noimages.npz"),
         (["encode", "one.png", "--model", "moons"], "not images (C, H, W)"),

@@ -72,6 +72,11 @@ def test_sigma_grid_strategy_rejects_bad_arguments():
         sigma_grids(direction="up")
     with pytest.raises(ValueError, match="final_zero=True needs direction='decreasing'"):
         sigma_grids(direction="increasing", final_zero=True)
+    # min_size=0 drew grids with no positive σ, which no solve accepts
+    with pytest.raises(ValueError, match="min_size must be at least 1, got 0"):
+        sigma_grids(min_size=0)
+    with pytest.raises(ValueError, match="max_size must be at least 5, got 3"):
+        sigma_grids(min_size=5, max_size=3)
 
 
 @settings(max_examples=15)
@@ -97,6 +102,11 @@ def test_random_networks_are_seeded_and_lipschitz(net, seed):
 def test_random_network_refuses_the_wrong_shape():
     with pytest.raises(ValueError, match=r"x must have shape \(batch, \*\(2, 3\)\)"):
         RandomEpsNet((2, 3))(torch.zeros(4, 6), torch.zeros(4))
+    # these reached torch as a negative dimension or a bare int
+    with pytest.raises(ValueError, match="event_shape entries must be at least 1, got -1"):
+        RandomEpsNet((2, -1))
+    with pytest.raises(TypeError, match="event_shape must be a sequence of ints"):
+        RandomEpsNet(3)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
