@@ -211,8 +211,12 @@ def continuous_adjoint(
     if end > first:
         t = torch.tensor(values[first : end + 1], dtype=torch.float64, device=x.device)
         # step_t makes every step end on the grid points, so f is never evaluated beyond them
-        # (near σ = 0 that would be below zero)
+        # (near σ = 0 that would be below zero). The backward pass integrates each interval the
+        # other way round, and torchdiffeq copies step_t for it before negating the times of a
+        # decreasing grid: given as is, the backward steps were not clipped (measured: f at
+        # σ = 107 on a grid from 80), so it gets step_t in its own orientation
         func = _OdeFunc(f)
+        backward_t = -t if values[first] > values[end] else t
         try:
             x = odeint_adjoint(
                 func,
@@ -222,6 +226,7 @@ def continuous_adjoint(
                 atol=atol,
                 method=method,
                 options={"step_t": t},
+                adjoint_options={"step_t": backward_t},
                 adjoint_params=tuple(params),
             )[-1]
         except AssertionError as err:

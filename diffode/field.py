@@ -142,7 +142,7 @@ class ModelField(torch.nn.Module, ABC):
     σ as a Python float, a 0-d
     tensor or one σ per sample (``(batch,)``) and a state of shape ``(batch, ...)`` in any
     floating dtype; results have the state's shape and dtype. An ``nn.Module`` network is called
-    in the dtype of its parameters (:attr:`network_dtype`, read when the field is built), the
+    in the dtype of its parameters (:attr:`network_dtype`, read at each call), the
     input cast to it and the output cast back.
     """
 
@@ -157,8 +157,14 @@ class ModelField(torch.nn.Module, ABC):
             raise TypeError(f"model must be callable as {self.call_convention}, got {type(model).__name__}")
         super().__init__()
         self.model = model
-        self.network_dtype = _parameter_dtype(model)
         self.conditioning: Conditioning | None = None
+
+    @property
+    def network_dtype(self) -> torch.dtype | None:
+        """The dtype the network computes in: that of an ``nn.Module``'s first floating parameter
+        or buffer, read at each call (``field.double()`` or ``model.half()`` change it), or
+        ``None`` for other callables."""
+        return _parameter_dtype(self.model)
 
     def conditioned(
         self, cond: Cond | None, guidance: float | Guidance | None = None, uncond: Cond | None = None
@@ -281,8 +287,9 @@ class ScheduleField(ModelField):
         # a small network's call. The key holds everything the tensor depends on; the network
         # gets the same tensor object each time, which it must not modify in place.
         value = _scalar(sigma)
-        key = (value, like.shape[0], like.dtype, like.device)
-        cache: dict[tuple[float, int, torch.dtype, torch.device], Tensor] = self.__dict__.setdefault(
+        # a tensor made under inference_mode cannot be saved for a later backward pass
+        key = (value, like.shape[0], like.dtype, like.device, torch.is_inference_mode_enabled())
+        cache: dict[tuple[float, int, torch.dtype, torch.device, bool], Tensor] = self.__dict__.setdefault(
             "_time_cache", {}
         )
         times = cache.get(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
 import torch
@@ -72,6 +73,7 @@ def sample(
     uncond: Cond | None = None,
     grad: bool = False,
     adjoint: bool = False,
+    adjoint_params: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """Draw samples by integrating the DDIM ODE (or a stochastic DDIM/DDPM chain) from noise.
 
@@ -107,6 +109,9 @@ def sample(
             ``noise`` or the model's parameters). Off by default: see :func:`graph_mode`.
         adjoint: with ``grad=True``, differentiate with memory that does not grow with the step
             count (see :func:`diffode.solve` and :mod:`diffode.adjoint`).
+        adjoint_params: with ``adjoint=True``, the tensors besides ``noise`` to differentiate;
+            ``None``: the parameters of an ``nn.Module`` model (a plain function's tensors
+            cannot be found: pass them, or ``()`` for gradients with respect to ``noise`` alone).
 
     Returns:
         Samples x at σ = 0, same shape, dtype and device as ``noise`` (integrated in float32 for
@@ -132,5 +137,6 @@ def sample(
             callback=callback,
             progress=progress,
             adjoint=adjoint,
+            adjoint_params=adjoint_params,
         )
         return (out.x / math.sqrt(1.0 + s_end * s_end)).to(noise.dtype)

@@ -179,13 +179,37 @@ class _Counted:
         return self._fresh if self._fresh is not None else self._carried
 
 
-def _adjoint_params(f: Callable[..., Tensor], stepper: Solver, given: Sequence[Tensor]) -> list[Tensor]:
+def _check_generator(generator: object) -> None:
+    """``TypeError`` unless ``generator`` is ``None``, a ``torch.Generator`` or a list of them."""
+    many = isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator)
+    if not (generator is None or isinstance(generator, torch.Generator) or many):
+        raise TypeError(
+            "generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), a list of them "
+            f"(one per sample) or None, got {describe(generator)}"
+        )
+
+
+def _adjoint_params(
+    f: Callable[..., Tensor], stepper: Solver, given: Sequence[Tensor] | None
+) -> list[Tensor]:
     """The tensors ``adjoint=True`` differentiates besides the state (see :func:`solve`)."""
     if stepper.stochastic:
         raise ValueError(
             f"adjoint=True recomputes the solve backwards, which {stepper!r} cannot do: it draws fresh "
             "noise; use a deterministic solver, or plain autograd (adjoint=False)"
         )
+    if given is None:
+        # parameters are found only on modules: a plain function (or a field around one) may
+        # close over tensors that require grad, and they would get no gradient in silence
+        model = getattr(f, "model", f)
+        if not isinstance(f, torch.nn.Module) or not isinstance(model, torch.nn.Module):
+            raise ValueError(
+                f"adjoint=True finds the parameters to differentiate only on an nn.Module, and the "
+                f"{'model' if model is not f else 'field'} is a {type(model).__name__}: pass "
+                "adjoint_params=[...] (the tensors it uses that need gradients), or adjoint_params=() "
+                "for gradients with respect to x alone"
+            )
+        return [p for p in f.parameters() if p.requires_grad]
     if given:
         params = list(given)
         for k, p in enumerate(params):
@@ -197,8 +221,6 @@ def _adjoint_params(f: Callable[..., Tensor], stepper: Solver, given: Sequence[T
                     "can reach it; leave it out, or call requires_grad_() on it"
                 )
         return params
-    if isinstance(f, torch.nn.Module):
-        return [p for p in f.parameters() if p.requires_grad]
     return []
 
 
@@ -213,7 +235,7 @@ def solve(
     save: bool = False,
     progress: bool = False,
     adjoint: bool = False,
-    adjoint_params: Sequence[Tensor] = (),
+    adjoint_params: Sequence[Tensor] | None = None,
 ) -> Solution:
     """Integrate ``dx/dσ = f(σ, x)`` along the σ grid ``sigmas``.
 
@@ -225,7 +247,8 @@ def solve(
 
     Args:
         f: any callable ``f(sigma, x)`` returning a tensor shaped like ``x``; σ arrives as a
-            Python float (or a ``(batch,)`` float64 tensor from per-sample adaptive solvers).
+            Python float, a ``(batch,)`` float64 tensor from per-sample adaptive solvers, or a
+            0-d tensor in the state's dtype from the torchdiffeq backend (its time variable).
         x: the state at ``sigmas[0]``, a floating tensor of shape ``(batch, ...)``; its dtype
             and device are kept throughout.
         sigmas: strictly monotone σ grid (converted to float64): decreasing to sample, increasing
@@ -243,16 +266,22 @@ def solve(
         adjoint: differentiate ``Solution.x`` with respect to ``x`` and ``adjoint_params`` with
             memory independent of the step count (deterministic solvers; not the ``scipy``
             backend). ``Solution.xs`` and the callback's states then carry no gradient.
-        adjoint_params: the parameters to differentiate with ``adjoint=True``; empty: those of
-            ``f`` when it is an ``nn.Module`` (a network field is one), which require grad.
+        adjoint_params: the tensors besides ``x`` to differentiate with ``adjoint=True``;
+            ``None``: the parameters of ``f`` that require grad, where ``f`` is an ``nn.Module``
+            whose ``model`` (if it has one) is one too (a field around a network module);
+            otherwise ``ValueError``, as a function's tensors cannot be found: pass them, or
+            ``()`` for gradients with respect to ``x`` alone.
 
     Returns:
         A :class:`Solution`. Raises ``ValueError`` when the state becomes non-finite, naming the
         first step where it did (checked once, after the loop, to avoid a device sync per step).
     """
     x = require_finite("x", require_floating("x", x))
-    if x.ndim == 0:
-        raise ValueError("x must have a leading batch dimension, got a 0-d tensor")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(
+            f"x must have a leading batch dimension with at least one sample, got shape {tuple(x.shape)}"
+        )
+    _check_generator(generator)
     grid = check_sigma_grid(sigmas)
     stepper = get_solver(solver)
     values = grid.tolist()

@@ -116,7 +116,15 @@ def check_sigma_grid(sigmas: Any, name: str = "sigmas") -> Tensor:
     """
     if isinstance(sigmas, (list, tuple)):
         sigmas = torch.tensor(sigmas, dtype=torch.float64)
-    grid = require_floating(name, sigmas).detach().to("cpu", torch.float64)
+    grid = require_floating(name, sigmas)
+    if grid.requires_grad:
+        # the grid is read as numbers (steps, stopping, the network's times): no gradient could
+        # reach it, and a silent detach would make backward() fail far from here
+        raise ValueError(
+            f"{name} requires grad, but solvers take σ values as constants and no gradient reaches "
+            f"them; pass {name}.detach()"
+        )
+    grid = grid.to("cpu", torch.float64)
     if grid.ndim != 1 or grid.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(grid.shape)}")
     if torch.isnan(grid).any() or (grid < 0).any():

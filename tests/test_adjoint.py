@@ -68,6 +68,27 @@ def test_adjoint_params_default_to_the_fields_parameters_and_explicit_ones_work(
     torch.testing.assert_close(first.grad, expected, rtol=1e-12, atol=0)
 
 
+def test_a_model_that_is_not_a_module_needs_its_adjoint_params_named():
+    # its parameters cannot be found: they used to get no gradient, in silence
+    net = mlp()
+    wrapped = EpsField(lambda y, t: net(y, t), LINEAR)
+    grid = diffode.sigma_grid(LINEAR, 4)
+    x = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    for f in (wrapped, lambda s, y: wrapped(s, y)):
+        with pytest.raises(ValueError, match=r"pass adjoint_params=\[\.\.\.\].*adjoint_params=\(\)"):
+            solve(f, x, grid, "euler", adjoint=True)
+    with pytest.raises(ValueError, match=r"pass adjoint_params"):
+        sample(lambda y, t: net(y, t), LINEAR, x, steps=3, grad=True, adjoint=True)
+    # x alone, said explicitly, and the named parameters through the front door
+    solve(wrapped, x, grid, "euler", adjoint=True, adjoint_params=()).x.sum().backward()
+    assert x.grad is not None and next(net.parameters()).grad is None
+    params = list(net.parameters())
+    sample(
+        lambda y, t: net(y, t), LINEAR, x, steps=3, grad=True, adjoint=True, adjoint_params=params
+    ).sum().backward()
+    assert all(p.grad is not None for p in params)
+
+
 class LiveSaved:
     """Tracks the bytes autograd holds for backward passes at any moment, and their peak."""
 
@@ -132,6 +153,26 @@ def test_the_continuous_adjoint_matches_autograd_through_a_tight_solve():
                 solver,
                 float((got - want).abs().max()) / scale,
             )
+
+
+@pytest.mark.parametrize("grid", [[80.0, 0.002, 0.0], [0.002, 80.0]], ids=["sampling", "encoding"])
+def test_the_continuous_adjoint_never_leaves_the_grid(grid):
+    # the backward pass's steps were not clipped at the grid points of a decreasing grid:
+    # a field was evaluated at σ = 107-115 on a grid from 80
+    ring = diffode.oracles.GaussianMixture.ring()
+    seen = []
+
+    def f(s, y):
+        seen.append(float(torch.as_tensor(s).detach().max()))
+        return ring(s, y)
+
+    x = (torch.randn(8, 2, dtype=F64, generator=torch.Generator().manual_seed(0)) * grid[0]).requires_grad_()
+    out = solve(
+        f, x, torch.tensor(grid, dtype=F64), Dopri5(rtol=1e-6, atol=1e-6), adjoint=True, adjoint_params=()
+    )
+    forward = len(seen)
+    out.x.sum().backward()
+    assert len(seen) > forward and max(seen[forward:]) <= 80.0 * (1 + 1e-12)
 
 
 def test_fields_are_modules_that_odeint_adjoint_accepts():

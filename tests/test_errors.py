@@ -131,6 +131,27 @@ def test_sigma_grid_must_be_float(linear):
         solve(EpsField(wavy_model(), linear), torch.randn(2, 2), torch.tensor([3, 1, 0]))
 
 
+def test_inputs_that_lost_gradients_or_samples_in_silence_are_refused(linear):
+    field = EpsField(wavy_model(), linear)
+    grid = torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64)
+    x = torch.randn(2, 2)
+    # a grid that requires grad was detached: backward() then failed far from the cause
+    with pytest.raises(ValueError, match=r"sigmas requires grad.*pass sigmas.detach\(\)"):
+        solve(field, x, grid.clone().requires_grad_())
+    # so was a state through scipy, which integrates in numpy
+    with pytest.raises(ValueError, match="integrates in numpy.*x requires grad"):
+        solve(field, x.clone().requires_grad_(), grid, "scipy:RK45")
+    with torch.no_grad():
+        solve(field, x.clone().requires_grad_(), grid, "scipy:RK45")
+    # an empty batch sent adaptive solvers through max_nfe evaluations at σ = NaN
+    with pytest.raises(ValueError, match=r"at least one sample, got shape \(0, 2\)"):
+        solve(field, torch.zeros(0, 2), grid, "dopri5")
+    # a seed is not a generator
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator \(e.g. torch.Generator"):
+        solve(field, x, grid, DDIM(eta=1.0), generator=0)
+    solve(field, x, grid, DDIM(eta=1.0), generator=[torch.Generator().manual_seed(k) for k in range(2)])
+
+
 def test_unknown_solver_lists_known_ones(linear):
     with pytest.raises(ValueError, match="unknown solver 'rk7'; known solvers: .*ddim.*euler"):
         sample(wavy_model(), linear, torch.randn(2, 2), steps=3, solver="rk7")

@@ -117,6 +117,31 @@ def test_mixed_state_and_network_dtypes_work(state, net):
     torch.testing.assert_close(got.double(), reference, rtol=1e-5, atol=1e-5)
 
 
+def test_a_field_follows_its_network_to_another_dtype():
+    # the dtype was read once, when the field was built: after .double() a float32 cast
+    # fed float64 weights (RuntimeError), or rounded a float64 solve's inputs to float32
+    field = diffode.EpsField(network(F32), LINEAR)
+    assert field.network_dtype == F32
+    field.double()
+    assert field.network_dtype == F64
+    x = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(0))
+    grid = diffode.sigma_grid(LINEAR, 5)
+    fresh = diffode.EpsField(field.model, LINEAR)
+    assert torch.equal(diffode.solve(field, x, grid).x, diffode.solve(fresh, x, grid).x)
+
+
+def test_a_field_used_under_inference_mode_still_differentiates():
+    # the cached network times were inference tensors, which autograd refuses to save
+    net = torch.nn.Linear(1, 3).double()
+    field = diffode.EpsField(lambda x, t: x * net(t[:, None].to(x.dtype)), LINEAR)
+    grid = diffode.sigma_grid(LINEAR, 3)
+    x = torch.randn(2, 3, dtype=F64)
+    with torch.inference_mode():
+        diffode.solve(field, x, grid)
+    diffode.solve(field, x, grid).x.sum().backward()
+    assert net.weight.grad is not None
+
+
 # --------------------------------------------------------------------- item 10: half precision
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_states_survive_large_sigma(dtype):

@@ -26,8 +26,10 @@ accepted needs the error norm on the host, so each *attempted* step makes exactl
 device-to-host transfer (the error ratios); nothing else synchronises.
 
 With ``per_sample=True`` every sample has its own σ position, step size, error norm and
-accept/reject decision, so a sample's result does not depend on the rest of the batch
-(torchdiffeq's and scipy's norms couple the batch; reference §13). The field is then called with
+accept/reject decision, so no other sample's error steers its steps (torchdiffeq's and scipy's
+norms couple the batch; reference §13); its result is independent of the batch where the field's
+value for it is (a network's batched kernels differ in the last bits, which the controller
+turns into different steps: then up to the solve's error; docs/solvers.md). The field is then called with
 σ as a ``(k,)`` float64 tensor for the k samples still integrating, on those samples' rows only.
 """
 
@@ -84,8 +86,9 @@ class EmbeddedRungeKutta(Solver):
             two evaluations that choose the first step), enforced by :func:`diffode.solve`.
             Reaching it raises ``ValueError``.
         per_sample: ``False`` (default) controls one step size with the error norm over the whole
-            batch; ``True`` gives every sample its own step size and accept/reject decision, so a
-            sample's result does not depend on the rest of the batch. ``f`` must then accept σ as a
+            batch; ``True`` gives every sample its own step size and accept/reject decision, so no
+            other sample's error steers its steps (up to a network's batch-dependent round-off,
+            see above). ``f`` must then accept σ as a
             ``(k,)`` float64 tensor (diffode's fields and oracles do).
 
     ``Solution.stats`` reports ``accepted`` and ``rejected`` steps (summed over samples when

@@ -297,6 +297,15 @@ class Scipy(_Backend):
         self.rtol, self.atol = check_tolerances(rtol, atol)
         self.max_nfe = require_int("max_nfe", max_nfe, low=1)
 
+    def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> _BackendRun:
+        if x.requires_grad and torch.is_grad_enabled():
+            # the result would be detached in silence and backward() fail far from here
+            raise ValueError(
+                f"{self!r} integrates in numpy, so no gradient flows through it, but x requires grad; "
+                "use a torch solver (dopri5, bosh3, heun, ...) for gradients, or pass x.detach()"
+            )
+        return super().init(f, sigmas, x, generator)
+
     def step(
         self, f: VectorField, s0: float, s1: float, x: Tensor, state: _BackendRun
     ) -> tuple[Tensor, _BackendRun]:
