@@ -122,6 +122,15 @@ def _output(args: argparse.Namespace, option: str, suffixes: Sequence[str] = _PI
     check_output(path, suffixes, option=option, overwrite=args.overwrite)
 
 
+def _check_picture(path: str | None, shape: Sequence[int], option: str) -> None:
+    """Before any work: a ``.png`` output of images of ``shape`` (C, H, W) needs C = 1 or 3."""
+    if path and Path(path).suffix.lower() == ".png" and len(shape) == 3 and shape[0] not in (1, 3):
+        raise UsageError(
+            f"{option} {path}: a PNG holds grey or RGB images, and the model makes {shape[0]}-channel "
+            "samples; name an .npz file"
+        )
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Sample the 8-component ring mixture through its exact ε model and compare with the data."""
     from diffode.oracles import GaussianMixture
@@ -208,6 +217,7 @@ def _sample(args: argparse.Namespace) -> int:
     solver = _solver_from_args(args)
     device, dtype = resolve_device(args.device), _DTYPES[args.dtype]
     loaded = load_model(args.model, device, dtype)
+    _check_picture(args.out, loaded.sample_shape, "--out")
     labels, guidance = _labels_and_guidance(args, loaded)
     runs.check_memory(len(seeds), loaded.sample_shape)
     start = time.perf_counter()
@@ -425,7 +435,14 @@ def _labels_and_guidance(
 ) -> tuple[list[int] | None, float | None]:
     """``--label`` and ``--guidance`` checked against the model (one-line errors, exit 2)."""
     labels = runs.parse_labels(args.label, loaded)
-    return labels, runs.check_guidance(args.guidance, labels)
+    guidance = runs.check_guidance(args.guidance, labels)
+    if guidance is not None and getattr(loaded.model, "null_condition", None) is None:
+        # the Python API takes the unconditional input as uncond=; the CLI has no such option
+        raise UsageError(
+            f"--guidance needs the model's unconditional input (a null_condition() method), and "
+            f"{loaded.name} has none; sample with --label alone, or guide with diffode.sample(..., uncond=)"
+        )
+    return labels, guidance
 
 
 def _describe_labels(labels: list[int] | None, guidance: float | None) -> str:
@@ -477,6 +494,7 @@ def _encode(args: argparse.Namespace) -> int:
     if args.method == "reverse" and (args.tol is not None or args.max_iter is not None):
         raise UsageError("--tol and --max-iter set the iteration of --method exact; drop them or add it")
     loaded, grid, device, dtype = _model_and_grid(args)
+    _check_picture(args.recon, loaded.sample_shape, "--recon")
     solver = grid["solver"]
     labels, guidance = _labels_and_guidance(args, loaded)
     x0 = load_images(args.images, loaded.sample_shape).to(device, dtype)
@@ -528,6 +546,7 @@ def _interpolate(args: argparse.Namespace) -> int:
 
     _output(args, "--out")
     loaded, grid, device, dtype = _model_and_grid(args)
+    _check_picture(args.out, loaded.sample_shape, "--out")
     runs.check_memory(args.frames, loaded.sample_shape, "frames")
     labels, guidance = _labels_and_guidance(args, loaded)
     # one label per frame, in order and cycled; the two ends are encoded with their frames' labels

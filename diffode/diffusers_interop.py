@@ -17,8 +17,16 @@ What diffode takes from a scheduler config, and what it leaves:
   ``set_alpha_to_one=True``; ``timestep_spacing`` and ``steps_offset`` only choose timesteps, so
   to reproduce a diffusers run pass its ``scheduler.timesteps`` as ``timesteps=`` to
   :func:`diffode.sample`. With ``clip_sample=False`` and ``set_alpha_to_one=True``, diffusers'
-  DDIM loop (η = 0) and diffode's Euler on the same timesteps agree to round-off; in float32
-  that round-off is taken on x̄ = x·√(1+σ²), so it grows with the σ of the first step.
+  DDIM loop (η = 0) and diffode's Euler on the same timesteps agree to round-off where that
+  loop stays on its timesteps; in float32 that round-off is taken on x̄ = x·√(1+σ²), so it
+  grows with the σ of the first step. ``DDIMScheduler.step`` takes each timestep t to
+  t - T // S, which is the next of its timesteps for ``"leading"`` spacing and for
+  ``"trailing"`` when S divides T, but not for ``"linspace"`` (T = 1000, S = 10: 999 → 899 and
+  then 888 → 788, ...): there diffusers' loop leaves its own grid, and no σ grid reproduces it
+  (measured: 27 % apart at 10 steps).
+- Only schedules of β (DDPM-family schedulers) are read: a config with none of
+  ``trained_betas``, ``beta_schedule``, ``beta_start`` and ``beta_end`` (flow matching, EDM,
+  VE schedulers) raises ``ValueError`` instead of being read as diffusers' default linear β.
 """
 
 from __future__ import annotations
@@ -138,6 +146,13 @@ def schedule_from_diffusers_config(config: Mapping[str, Any]) -> tuple[Schedule,
         raise ValueError(
             f"prediction_type must be one of {', '.join(map(repr, DIFFUSERS_PREDICTIONS))}, "
             f"got {prediction!r}"
+        )
+    if not any(key in config for key in ("trained_betas", "beta_schedule", "beta_start", "beta_end")):
+        name = config.get("_class_name", "the scheduler")
+        raise ValueError(
+            f"{name}'s config has no β schedule (trained_betas, beta_schedule, beta_start, beta_end): "
+            "diffode samples models trained on a DDPM β schedule (DDIM-, DDPM-, Euler-, DPM-Solver-"
+            "style schedulers), not flow-matching, EDM or VE models"
         )
     beta_schedule = config.get("beta_schedule", "linear")
     if config.get("trained_betas") is None and beta_schedule not in BETA_SCHEDULES:

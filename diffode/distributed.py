@@ -165,7 +165,7 @@ def run_manifest(
     seeds: Sequence[int],
     *,
     steps: int | None,
-    timesteps: str,
+    timesteps: str | Tensor,
     dtype: torch.dtype,
     shard_size: int,
     labels: Tensor | None = None,
@@ -190,7 +190,8 @@ def run_manifest(
         "options": dict(options or {}),
         "solver": repr(solver),
         "steps": steps,
-        "timesteps": timesteps,
+        # an explicit grid by its exact values (dtype, shape and bytes), not its printed digits
+        "timesteps": timesteps if isinstance(timesteps, str) else f"sha256:{_tensor_sha256(timesteps)}",
         "dtype": str(dtype).removeprefix("torch."),
         "labels_sha256": None if labels is None else _tensor_sha256(labels.to(torch.int64)),
         "guidance": guidance,
@@ -215,14 +216,18 @@ def _flat(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
-    """The first entry (in ``new``'s order) where two manifests differ, said in words; ``None``
-    when they are equal."""
+def first_difference(
+    old: Mapping[str, Any], new: Mapping[str, Any], where: tuple[str, str] = ("there", "here")
+) -> str | None:
+    """The first entry (in ``new``'s order) where two manifests differ, said in words (``where``
+    names the two sides); ``None`` when they are equal."""
     a, b = _flat(old), _flat(new)
     for key in [*b, *(k for k in a if k not in b)]:
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             name = key.removeprefix("options.")
-            return f"{name} is {a.get(key, '<absent>')!r} there and {b.get(key, '<absent>')!r} here"
+            return (
+                f"{name} is {a.get(key, '<absent>')!r} {where[0]} and {b.get(key, '<absent>')!r} {where[1]}"
+            )
     return None
 
 
@@ -314,12 +319,12 @@ def _all_reduce(values: Sequence[int], op: Any) -> list[int]:
     return [int(v) for v in tensor.tolist()]
 
 
-def _from_rank_0(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (a Python object; itself without a process group)."""
+def _from_rank(value: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``value`` on every rank (a Python object; itself without a process group)."""
     if rank_and_world()[1] == 1:
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -399,7 +404,9 @@ def write_shards(
     ``(len(shard.seeds), *shape)``), on every rank of the process group if one is initialised
     (all ranks call this with the same arguments), resuming whatever is there.
 
-    Rank 0 writes (or checks) ``manifest`` before any rank writes a shard; each rank then samples
+    Rank 0 writes (or checks) ``manifest`` before any rank writes a shard, and every rank checks
+    that its own ``manifest`` equals rank 0's (a node started with other options is refused on
+    every rank, before any sampling); each rank then samples
     the missing shards among its own (``shards[rank::world_size]``), in lock step with the others
     so that rank 0 can show shards done / total and an ETA.
     """
@@ -414,7 +421,17 @@ def write_shards(
         except (ValueError, OSError) as err:
             error = str(err)
     # every rank raises rank 0's refusal, rather than waiting for shards that never come
-    error, skipped = _from_rank_0((error, skipped))
+    error, skipped, reference = _from_rank((error, skipped, dict(manifest)))
+    if error is None:
+        # a rank (a node) started with other settings would write its shards of another run
+        # into this one's folder: every rank compares its own manifest with rank 0's
+        difference = first_difference(reference, manifest, ("on rank 0", f"on rank {rank}"))
+        (odd,) = _all_reduce([rank + 1 if difference is not None else 0], dist.ReduceOp.MAX)
+        if odd:
+            error = (
+                f"the ranks were started with different settings ({_from_rank(difference, odd - 1)}); "
+                "start every rank with the same options"
+            )
     if error is not None:
         raise ValueError(error)
     # only now, after rank 0's look at the folder, may any shard appear in it; a node without a
@@ -451,7 +468,7 @@ def sample_shards(
     outdir: str | os.PathLike[str],
     *,
     steps: int | None,
-    timesteps: str = "uniform",
+    timesteps: str | Tensor = "uniform",
     batch: int = 256,
     device: torch.device | None = None,
     dtype: torch.dtype = torch.float32,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -44,7 +45,8 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
     - ``"quadratic"``: ``int(v)`` for v in ``linspace(0, √(0.8 T), S)²`` (the reference code's
       ``"quad"``). Where truncation repeats a timestep the repeat is dropped, so fewer than S
       steps are taken; the reference code takes a zero-length step there, an identity.
-    - ``"trailing"``: ``round(T - i T/S) - 1`` for i = 0 … S-1 (diffusers).
+    - ``"trailing"``: ``round(arange(T, 0, -T/S)) - 1`` (diffusers, to the bit: NumPy's
+      ``arange`` and exact halves make a few S differ by one from ``round(T - i T/S) - 1``).
     - ``"linspace"``: ``round(linspace(0, T-1, S))`` (diffusers).
     """
     T = require_discrete(
@@ -58,7 +60,9 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
     elif spacing == "quadratic":
         ts = np.unique(np.array([int(v) for v in np.linspace(0, math.sqrt(T * 0.8), steps) ** 2]))
     elif spacing == "trailing":
-        ts = np.round(T - np.arange(steps) * (T / steps)).astype(np.int64) - 1
+        # np.arange with a float step, as diffusers writes it: its values are not T - i·T/S
+        # to the last bit, and the exact halves (S = 48: 937.5) round the other way
+        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
     elif spacing == "linspace":
         ts = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
     else:
@@ -86,7 +90,14 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     ramp = _ramp(sigma_min, sigma_max, steps)
     if steps == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    try:
+        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    except OverflowError:
+        lowest = max(abs(math.log(sigma_min)), abs(math.log(sigma_max))) / math.log(sys.float_info.max)
+        raise ValueError(
+            f"rho={rho} is too small for σ in [{sigma_min:g}, {sigma_max:g}]: σ^(1/ρ) overflows; "
+            f"use rho > {lowest:.3g} (7 is EDM's)"
+        ) from None
     sigmas = (hi + ramp * (lo - hi)) ** rho
     # (σ^{1/ρ})^ρ is σ only to round-off (2.8e-14 above σ_max at ρ = 5): the ends are the given σ
     sigmas[0], sigmas[-1] = sigma_max, sigma_min
@@ -348,6 +359,12 @@ def optimize(
     require_positive("sigma_max", sigma_max)
     if sigma_min >= sigma_max:
         raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min} and {sigma_max}")
+    schedule = getattr(f, "schedule", None)
+    top = getattr(schedule, "sigma_max", math.inf)
+    if sigma_max > top:
+        # the network would be evaluated above its last training time (t(σ) is clamped there),
+        # and sample() refuses the grid
+        raise ValueError(f"sigma_max must be at most the schedule's sigma_max = {top:.9g}, got {sigma_max}")
     require_int("candidates", candidates, low=2)
     require_int("sweeps", sweeps, low=0)
     k = stepper.evals_per_step
@@ -451,14 +468,26 @@ def optimize(
     return torch.tensor([*chosen, 0.0], dtype=torch.float64)
 
 
+_GRID_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
 def save_grid(path: str | Path, grid: Tensor, *, overwrite: bool = False, **info: object) -> None:
     """Write a σ grid (and JSON-serialisable ``info``, e.g. the solver and the model) to a small
-    JSON file, atomically; the σ values round-trip exactly (Python's shortest repr of each
-    float64). An existing file is replaced only with ``overwrite=True``."""
-    values = check_sigma_grid(grid, "grid").tolist()
+    JSON file, atomically; the σ values and their dtype round-trip exactly (Python's shortest
+    repr of each value, a leading σ = ∞ of a zero-terminal-SNR grid as ``"inf"``). An existing
+    file is replaced only with ``overwrite=True``."""
+    values: list[float | str] = [
+        "inf" if math.isinf(v) else v for v in check_sigma_grid(grid, "grid").tolist()
+    ]
     if Path(path).exists() and not overwrite:
         raise ValueError(f"path {str(path)!r} exists; pass overwrite=True to replace it")
-    payload = {"format": GRID_FORMAT, "sigmas": values, "info": info}
+    dtype = str(grid.dtype).removeprefix("torch.")
+    payload = {"format": GRID_FORMAT, "sigmas": values, "dtype": dtype, "info": info}
     try:
         text = json.dumps(payload, indent=1, allow_nan=False)
     except (TypeError, ValueError) as err:
@@ -468,7 +497,8 @@ def save_grid(path: str | Path, grid: Tensor, *, overwrite: bool = False, **info
 
 
 def load_grid(path: str | Path) -> Tensor:
-    """The float64 σ grid written by :func:`save_grid`, checked as a grid; pass it as
+    """The σ grid written by :func:`save_grid`, in the dtype it was saved from (float64 for
+    :func:`optimize`'s grids and files without one), checked as a grid; pass it as
     ``sample(..., timesteps=grid)``."""
     try:
         payload = json.loads(Path(path).read_text())
@@ -477,10 +507,22 @@ def load_grid(path: str | Path) -> Tensor:
     if not isinstance(payload, dict) or payload.get("format") != GRID_FORMAT:
         raise ValueError(f"{path} is not a diffode σ grid file (format {GRID_FORMAT!r})")
     values = payload.get("sigmas")
+    if isinstance(values, list) and values and values[0] == "inf":
+        values = [math.inf, *values[1:]]
     if not (
         isinstance(values, list)
         and values
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     ):
-        raise ValueError(f"{path} is not a valid σ grid file: 'sigmas' must be a non-empty list of numbers")
-    return check_sigma_grid(torch.tensor(values, dtype=torch.float64), "grid")
+        raise ValueError(
+            f"{path} is not a valid σ grid file: 'sigmas' must be a non-empty list of numbers "
+            '(the first may be "inf")'
+        )
+    dtype = _GRID_DTYPES.get(payload.get("dtype", "float64"))
+    if dtype is None:
+        raise ValueError(
+            f"{path} is not a valid σ grid file: 'dtype' must be one of {', '.join(_GRID_DTYPES)}, "
+            f"got {payload.get('dtype')!r}"
+        )
+    check_sigma_grid(torch.tensor(values, dtype=torch.float64), "grid")
+    return torch.tensor(values, dtype=dtype)

@@ -239,7 +239,7 @@ def sample_seeds(
     solver: Solver,
     *,
     steps: int | None,
-    timesteps: str,
+    timesteps: str | Tensor,
     batch: int,
     device: torch.device,
     dtype: torch.dtype,

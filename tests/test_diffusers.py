@@ -211,6 +211,12 @@ def test_missing_weights_and_unknown_class(unet, tmp_path):
             {"beta_schedule": "sigmoid"},
             "beta_schedule must be one of 'linear', 'scaled_linear', 'squaredcos_cap_v2' .*got 'sigmoid'",
         ),
+        # read as the default linear β before: a flow-matching model sampled as a DDPM one
+        (
+            {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0},
+            "FlowMatchEulerDiscreteScheduler's config has no β schedule",
+        ),
+        ({"_class_name": "EDMEulerScheduler", "sigma_min": 0.002, "sigma_max": 80.0}, "no β schedule"),
     ],
 )
 def test_unsupported_scheduler_config(unet, config, match):
@@ -223,6 +229,48 @@ def test_scheduler_of_the_wrong_type(unet):
         TypeError, match="scheduler must be a diffusers scheduler or its config mapping, got str"
     ):
         diffode.from_diffusers(unet, "ddim")
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_timestep_spacings_equal_diffusers_for_every_step_count(spacing):
+    # trailing differed at 111 of S = 1 … 1000 (S = 48: 937 where diffusers has 936)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+    schedule = diffode.Schedule.linear(T)
+    for steps in range(1, T + 1):
+        scheduler.set_timesteps(steps)
+        assert torch.equal(diffode.spaced_timesteps(schedule, steps, spacing), scheduler.timesteps), steps
+
+
+def test_cli_refuses_what_it_cannot_write_or_guide_before_sampling(tmp_path, capsys):
+    # a 4-channel model's PNG failed after all the sampling; --guidance on a class-conditional
+    # diffusers network without a null class suggested uncond=, which the CLI does not have
+    from diffode.cli import main
+
+    for name, unet in [
+        ("latent", tiny_unet(diffusers, in_channels=4, out_channels=4)),
+        ("labelled", tiny_unet(diffusers, seed=2, num_class_embeds=10)),
+    ]:
+        unet.save_pretrained(tmp_path / name / "unet")
+        make_scheduler().save_pretrained(tmp_path / name / "scheduler")
+    out = tmp_path / "s.png"
+    assert main(["sample", "--model", str(tmp_path / "latent"), "--seeds", "0-3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "a PNG holds grey or RGB images, and the model makes 4-channel samples" in err
+    assert "NFE" not in err and not out.exists()
+    argv = [
+        "sample",
+        "--model",
+        str(tmp_path / "labelled"),
+        "--label",
+        "3",
+        "--guidance",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    assert "--guidance needs the model's unconditional input" in capsys.readouterr().err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- conditional networks and guidance

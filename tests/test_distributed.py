@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import diffode
 from diffode import distributed, runs
 from diffode.cli import main
 from diffode.solvers import Euler
@@ -103,6 +104,28 @@ def test_two_ranks_under_torchrun_equal_one_process(reference, tmp_path):
     assert proc.returncode == 0, err.decode()
     assert "ranks=2" in out.decode() and "images/s" in out.decode()
     assert_same_shards(tmp_path / "run", reference)
+
+
+def test_ranks_started_with_different_settings_are_refused_on_every_rank(tmp_path):
+    # only rank 0 compared the settings: a node started with other options wrote shards of
+    # another run into the folder, and the run exited 0
+    script = tmp_path / "mixed.py"
+    script.write_text(
+        "import os, sys\n"
+        "from diffode.cli import main\n"
+        "steps = '2' if os.environ['RANK'] == '0' else '3'\n"
+        f"argv = {['sample', *RUN]!r}\n"
+        "argv[argv.index('--steps') + 1] = steps\n"
+        f"sys.exit(main([*argv, '--outdir', {str(tmp_path / 'run')!r}]))\n"
+    )
+    proc = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert (
+        err.count("the ranks were started with different settings (steps is 2 on rank 0 and 3 on rank 1)")
+        == 2
+    )
+    assert shard_files(tmp_path / "run") == []
 
 
 def _children(pid: int) -> list[int]:
@@ -276,6 +299,33 @@ def test_python_api_writes_the_same_shards(reference, tmp_path):
     assert (run.shards, run.written, run.samples, run.rank, run.world_size) == (5, 5, 5 * SHARD, 0, 1)
     for name in shard_names()[:5]:
         np.testing.assert_array_equal(read(tmp_path / "api" / name), read(reference / name))
+
+
+def test_an_explicit_grid_is_recorded_by_its_exact_values(tmp_path):
+    # the manifest held str(tensor), 5 significant digits: resume accepted another grid
+    loaded = runs.load_model(None, torch.device("cpu"), torch.float32)
+    grid = diffode.sigma_grid(loaded.schedule, 3, "karras")
+    nudged = grid.clone()
+    nudged[1] += 2e-5
+
+    def run(timesteps):
+        return distributed.sample_shards(
+            loaded,
+            range(2 * SHARD),
+            Euler(),
+            tmp_path / "api",
+            steps=None,
+            timesteps=timesteps,
+            batch=4,
+            shard_size=SHARD,
+            progress=False,
+        )
+
+    assert run(grid).written == 2
+    (tmp_path / "api" / shard_names()[0]).unlink()
+    with pytest.raises(ValueError, match="holds another run .timesteps is 'sha256:"):
+        run(nudged)
+    assert run(grid.clone()).written == 1
 
 
 def test_labels_and_guidance_follow_the_seeds_across_shards(tmp_path, capsys):

@@ -46,6 +46,13 @@ def test_sigma_grid_appends_final_zero(linear):
     assert torch.equal(grid[:-1], linear.sigmas[spaced_timesteps(linear, 10)])
 
 
+def test_a_rho_too_small_for_the_sigma_range_is_named():
+    # σ^(1/ρ) overflowed: an OverflowError from Python's float power
+    with pytest.raises(ValueError, match=r"rho=0.001 is too small .* use rho > 0.00876"):
+        karras_sigmas(0.002, 80.0, 5, rho=1e-3)
+    assert bool(torch.isfinite(karras_sigmas(0.002, 80.0, 5, rho=0.01)).all())
+
+
 def test_karras_grid(linear):
     sig = karras_sigmas(0.01, 80.0, 5, rho=7.0)
     assert float(sig[0]) == pytest.approx(80.0, rel=1e-14) and float(sig[-1]) == pytest.approx(
@@ -270,6 +277,39 @@ def test_grid_files_round_trip_exactly_and_feed_sample(linear, tmp_path):
     save_grid(path, other, overwrite=True)
     assert torch.equal(load_grid(path), other)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "grid.json"]
+
+
+def test_grid_files_keep_infinite_starts_and_the_grids_dtype(linear, tmp_path):
+    # a zero-terminal-SNR grid starts at σ = ∞, which JSON numbers cannot hold (save_grid
+    # blamed `info`); a float32 grid came back float64 just above σ_max, which sample refused
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)
+    ac[-1] = 0.0
+    zero_snr = sigma_grid(Schedule.from_alphas_cumprod(ac), 10, "trailing")
+    assert math.isinf(float(zero_snr[0]))
+    save_grid(tmp_path / "z.json", zero_snr, solver="euler")
+    assert torch.equal(load_grid(tmp_path / "z.json"), zero_snr)
+    narrow = sigma_grid(linear, 10, "karras").float()
+    assert float(narrow[0]) > linear.sigma_max
+    save_grid(tmp_path / "f.json", narrow)
+    loaded = load_grid(tmp_path / "f.json")
+    assert loaded.dtype == torch.float32 and torch.equal(loaded, narrow)
+    model = oracles.GaussianMixture.ring().model(linear)
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(
+        sample(model, linear, noise, timesteps=loaded), sample(model, linear, noise, timesteps=narrow)
+    )
+    (tmp_path / "bad.json").write_text(
+        '{"format": "diffode-sigma-grid/1", "sigmas": [1.0, 0.0], "dtype": "int8"}'
+    )
+    with pytest.raises(ValueError, match="'dtype' must be one of float64, float32"):
+        load_grid(tmp_path / "bad.json")
+
+
+def test_optimize_refuses_a_sigma_max_above_the_schedules(linear):
+    # it fitted a grid the network was evaluated on out of range, and that sample() refused
+    _, field, pilot = mixture_problem(linear)
+    with pytest.raises(ValueError, match=r"sigma_max must be at most the schedule's sigma_max = 157\.4"):
+        optimize(field, pilot, 1000.0, linear.sigma_min, 4, candidates=4, sweeps=0)
 
 
 @pytest.mark.parametrize("rho", [3.0, 5.0, 7.0])
