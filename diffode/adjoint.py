@@ -149,6 +149,30 @@ class _Checkpointed(torch.autograd.Function):
         return (None, None, g_x, *g_params)
 
 
+class _FirstDerivativesOnly(torch.autograd.Function):
+    """The identity, whose backward pass refuses to build a graph: both adjoints recompute the
+    solve without one (torchdiffeq's under ``no_grad``), so with ``create_graph=True`` a gradient
+    of their gradients (a gradient penalty) would lose its terms through the solve in silence."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            raise ValueError(
+                "adjoint=True gives first derivatives only, and this backward pass was asked for a "
+                "graph (create_graph=True, for gradients of gradients); use adjoint=False"
+            )
+        return grad
+
+
+def first_derivatives_only(x: Tensor) -> Tensor:
+    """``x``, marked so that differentiating it with ``create_graph=True`` raises ``ValueError``."""
+    return _FirstDerivativesOnly.apply(x)
+
+
 def checkpointed(
     advance: Step,
     n_steps: int,
@@ -240,4 +264,4 @@ def continuous_adjoint(
     return x
 
 
-__all__ = ["Step", "checkpointed", "continuous_adjoint"]
+__all__ = ["Step", "checkpointed", "continuous_adjoint", "first_derivatives_only"]

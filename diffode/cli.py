@@ -603,12 +603,20 @@ def _likelihood(args: argparse.Namespace) -> int:
             )
         images, source = digits(args.split)[0], f"{args.split} split"
         levels = 17 if args.levels is None else args.levels
+        # the split is stored on its 17 levels exactly
+        slack = 0.0
     else:
         images = load_images(args.images, loaded.sample_shape)
         levels, source = 256 if args.levels is None else args.levels, ", ".join(args.images)
-        if levels not in (0, 256):
-            # 8-bit files hold other level counts (17-level digits) to within their rounding, 1/255
-            images = snap(images, levels, slack=1.001 / 255)
+        if levels > 256:
+            raise UsageError(f"--levels {levels}: image files hold 8-bit values, at most 256 levels")
+        # 8-bit files hold other level counts (17-level digits) to within their rounding, 1/255
+        slack = 1.001 / 255
+    if levels:
+        try:
+            images = snap(images, levels, slack=slack)
+        except ValueError as err:
+            raise UsageError(f"--levels {levels}: {err}; or --levels 0 for a continuous density") from None
     start = time.perf_counter()
     bpd, nfe = runs.likelihood_images(
         loaded,

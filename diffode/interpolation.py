@@ -100,9 +100,15 @@ def _weights(weights: float | Sequence[float] | Tensor, extrapolate: bool) -> Te
         a = torch.tensor([float(weights)], dtype=torch.float64)
     else:
         try:
-            a = torch.as_tensor(weights).detach().to("cpu", torch.float64)
+            given = torch.as_tensor(weights)
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(f"weights must be a float, a sequence of floats or a tensor ({err})") from None
+        if given.dtype == torch.bool or given.is_complex():
+            raise TypeError(f"weights must be real numbers, got dtype {given.dtype}")
+        if given.requires_grad:
+            # the coefficients are computed in float64 on the host: no gradient reaches the weights
+            raise ValueError("weights require grad, but no gradient flows to them; pass weights.detach()")
+        a = given.to("cpu", torch.float64)
     if a.ndim == 0:
         a = a.reshape(1)
     if a.ndim != 1 or a.numel() == 0:

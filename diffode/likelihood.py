@@ -25,6 +25,7 @@ statistics).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,18 +122,36 @@ class LogDensityField(ModelField):
 
     prediction = "epsilon"
 
-    def __init__(self, inner: ModelField, shape: tuple[int, ...], tangents: Tensor | None) -> None:
+    def __init__(
+        self, inner: ModelField, shape: tuple[int, ...], tangents: Tensor | None, loop: bool = False
+    ) -> None:
         super().__init__(inner)
         self.inner = inner
         self.shape = shape
         self.dims = math.prod(shape)
         self.tangents = tangents
+        self.loop = loop
 
     def rows(self, index: Tensor) -> LogDensityField:
-        part = LogDensityField(self.inner.rows(index), self.shape, None)
+        part = LogDensityField(self.inner.rows(index), self.shape, None, self.loop)
         if self.tangents is not None:
             part.tangents = self.tangents.index_select(1, index.to(self.tangents.device))
         return part
+
+    def _pullbacks(
+        self, pullback: Callable[[Tensor], tuple[Tensor, ...]], tangents: Tensor, chunk: int
+    ) -> Tensor:
+        """``pullback`` of each tangent along the first dimension, stacked: batched by
+        ``torch.func.vmap``, or one by one for a network that vmap cannot batch (diffusers' UNets
+        ask for their input's memory format, which vmap does not answer)."""
+        if not self.loop:
+            try:
+                return torch.func.vmap(pullback, chunk_size=chunk)(tangents)[0]
+            except RuntimeError as err:
+                if "vmap" not in str(err):
+                    raise
+                self.loop = True
+        return torch.stack([pullback(t)[0] for t in tangents])
 
     def _run(self, sigma: Sigma, x: Tensor, alpha: Coefficient) -> Tensor:
         # x = αx̄ is the x-space state the inner field reads; ε as a function of x̄ is E(αx̄), so
@@ -145,16 +164,27 @@ class LogDensityField(ModelField):
         # torch.func differentiates with respect to x alone, whatever the caller's grad mode
         # (function transforms ignore an outer no_grad), so nothing reaches the caller's graph
         # unless it asked for one (likelihood(grad=True))
-        primal_and_pullback = torch.func.vjp(eps_of, x[:, :d])  # typed as (out, pullback[, aux])
-        eps, pullback = primal_and_pullback[0], primal_and_pullback[1]
-        if self.tangents is None:
-            basis = torch.eye(d, dtype=x.dtype, device=x.device).unsqueeze(1).expand(d, k, d)
-            chunk = max(1, EXACT_CHUNK_ELEMENTS // (k * d))
-            rows = torch.func.vmap(pullback, chunk_size=chunk)(basis)[0]  # (D, k, D): ∂ε/∂x rows
-            trace = torch.diagonal(rows, dim1=0, dim2=2).sum(-1)
-        else:
-            v = self.tangents.to(x.dtype)
-            trace = (torch.func.vmap(pullback)(v)[0] * v).sum(-1).mean(0)
+        try:
+            primal_and_pullback = torch.func.vjp(eps_of, x[:, :d])  # typed as (out, pullback[, aux])
+            eps, pullback = primal_and_pullback[0], primal_and_pullback[1]
+            if self.tangents is None:
+                basis = torch.eye(d, dtype=x.dtype, device=x.device).unsqueeze(1).expand(d, k, d)
+                chunk = max(1, EXACT_CHUNK_ELEMENTS // (k * d))
+                rows = self._pullbacks(pullback, basis, chunk)  # (D, k, D): ∂ε/∂x rows
+                trace = torch.diagonal(rows, dim1=0, dim2=2).sum(-1)
+            else:
+                v = self.tangents.to(x.dtype)
+                trace = (self._pullbacks(pullback, v, v.shape[0]) * v).sum(-1).mean(0)
+        except RuntimeError as err:
+            if "in-place operation" not in str(err):
+                raise
+            # torch's advice ("rewrite the function") misleads: a module in training mode
+            # updates its own buffers (BatchNorm's running statistics) as it runs
+            raise ValueError(
+                "the model changes its own state when called (a module in training mode, such as "
+                "BatchNorm updating its running statistics), which the divergence's differentiation "
+                "cannot follow; call model.eval() first"
+            ) from None
         scale = alpha.reshape(-1) if isinstance(alpha, Tensor) else alpha
         return torch.cat([eps, (scale * trace).unsqueeze(1)], dim=1)
 
@@ -261,7 +291,8 @@ def likelihood(
         start = x.to(_F64) if grad else x.detach().to(_F64)
         point = start
         if spacing is not None:
-            _check_on_grid(start, spacing)
+            # x's own dtype rounds the levels; the bins are those of the exact levels
+            start = start + (_check_on_grid(start, spacing, x.dtype) - start).detach()
             # uniform dequantisation within the bin: x + Δ(u - ½), u ~ U[0, 1)^D
             point = start + spacing * (_draw(generator, batch, (1, *shape), "uniform", start)[0] - 0.5)
         tangents = None
@@ -336,19 +367,28 @@ def _bin_width(levels: int) -> float:
     return 2.0 / (k - 1)
 
 
-def _check_on_grid(x: Tensor, spacing: float) -> None:
-    """``ValueError`` unless every value of ``x`` is a level -1 + iΔ in [-1, 1] (to round-off)."""
-    index = (x + 1) / spacing
+def _check_on_grid(x: Tensor, spacing: float, dtype: torch.dtype) -> Tensor:
+    """The levels -1 + iΔ in [-1, 1] nearest to ``x`` (float64); ``ValueError`` unless ``x`` is on
+    them to the round-off of ``dtype``, the dtype the data came in."""
+    levels = round(2 / spacing) + 1
+    # a level in [-1, 1] stored in that dtype is off by up to half its unit of round-off
+    resolution = torch.finfo(dtype).eps
+    if 4 * resolution > spacing:
+        raise ValueError(
+            f"levels={levels}: x is {str(dtype).removeprefix('torch.')}, whose resolution "
+            f"({resolution:.3g}) does not separate {levels} levels {spacing:.3g} apart; pass x as float32"
+        )
+    index = (x.to(_F64) + 1) / spacing
     off = (index - index.round()).abs().max()
-    outside = bool(((index < -0.5) | (index > round(2 / spacing) + 0.5)).any())
-    # float32 data mapped from integers is off its level by ~1e-7 Δ; 1e-3 Δ leaves room for any cast
-    if outside or float(off) > 1e-3:
-        levels = round(2 / spacing) + 1
+    outside = bool(((index < -0.5) | (index > levels - 0.5)).any())
+    # data mapped from integers is off its level by its dtype's round-off (float32: ~1e-7 Δ)
+    if outside or float(off) > 1e-3 + resolution / spacing:
         raise ValueError(
             f"levels={levels}: x must lie on the {levels} evenly spaced levels -1, -1 + {spacing:g}, …, 1; "
             f"got values {float(off):.3g} bins off the grid{' or outside [-1, 1]' if outside else ''}. "
             "Quantise the data first (diffode.likelihood.snap), or pass levels=None for continuous data"
         )
+    return index.round() * spacing - 1
 
 
 def snap(x: Tensor, levels: int, *, slack: float) -> Tensor:

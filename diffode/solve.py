@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from diffode import boundary
-from diffode.adjoint import checkpointed, continuous_adjoint
+from diffode.adjoint import checkpointed, continuous_adjoint, first_derivatives_only
 from diffode.field import ModelField, Sigma
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
@@ -341,6 +341,7 @@ def solve(
             x = continuous_adjoint(counted, stepper, values, advance, x, params)
         else:
             x = checkpointed(advance, n_steps, x, stepper.init(counted, grid, x, generator), params, run)
+        x = first_derivatives_only(x)
         # max_nfe bounds the forward solve; the backward pass recomputes it on its own account
         counted.budget.limit = None
         if not finite_flags and not bool(torch.isfinite(x).all()):

@@ -175,6 +175,18 @@ def test_the_continuous_adjoint_never_leaves_the_grid(grid):
     assert len(seen) > forward and max(seen[forward:]) <= 80.0 * (1 + 1e-12)
 
 
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+def test_gradients_of_gradients_are_refused_not_lost(solver):
+    # both adjoints recompute without a graph: a gradient penalty lost its terms in silence
+    net = mlp()
+    x = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = solve(EpsField(net, LINEAR), x, diffode.sigma_grid(LINEAR, 6, "karras"), solver, adjoint=True).x
+    with pytest.raises(ValueError, match=r"first derivatives only.*create_graph=True.*adjoint=False"):
+        torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(out.pow(2).sum(), x)
+    assert not g.requires_grad
+
+
 def test_fields_are_modules_that_odeint_adjoint_accepts():
     from torchdiffeq import odeint_adjoint
 

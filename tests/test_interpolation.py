@@ -100,6 +100,14 @@ def test_weights_outside_the_unit_interval_are_refused():
         interpolate(z0, z1, [])
     with pytest.raises(TypeError, match="weights must be numbers"):
         interpolate(z0, z1, True)
+    # a bool list gave the endpoints swapped, complex weights a torch warning, and weights that
+    # require grad were detached in silence
+    with pytest.raises(TypeError, match="weights must be real numbers, got dtype torch.bool"):
+        interpolate(z0, z1, [True, False])
+    with pytest.raises(TypeError, match="weights must be real numbers, got dtype torch.complex64"):
+        interpolate(z0, z1, torch.tensor([0.5 + 0j]))
+    with pytest.raises(ValueError, match=r"weights require grad.*weights.detach\(\)"):
+        interpolate(z0, z1, torch.tensor([0.5], requires_grad=True))
 
 
 def test_mismatched_latents_are_refused():

@@ -233,6 +233,26 @@ def test_levels_refuse_data_off_the_grid_and_snap_moves_it_on():
         snap(torch.tensor([[0.0, math.nan, 1.0]]), 17, slack=1 / 255)
     with pytest.raises(ValueError, match="slack must be a finite number >= 0, got nan"):
         snap(torch.tensor([[0.5]]), 17, slack=math.nan)
+    # float16 data on 256 levels is off them by its own round-off, up to 0.06 bins: it was refused,
+    # and snap could not help; bfloat16 cannot separate 256 levels at all
+    on_grid = torch.tensor([[0, 37, 200, 255]], dtype=F64) / 127.5 - 1
+    seed = torch.Generator().manual_seed(0)
+    half = likelihood(model, LINEAR, on_grid.reshape(2, 2).half(), levels=256, generator=seed)
+    exact = likelihood(model, LINEAR, on_grid.reshape(2, 2), levels=256, generator=seed.manual_seed(0))
+    assert torch.equal(half.nats.double(), exact.nats.double())
+    with pytest.raises(ValueError, match="bfloat16, whose resolution .* does not separate 256 levels"):
+        likelihood(model, LINEAR, on_grid.reshape(2, 2).bfloat16(), levels=256)
+
+
+def test_a_model_in_training_mode_is_told_to_call_eval():
+    # torch's own error told the user to rewrite the function
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).double()
+    with pytest.raises(ValueError, match=r"call model.eval\(\) first"):
+        likelihood(lambda x, t: net(x), LINEAR, torch.randn(3, 2, dtype=F64))
+    net.eval()
+    assert bool(
+        torch.isfinite(likelihood(lambda x, t: net(x), LINEAR, torch.randn(3, 2, dtype=F64)).nats).all()
+    )
 
 
 def test_conditioning_follows_the_samples():
@@ -361,4 +381,11 @@ def test_cli_prints_mean_bpd_with_its_standard_error(tmp_path, capsys):
     assert main(["likelihood", str(tmp_path / "two.npz"), "--split", "test"]) == 2
     assert "not both or neither" in capsys.readouterr().err
     assert main(["likelihood", str(tmp_path / "two.npz"), "--levels", "5"]) == 2
-    assert "not on 5 levels" in capsys.readouterr().err
+    assert "--levels 5: the data is not on 5 levels" in capsys.readouterr().err
+    # more levels than 8 bits hold were accepted, and gave a bound for data nobody has
+    assert main(["likelihood", str(tmp_path / "two.npz"), "--levels", "300"]) == 2
+    assert "at most 256 levels" in capsys.readouterr().err
+    # the split's 17 levels are not 256: the advice named the Python API (snap, levels=None)
+    assert main(["likelihood", "--split", "test", "--levels", "256"]) == 2
+    err = capsys.readouterr().err
+    assert "--levels 256: the data is not on 256 levels" in err and "--levels 0" in err
