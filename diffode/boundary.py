@@ -71,13 +71,14 @@ def invert_into_zero(
     floor_ok: bool = True,
     accept: float | None = None,
     resolution: float | None = None,
+    leap: bool = False,
 ) -> FixedPoint:
     """The exact inverse of :func:`into_zero`: the x̄ at σ = ``sigma`` whose x̂₀ is ``x0``.
 
     Solved per sample by :func:`~diffode.fixed_point.solve_fixed_point` from the guess x̄ = x₀
     (its first iteration is the explicit lift of :func:`out_of_zero`); samples that have
     converged are no longer evaluated (``f.rows``). ``tol``, ``max_iter``, ``memory``,
-    ``floor_ok``, ``accept`` and ``resolution`` are the iteration's. With ``memory=None`` the
+    ``floor_ok``, ``accept``, ``resolution`` and ``leap`` are the iteration's. With ``memory=None`` the
     first attempt keeps :data:`~diffode.fixed_point.STEP_MEMORY` columns, and the samples it
     leaves unconverged are solved again from x₀ with
     :data:`~diffode.fixed_point.RETRY_MEMORY` columns and
@@ -98,6 +99,7 @@ def invert_into_zero(
         "floor_ok": floor_ok,
         "accept": accept,
         "resolution": resolution,
+        "leap": leap,
     }
     found = solve_fixed_point(forward, x0, x0, memory=STEP_MEMORY if memory is None else memory, **options)
     if memory is not None:

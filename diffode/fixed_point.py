@@ -19,13 +19,21 @@ from torch import Tensor
 
 from diffode.validation import describe, require_int
 
-ROUND_OFF_ULPS = 0.25
+ROUND_OFF_ULPS = 2.0
 """Default tolerance in units of round-off of the state's dtype (relative to the state's scale).
-A quarter unit is below what a state in that dtype resolves, so by default the iteration runs
-until its residual stops improving: the residuals it leaves are then round-off noise, not a
-systematic remainder of the iteration, which a decoding flow that expands perturbations adds up
-step after step (on the digits model's own samples, stopping at 2 units left float32 round trips
-of 3.3e-4 at 100 Euler steps, iterating to the floor 6.3e-6)."""
+A sample that reaches it takes one more Anderson step without evaluating it (:data:`LEAP`).
+Below 2 units the Anderson iteration on a sampling step still converges linearly, dividing the
+residual by 10-20 per iteration, so that step lands at the round-off floor (about half a unit)
+for no evaluation. Stopping at 2 units without it leaves a remainder that is not round-off
+noise but the same error step after step, which a decoding flow that expands perturbations adds
+up (on the digits model's own samples, float32, 100 Euler steps: round trips of 3.3e-4 stopping
+at 2 units, 6.3e-6 iterating to the floor); with the extra step the round trips are those of the
+floor at about 60 % of its evaluations (docs/encoding.md)."""
+
+LEAP = True
+"""Whether the default stopping rule (``InverseOf`` without ``tol``) takes the extra unevaluated
+Anderson step of :data:`ROUND_OFF_ULPS`; an explicit ``tol`` is a promise on the evaluated
+residual, and gets no such step."""
 
 ACCEPT_ULPS = 64
 """Default acceptance in units of round-off: a sample that stops improving above the tolerance
@@ -61,10 +69,12 @@ improving samples are common."""
 SETTLE = 2
 """Iterations without a new best residual after which a sample's round-off floor is measured
 (once) and the sample stops if it is within the acceptance: Anderson iterates stop improving at
-the floor, and rarely for two iterations before. One would save an evaluation per step (Euler in
-float32 on the digits model at 50 steps: 6.9 -> 5.9 per image and step) but accepts samples
-that are still converging: exact Heun at 10 steps then left one of 64 held-out digits 7.7e-4
-off after decoding, where its summed step residuals read 3.7e-5 (with 2: 1.0e-5)."""
+the floor, and rarely for two iterations before. One would save an evaluation per step for the
+samples that stall above the tolerance (with the iteration run to the floor, before
+:data:`LEAP`: Euler in float32 on the digits model at 50 steps, 6.9 -> 5.9 per image and step)
+but accepts samples that are still converging: exact Heun at 10 steps then left one of 64
+held-out digits 7.7e-4 off after decoding, where its summed step residuals read 3.7e-5 (with 2:
+1.0e-5)."""
 
 FLOOR_FACTOR = 4.0
 """A residual within this factor of the measured round-off floor counts as converged: the floor is
@@ -79,11 +89,12 @@ the accepted iterate, e.g. the field's value at y for the next step's predictor)
 
 def default_tolerance(dtype: torch.dtype) -> float:
     """The tolerance used when none is given: :data:`ROUND_OFF_ULPS` units of round-off of
-    ``dtype`` (3.0e-8 in float32, 5.6e-17 in float64), relative to the scale of the state.
+    ``dtype`` (2.4e-7 in float32, 4.4e-16 in float64), relative to the scale of the state; a
+    sample that reaches it takes one more unevaluated Anderson step (:data:`LEAP`).
 
-    Few samples reach it: a sample whose iteration stops improving above it (at the round-off
-    floor of the step) is accepted up to :func:`default_acceptance` or :data:`FLOOR_FACTOR`
-    times the measured floor of the map."""
+    A sample whose iteration stops improving above it (at the round-off floor of the step) is
+    accepted up to :func:`default_acceptance` or :data:`FLOOR_FACTOR` times the measured floor
+    of the map."""
     return ROUND_OFF_ULPS * torch.finfo(dtype).eps
 
 
@@ -99,8 +110,10 @@ class FixedPoint:
     """The result of :func:`solve_fixed_point`; per-sample tensors have shape ``(batch,)``.
 
     Attributes:
-        y: the iterate with the lowest residual, shape and dtype of the target.
-        residual: float64 ‖target - forward(y)‖∞ / scale.
+        y: the iterate with the lowest residual, shape and dtype of the target; with ``leap``,
+            for the samples that reached the tolerance, one Anderson step beyond it.
+        residual: float64 ‖target - forward(y)‖∞ / scale of the iterate with the lowest
+            residual (before the leap: the leaped y is not evaluated).
         scale: float64 max(1, ‖target‖∞, ‖guess‖∞): residual × scale is absolute.
         floor: float64 measured round-off floor of the map at y, in the units of ``residual``
             (0 where it was not needed: samples that reached the tolerance).
@@ -155,6 +168,7 @@ def solve_fixed_point(
     accept: float | None = None,
     gain: float | Tensor = 1.0,
     resolution: float | None = None,
+    leap: bool = False,
 ) -> FixedPoint:
     """Solve ``forward(y) = target`` for y, per sample, by safeguarded Anderson acceleration.
 
@@ -191,6 +205,10 @@ def solve_fixed_point(
             one unit of round-off of the state's dtype. A map that computes in a coarser dtype
             (a float16 network on a float32 state) needs that dtype's unit, or the nudge is
             rounded away and the floor comes out as the state's round-off alone.
+        leap: a sample that reaches ``tol`` takes one more Anderson step, which is returned
+            without being evaluated: in the linearly converging regime near the round-off floor
+            that step divides the residual by the iteration's rate (10-20 on sampling steps) for
+            no evaluation. ``residual`` stays that of the last evaluated iterate.
 
     Returns:
         A :class:`FixedPoint`. Convergence is reported, not asserted.
@@ -233,6 +251,14 @@ def solve_fixed_point(
     y_best, g_best = y.clone(), g.clone()
     aux_best = None if aux is None else aux.clone()
 
+    def anderson_step(rows: Tensor, y_a: Tensor, g_a: Tensor) -> Tensor:
+        """The next iterate of ``rows`` from their iterates ``y_a`` with residuals ``g_a``."""
+        step = beta[rows] / gains[rows]
+        y_new = y_a + step[:, None].to(y.dtype) * g_a
+        if filled:
+            y_new = y_new - _anderson_correction(dy[rows, :, -filled:], dg[rows, :, -filled:], g_a, step)
+        return y_new
+
     def measure_floor(rows: Tensor) -> None:
         """The round-off floor of the map at the best iterates of ``rows``: the change of
         ``forward`` when y moves by one ulp per element."""
@@ -254,10 +280,7 @@ def solve_fixed_point(
     while bool(active.any()):
         rows = active.nonzero()[:, 0]
         y_a, g_a, b_a = y[rows], g[rows], beta[rows]
-        step = b_a / gains[rows]
-        y_new = y_a + step[:, None].to(y.dtype) * g_a
-        if filled:
-            y_new = y_new - _anderson_correction(dy[rows, :, -filled:], dg[rows, :, -filled:], g_a, step)
+        y_new = anderson_step(rows, y_a, g_a)
         g_new, res_new, aux_new = evaluate(y_new, rows)
         taken = res_new < 4 * best[rows]  # False where the new residual is NaN
         if first_pass:  # every active sample takes its first iteration here
@@ -298,6 +321,12 @@ def solve_fixed_point(
                 measure_floor(settling)
             done |= best_rows <= FLOOR_FACTOR * floor[rows]
         active[rows] = ~done & (stale[rows] < patience) & (iterations[rows] < max_iter)
+    if leap:
+        # samples that reached the tolerance on their last (improving, so taken) iteration: the
+        # iterate, its residual and the history are current, and the next step is free
+        leaping = ((best <= tol) & (iterations > 0)).nonzero()[:, 0]
+        if leaping.numel():
+            y_best[leaping] = anderson_step(leaping, y_best[leaping], g_best[leaping])
     if floor_ok:
         unmeasured = ((best > accept) & ~measured).nonzero()[:, 0]
         if unmeasured.numel():
@@ -363,6 +392,7 @@ __all__ = [
     "ACCEPT_ULPS",
     "DEFAULT_MAX_ITER",
     "FLOOR_FACTOR",
+    "LEAP",
     "RETRY_MEMORY",
     "RETRY_PATIENCE",
     "ROUND_OFF_ULPS",

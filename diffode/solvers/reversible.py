@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffode import fixed_point
 from diffode.boundary import invert_into_zero
 from diffode.field import PredictingField, Sigma, VectorField
 from diffode.fixed_point import (
@@ -233,7 +234,9 @@ class InverseOf(Solver):
     on the first step, the plain iteration). Samples that have converged are no longer
     evaluated (the field's ``rows``). A sample stops at the tolerance, or when its residual
     stops improving; it has converged when it reached the tolerance or, with the
-    default tolerance, the round-off floor of the sampling step measured at its result. A
+    default tolerance, the round-off floor of the sampling step measured at its result. With the
+    default tolerance, a sample that reaches it returns one more Anderson step, unevaluated
+    (:data:`~diffode.fixed_point.LEAP`), which lands it at the round-off floor. A
     sample that has not raises :class:`InversionError` (a ``ValueError``) naming the sample,
     the step, the residual and the options that help; it never returns silently. The iteration
     converges when the sampling step is a small perturbation of the identity; coarse steps
@@ -247,9 +250,10 @@ class InverseOf(Solver):
             Multistep solvers (their state carries history), adaptive and stochastic ones are
             refused.
         tol: per-sample tolerance on ‖solver.step(y) - x‖∞ / max(1, ‖x‖∞, ‖y₀‖∞) (y₀ the
-            predictor); ``None``: :func:`~diffode.fixed_point.default_tolerance` of the coarser
-            of the state's dtype and the network's, or the measured round-off floor where that
-            is higher.
+            predictor), met by the returned y; ``None``:
+            :func:`~diffode.fixed_point.default_tolerance` of the coarser of the state's dtype
+            and the network's and the unevaluated last step above, or the measured round-off
+            floor where that is higher.
         max_iter: fixed-point iterations allowed per step and sample.
         memory: Anderson history length (0: plain damped iteration); ``None``:
             :data:`~diffode.fixed_point.STEP_MEMORY`, and on the step into σ = 0, the nearly
@@ -347,7 +351,9 @@ class InverseOf(Solver):
 
         carry = state.carry
         # the field at (s0, x) is the first stage of the previous step's accepted iterate: solve
-        # hands each step the x the previous one returned, so the σ tells that it applies
+        # hands each step the x the previous one returned, so the σ tells that it applies (after
+        # a leap, x is one unevaluated Anderson step from that iterate, within a few units of
+        # round-off: as good a start for the predictor)
         slope = carry[1] if carry is not None and carry[0] == s0 else _Tap(f, state)(s0, x)
         # Predictor: the field is (x̄ - D)/σ with D = x̄ - σf the denoised state, whose flow with D
         # held fixed (x̄ - D ∝ σ) the Euler step undoes exactly; D at s1 is extrapolated linearly
@@ -389,7 +395,7 @@ class InverseOf(Solver):
         for, or the defaults of the coarser of ``x``'s dtype and the network's (a float16 network
         integrated in float32) with the measured round-off floor."""
         if self.tol is not None:
-            return {"tol": self.tol, "accept": None, "floor_ok": False}
+            return {"tol": self.tol, "accept": None, "floor_ok": False, "leap": False}
         dtype = x.dtype
         network = getattr(getattr(f, "model", None), "network_dtype", None)
         if network is not None and torch.finfo(network).eps > torch.finfo(dtype).eps:
@@ -399,6 +405,7 @@ class InverseOf(Solver):
             "accept": default_acceptance(dtype),
             "floor_ok": True,
             "resolution": torch.finfo(dtype).eps,
+            "leap": fixed_point.LEAP,
         }
 
     def _report(
