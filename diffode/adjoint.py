@@ -156,7 +156,8 @@ class _FirstDerivativesOnly(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
-        return x.view_as(x)
+        # a copy, not a view: the caller may edit the result in place (clamp_)
+        return x.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:

@@ -170,6 +170,11 @@ class Conditioning:
     def batch(self) -> int:
         return next(iter(self.cond.values())).shape[0]
 
+    def tensors(self) -> list[Tensor]:
+        """The conditional and unconditional inputs, in keyword order (what a gradient with respect
+        to the conditioning reaches)."""
+        return [*self.cond.values(), *(self.uncond or {}).values()]
+
     def rows(self, index: Tensor) -> Conditioning:
         """The conditioning of the batch rows ``index`` (1-D int64)."""
 

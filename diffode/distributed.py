@@ -404,15 +404,26 @@ def write_shards(
     ``(len(shard.seeds), *shape)``), on every rank of the process group if one is initialised
     (all ranks call this with the same arguments), resuming whatever is there.
 
-    Rank 0 writes (or checks) ``manifest`` before any rank writes a shard, and every rank checks
-    that its own ``manifest`` equals rank 0's (a node started with other options is refused on
-    every rank, before any sampling); each rank then samples
+    Every rank first checks that its own ``manifest`` equals rank 0's (a node started with other
+    options is refused on every rank, before anything is written); rank 0 then writes (or
+    checks) ``manifest`` before any rank writes a shard; each rank then samples
     the missing shards among its own (``shards[rank::world_size]``), in lock step with the others
     so that rank 0 can show shards done / total and an ETA.
     """
     folder = Path(outdir)
     rank, world = rank_and_world()
     shards = plan_shards(seeds, shard_size)
+    # a rank (a node) started with other settings would write its shards of another run into
+    # this one's folder: every rank compares its own manifest with rank 0's, before rank 0
+    # writes anything (a refused launch leaves no manifest to refuse the next one)
+    reference = _from_rank(dict(manifest))
+    difference = first_difference(reference, manifest, ("on rank 0", f"on rank {rank}"))
+    (odd,) = _all_reduce([rank + 1 if difference is not None else 0], dist.ReduceOp.MAX)
+    if odd:
+        raise ValueError(
+            f"the ranks were started with different settings ({_from_rank(difference, odd - 1)}); "
+            "start every rank with the same options"
+        )
     error, skipped = None, 0
     if rank == 0:
         try:
@@ -421,17 +432,7 @@ def write_shards(
         except (ValueError, OSError) as err:
             error = str(err)
     # every rank raises rank 0's refusal, rather than waiting for shards that never come
-    error, skipped, reference = _from_rank((error, skipped, dict(manifest)))
-    if error is None:
-        # a rank (a node) started with other settings would write its shards of another run
-        # into this one's folder: every rank compares its own manifest with rank 0's
-        difference = first_difference(reference, manifest, ("on rank 0", f"on rank {rank}"))
-        (odd,) = _all_reduce([rank + 1 if difference is not None else 0], dist.ReduceOp.MAX)
-        if odd:
-            error = (
-                f"the ranks were started with different settings ({_from_rank(difference, odd - 1)}); "
-                "start every rank with the same options"
-            )
+    error, skipped = _from_rank((error, skipped))
     if error is not None:
         raise ValueError(error)
     # only now, after rank 0's look at the folder, may any shard appear in it; a node without a

@@ -122,7 +122,8 @@ class FixedPoint:
         iterations: int64 iterations per sample.
         calls: calls of ``forward`` (on any number of rows), the floor measurement included.
         evaluations: rows passed to ``forward`` in total (per-sample cost).
-        aux: ``forward``'s auxiliary output at y (``None`` if it gives none).
+        aux: ``forward``'s auxiliary output at the iterate with the lowest residual (before a
+            leap), ``None`` if it gives none.
         secant: float64 ``(batch,)``, the map's derivative along the first iteration's step,
             -⟨Δg, Δy⟩ / ⟨Δy, Δy⟩ with g = target - forward(y) (a gain for a similar problem);
             NaN for a sample that did not iterate or whose first step was rejected.

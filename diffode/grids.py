@@ -45,8 +45,10 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
     - ``"quadratic"``: ``int(v)`` for v in ``linspace(0, √(0.8 T), S)²`` (the reference code's
       ``"quad"``). Where truncation repeats a timestep the repeat is dropped, so fewer than S
       steps are taken; the reference code takes a zero-length step there, an identity.
-    - ``"trailing"``: ``round(arange(T, 0, -T/S)) - 1`` (diffusers, to the bit: NumPy's
-      ``arange`` and exact halves make a few S differ by one from ``round(T - i T/S) - 1``).
+    - ``"trailing"``: the first S of ``round(arange(T, 0, -T/S)) - 1`` (diffusers' timesteps
+      to the bit: NumPy's ``arange`` and exact halves make a few S differ by one from
+      ``round(T - i T/S) - 1``; where ``arange`` gives S + 1 values, diffusers keeps a last
+      timestep -1, which is dropped here).
     - ``"linspace"``: ``round(linspace(0, T-1, S))`` (diffusers).
     """
     T = require_discrete(
@@ -61,8 +63,10 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
         ts = np.unique(np.array([int(v) for v in np.linspace(0, math.sqrt(T * 0.8), steps) ** 2]))
     elif spacing == "trailing":
         # np.arange with a float step, as diffusers writes it: its values are not T - i·T/S
-        # to the last bit, and the exact halves (S = 48: 937.5) round the other way
-        ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        # to the last bit, and the exact halves (S = 48: 937.5) round the other way. For some S
+        # (62 of 1 … 1000 at T = 1000, S = 61 the first) it gives one value more, and diffusers a
+        # timestep -1: the first S are kept
+        ts = (np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1)[:steps]
     elif spacing == "linspace":
         ts = np.round(np.linspace(0, T - 1, steps)).astype(np.int64)
     else:
@@ -518,7 +522,8 @@ def load_grid(path: str | Path) -> Tensor:
             f"{path} is not a valid σ grid file: 'sigmas' must be a non-empty list of numbers "
             '(the first may be "inf")'
         )
-    dtype = _GRID_DTYPES.get(payload.get("dtype", "float64"))
+    name = payload.get("dtype", "float64")
+    dtype = _GRID_DTYPES.get(name) if isinstance(name, str) else None
     if dtype is None:
         raise ValueError(
             f"{path} is not a valid σ grid file: 'dtype' must be one of {', '.join(_GRID_DTYPES)}, "

@@ -180,10 +180,18 @@ class LogDensityField(ModelField):
                 raise
             # torch's advice ("rewrite the function") misleads: a module in training mode
             # updates its own buffers (BatchNorm's running statistics) as it runs
+            model = self.inner.model
+            training = (
+                "it is in training mode (BatchNorm updates its running statistics): call model.eval() first"
+            )
+            in_place = "it updates a buffer or a tensor it holds in place: make its forward pass free of that"
+            if isinstance(model, torch.nn.Module):
+                reason = training if any(m.training for m in model.modules()) else in_place
+            else:
+                reason = f"if {training}; else {in_place}"
             raise ValueError(
-                "the model changes its own state when called (a module in training mode, such as "
-                "BatchNorm updating its running statistics), which the divergence's differentiation "
-                "cannot follow; call model.eval() first"
+                "the model changes its own state when called, which the divergence's differentiation cannot "
+                f"follow: {reason}"
             ) from None
         scale = alpha.reshape(-1) if isinstance(alpha, Tensor) else alpha
         return torch.cat([eps, (scale * trace).unsqueeze(1)], dim=1)
@@ -376,7 +384,8 @@ def _check_on_grid(x: Tensor, spacing: float, dtype: torch.dtype) -> Tensor:
     if 4 * resolution > spacing:
         raise ValueError(
             f"levels={levels}: x is {str(dtype).removeprefix('torch.')}, whose resolution "
-            f"({resolution:.3g}) does not separate {levels} levels {spacing:.3g} apart; pass x as float32"
+            f"({resolution:.3g}) does not separate {levels} levels {spacing:.3g} apart; pass the data as "
+            "it was before that cast (or snap(x.float(), levels, slack=...) if it was only rounded)"
         )
     index = (x.to(_F64) + 1) / spacing
     off = (index - index.round()).abs().max()

@@ -63,13 +63,9 @@ class Oracle(ABC):
     def eps(self, sigma: Sigma, xbar: Tensor) -> Tensor:
         """Optimal ε*(x̄, σ) for x̄ of shape ``(batch, *event_shape)``; dtype of ``xbar``."""
 
+    @abstractmethod
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` ≥ 1 draws from the data distribution, float64 of shape ``(n, *event_shape)``."""
-        return self._draw(require_int("n", n, low=1), generator)
-
-    @abstractmethod
-    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """``n`` draws (``n`` already validated)."""
 
     @abstractmethod
     def log_prob(self, x0: Tensor, sigma: Sigma = 0.0) -> Tensor:
@@ -119,8 +115,8 @@ class Gaussian(Oracle):
         ratio = torch.sqrt((self.std**2 + s1 * s1) / (self.std**2 + s0 * s0))
         return (mu + (xbar.to(_F64) - mu) * ratio).to(xbar.dtype)
 
-    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
-        z = torch.randn((n, *self.event_shape), generator=generator, dtype=_F64)
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn((require_int("n", n, low=1), *self.event_shape), generator=generator, dtype=_F64)
         return self.mean + self.std * z
 
     def log_prob(self, x0: Tensor, sigma: Sigma = 0.0) -> Tensor:
@@ -183,8 +179,8 @@ class GaussianMixture(Oracle):
         out = s * (w * diff / var).sum(1)
         return out.reshape(xbar.shape).to(xbar.dtype)
 
-    def _draw(self, n: int, generator: torch.Generator | None) -> Tensor:
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        k = torch.multinomial(self.weights, require_int("n", n, low=1), replacement=True, generator=generator)
         z = torch.randn((n, *self.event_shape), generator=generator, dtype=_F64)
         std = self.stds[k].reshape(-1, *([1] * len(self.event_shape)))
         return self.means[k] + std * z

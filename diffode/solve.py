@@ -201,15 +201,18 @@ def _adjoint_params(
     if given is None:
         # parameters are found only on modules: a plain function (or a field around one) may
         # close over tensors that require grad, and they would get no gradient in silence
-        model = getattr(f, "model", f)
-        if not isinstance(f, torch.nn.Module) or not isinstance(model, torch.nn.Module):
+        if not isinstance(f, torch.nn.Module) or not isinstance(getattr(f, "model", f), torch.nn.Module):
+            plain = f if not isinstance(f, torch.nn.Module) else f.model
             raise ValueError(
-                f"adjoint=True finds the parameters to differentiate only on an nn.Module, and the "
-                f"{'model' if model is not f else 'field'} is a {type(model).__name__}: pass "
+                f"adjoint=True finds the parameters to differentiate only on nn.Modules, and the "
+                f"{'field' if plain is f else 'model'} is a {type(plain).__name__}: pass "
                 "adjoint_params=[...] (the tensors it uses that need gradients), or adjoint_params=() "
                 "for gradients with respect to x alone"
             )
-        return [p for p in f.parameters() if p.requires_grad]
+        # conditioning tensors (a text embedding being optimised) are inputs, not parameters
+        conditioning = getattr(f, "conditioning", None)
+        inputs = [] if conditioning is None else conditioning.tensors()
+        return [p for p in [*f.parameters(), *inputs] if p.requires_grad]
     if given:
         params = list(given)
         for k, p in enumerate(params):
@@ -277,13 +280,14 @@ def solve(
         first step where it did (checked once, after the loop, to avoid a device sync per step).
     """
     x = require_finite("x", require_floating("x", x))
-    if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(
-            f"x must have a leading batch dimension with at least one sample, got shape {tuple(x.shape)}"
-        )
+    if x.ndim == 0:
+        raise ValueError("x must have a leading batch dimension, got a 0-d tensor")
     _check_generator(generator)
     grid = check_sigma_grid(sigmas)
     stepper = get_solver(solver)
+    if x.shape[0] == 0:
+        # nothing to integrate (an adaptive solver's step-size control would meet 0/0)
+        return Solution(x.clone(), 0, grid, x.new_empty((len(grid), *x.shape)) if save else None)
     values = grid.tolist()
     if math.isinf(values[0]) and stepper.stochastic:
         raise ValueError(

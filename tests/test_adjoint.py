@@ -187,6 +187,31 @@ def test_gradients_of_gradients_are_refused_not_lost(solver):
     assert not g.requires_grad
 
 
+def test_conditioning_tensors_get_their_gradients_and_the_result_can_be_edited_in_place():
+    # a learned embedding passed as cond got no gradient with adjoint=True, in silence
+    class Conditional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4).double()
+
+        def forward(self, x, t, y=None):
+            return 0.1 * self.lin(x) + 0.1 * y
+
+    net = Conditional()
+    emb = torch.randn(2, 4, dtype=F64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    field = diffode.field_for(net, LINEAR, "epsilon", cond={"y": emb})
+    x = torch.randn(2, 4, dtype=F64, generator=torch.Generator().manual_seed(1))
+    grid = torch.tensor([5.0, 2.0, 1.0], dtype=F64)
+    grads = []
+    for adjoint in (False, True):
+        emb.grad = None
+        out = solve(field, x, grid, "euler", adjoint=adjoint).x
+        # the adjoint's result is a tensor of its own, which clamp_ may edit
+        out.clamp_(-10, 10).sum().backward()
+        grads.append(emb.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=0)
+
+
 def test_fields_are_modules_that_odeint_adjoint_accepts():
     from torchdiffeq import odeint_adjoint
 

@@ -250,12 +250,20 @@ def test_likelihood_of_a_batch_through_a_diffusers_unet(unet):
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_timestep_spacings_equal_diffusers_for_every_step_count(spacing):
-    # trailing differed at 111 of S = 1 … 1000 (S = 48: 937 where diffusers has 936)
+    # trailing differed at 111 of S = 1 … 1000 (S = 48: 937 where diffusers has 936); where
+    # diffusers gives S + 1 trailing timesteps, the last -1 (S = 61: ..., 15, -1), diffode keeps S
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
     schedule = diffode.Schedule.linear(T)
+    longer = []
     for steps in range(1, T + 1):
         scheduler.set_timesteps(steps)
-        assert torch.equal(diffode.spaced_timesteps(schedule, steps, spacing), scheduler.timesteps), steps
+        ours, theirs = diffode.spaced_timesteps(schedule, steps, spacing), scheduler.timesteps
+        assert len(ours) == steps and int(ours.min()) >= 0
+        assert torch.equal(ours, theirs[:steps]), steps
+        if len(theirs) > steps:
+            assert theirs[steps:].tolist() == [-1]
+            longer.append(steps)
+    assert (61 in longer) if spacing == "trailing" else longer == []
 
 
 def test_cli_refuses_what_it_cannot_write_or_guide_before_sampling(tmp_path, capsys):

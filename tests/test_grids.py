@@ -303,6 +303,11 @@ def test_grid_files_keep_infinite_starts_and_the_grids_dtype(linear, tmp_path):
     )
     with pytest.raises(ValueError, match="'dtype' must be one of float64, float32"):
         load_grid(tmp_path / "bad.json")
+    (tmp_path / "bad.json").write_text(
+        '{"format": "diffode-sigma-grid/1", "sigmas": [1.0, 0.0], "dtype": [1]}'
+    )
+    with pytest.raises(ValueError, match="bad.json is not a valid σ grid file: 'dtype' must be one of"):
+        load_grid(tmp_path / "bad.json")
 
 
 def test_optimize_refuses_a_sigma_max_above_the_schedules(linear):
