@@ -42,6 +42,7 @@ from diffode.solvers.backends import Scipy, Torchdiffeq
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
 from diffode.validation import (
+    check_generator,
     require_finite,
     require_floating,
     require_int,
@@ -292,7 +293,7 @@ def likelihood(
         )
     spacing = None if levels is None else _bin_width(levels)
     batch, shape = x.shape[0], tuple(x.shape[1:])
-    _check_generator(generator, batch)
+    check_generator(generator, batch)
     dims = math.prod(shape)
     inner = field_for(model, schedule, prediction, cond=cond, guidance=guidance, uncond=uncond)
     with graph_mode(grad):
@@ -416,20 +417,6 @@ def snap(x: Tensor, levels: int, *, slack: float) -> Tensor:
             f"{slack:.3g}); pass the number of levels the data was quantised to"
         )
     return nearest.to(x.dtype)
-
-
-def _check_generator(generator: Generator, batch: int) -> None:
-    """``generator`` is ``None``, a ``torch.Generator`` or one per sample (TypeError/ValueError)."""
-    if isinstance(generator, list):
-        if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
-            raise ValueError(
-                f"generator must be one torch.Generator or a list of one per sample ({batch}), "
-                f"got a list of {len(generator)}"
-            )
-    elif generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}"
-        )
 
 
 def _draw(generator: Generator, batch: int, shape: tuple[int, ...], kind: str, like: Tensor) -> Tensor:

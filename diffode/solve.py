@@ -22,7 +22,7 @@ from diffode.adjoint import checkpointed, continuous_adjoint, first_derivatives_
 from diffode.field import ModelField, Sigma
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
-from diffode.validation import check_sigma_grid, describe, require_finite, require_floating
+from diffode.validation import check_generator, check_sigma_grid, describe, require_finite, require_floating
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -179,16 +179,6 @@ class _Counted:
         return self._fresh if self._fresh is not None else self._carried
 
 
-def _check_generator(generator: object) -> None:
-    """``TypeError`` unless ``generator`` is ``None``, a ``torch.Generator`` or a list of them."""
-    many = isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator)
-    if not (generator is None or isinstance(generator, torch.Generator) or many):
-        raise TypeError(
-            "generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), a list of them "
-            f"(one per sample) or None, got {describe(generator)}"
-        )
-
-
 def _adjoint_params(
     f: Callable[..., Tensor], stepper: Solver, given: Sequence[Tensor] | None
 ) -> list[Tensor]:
@@ -282,7 +272,7 @@ def solve(
     x = require_finite("x", require_floating("x", x))
     if x.ndim == 0:
         raise ValueError("x must have a leading batch dimension, got a 0-d tensor")
-    _check_generator(generator)
+    check_generator(generator, x.shape[0])
     grid = check_sigma_grid(sigmas)
     stepper = get_solver(solver)
     if x.shape[0] == 0:

@@ -144,3 +144,21 @@ def check_sigma_grid(sigmas: Any, name: str = "sigmas") -> Tensor:
     elif torch.isinf(grid).any():
         raise ValueError(f"{name} must be finite, got {describe(grid)}")
     return grid
+
+
+def check_generator(generator: Any, batch: int) -> None:
+    """Randomness for a batch of ``batch`` samples: ``None``, one ``torch.Generator``, or a list
+    of one per sample; ``TypeError`` or ``ValueError`` naming the fix otherwise."""
+    if isinstance(generator, (list, tuple)):
+        if not all(isinstance(g, torch.Generator) for g in generator):
+            raise TypeError(f"generator lists must hold torch.Generator objects, got {describe(generator)}")
+        if len(generator) != batch:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators for a batch of {batch}; pass one per "
+                "sample, or a single torch.Generator for the whole batch"
+            )
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            "generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), a list of one "
+            f"per sample, or None, got {describe(generator)}"
+        )

@@ -49,11 +49,6 @@ class DDIM(Solver):
                 f"{self!r} is stochastic and cannot run on an increasing σ grid (encoding); "
                 "use eta=0 (deterministic DDIM) to encode"
             )
-        if isinstance(generator, (list, tuple)) and self.stochastic and len(generator) != x.shape[0]:
-            raise ValueError(
-                f"generator is a list of {len(generator)} generators for a batch of {x.shape[0]}; "
-                "pass one generator per sample, or a single torch.Generator for the whole batch"
-            )
         if self.eta > 1 and not self.sigma_hat:
             s0, s1 = sigmas[:-1], sigmas[1:]
             d2 = self.eta**2 * s1**2 * (s0**2 - s1**2) / s0**2
