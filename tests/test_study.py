@@ -46,11 +46,27 @@ def test_table_has_a_row_per_solver_and_step_count(result, x):
     assert row.rms_error == pytest.approx(float(euler_20.square().mean().sqrt()), rel=1e-15)
 
 
+def test_orders_are_fitted_against_the_steps_where_solvers_differ():
+    # f = σ: Euler's error on a grid ending with the step into 0 (taken exactly as the reference
+    # takes it) is L²/(2m) for m positive-part intervals, so exactly first order in m; counting
+    # the final step (m + 1) read 1.40
+    def field(s, x):
+        return torch.full_like(x, float(s))
+
+    def grid(n):
+        return torch.cat([torch.linspace(1.0, 0.1, n, dtype=F64), torch.zeros(1, dtype=F64)])
+
+    x = torch.zeros(1, 1, dtype=F64)
+    result = study.convergence_study(field, x, ["euler"], [2, 4, 8], grid=grid)
+    assert [r.intervals for r in result.rows] == [1, 3, 7]
+    assert result.orders["euler"] == pytest.approx(1.0, abs=1e-9)
+
+
 def test_markdown_renders(result):
     text = result.to_markdown()
     lines = text.splitlines()
-    assert lines[0] == "| solver | steps | nfe | max_error | rms_error |"
-    assert lines[1] == "|---|---:|---:|---:|---:|"
+    assert lines[0] == "| solver | steps | nfe | max_error | rms_error | intervals |"
+    assert lines[1] == "|---|---:|---:|---:|---:|---:|"
     assert len(lines) == 2 + 8 + 1 + 2 + 2
     assert lines[2].startswith("| euler | 10 | 10 | ")
     assert lines[-4:-2] == ["| solver | empirical order |", "|---|---:|"]
