@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from diffode.oracles import GaussianMixture
-from diffode.validation import require_int, require_nonnegative
+from diffode.validation import SEED_LIMIT, require_int, require_nonnegative
 
 DATASETS = ("digits", "gmm", "moons", "swissroll")
 DIGITS_TRAIN = 1500
@@ -117,5 +117,7 @@ def load_dataset(name: str, *, split: str = "train", n: int = 10_000, seed: int 
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test' for {name!r}, got {split!r}")
+    # the test split uses seed + 1, which must stay below the limit too
+    seed = require_int("seed", seed, low=0, high=SEED_LIMIT - 2)
     generator = torch.Generator().manual_seed(seed + (split == "test"))
     return _POINT_SETS[name](n, generator)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from diffode.checkpoint import load_tensors, save_tensors
 from diffode.models import DigitsClassifier
-from diffode.validation import require_finite
+from diffode.validation import require_finite, require_int
 
 _F64 = torch.float64
 
@@ -75,6 +75,13 @@ def digits_features(images: Tensor, classifier: DigitsClassifier, batch: int = 2
     """
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
         raise ValueError(f"digit images must have shape (n, 1, 8, 8), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        # uint8 pixels (0 … 255) were clipped to [-1, 1] and scored (FD 3273 for the test split)
+        raise TypeError(
+            f"digit images must be floats in [-1, 1], got dtype {images.dtype}; map uint8 pixels p "
+            "with p / 127.5 - 1 (diffode.images.from_uint8)"
+        )
+    require_int("batch", batch, low=1)
     net = copy.deepcopy(classifier).to("cpu", _F64)
     x = images.detach().to("cpu", _F64).clamp(-1, 1)
     return torch.cat([net.features(x[i : i + batch]).detach() for i in range(0, x.shape[0], batch)])

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from diffode.boundary import into_zero
-from diffode.encoding import Encoding, decode, encode
+from diffode.encoding import EXACT_TIMESTEPS, Encoding, decode, encode
 from diffode.field import EpsField, Model, VectorField
 from diffode.grids import check_timesteps
 from diffode.oracles import Gaussian, GaussianMixture
@@ -278,6 +278,10 @@ def assert_round_trip(
             model, schedule, latents, steps=None, timesteps=encoded.sigmas, solver=solver, companion=companion
         )
     else:
+        # a bare latents tensor carries no grid: decode on the one the encoder defaults to for
+        # the method (the implicit inverses' differs from sampling's), else the one given
+        if timesteps is None and method == "exact" and not get_solver(solver).reversible:
+            timesteps = EXACT_TIMESTEPS
         back = decoder(
             model, schedule, encoded, steps=steps, timesteps=timesteps, solver=solver, companion=None
         )
@@ -322,6 +326,11 @@ def assert_euler_is_ddim(
     if raw.numel() and (raw.is_floating_point() or raw.dtype == torch.bool):
         raise TypeError(f"timesteps must be integer training timesteps, got {describe(raw)}")
     ts: list[int] = check_timesteps(schedule, raw).tolist()
+    if len(ts) < 2:
+        # with one timestep only the step into σ = 0 is taken, which is solve's, not the solver's
+        raise ValueError(
+            f"timesteps must hold at least two timesteps, so that the solver takes a step, got {ts}"
+        )
     if rtol is None:
         rtol = 1e-12 if x.dtype == _F64 else 1e-6
     field = EpsField(model, schedule)

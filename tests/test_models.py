@@ -86,6 +86,11 @@ def test_classifier_features_and_logits():
         (lambda: UNet(channels=()), "channels must be a non-empty list"),
         (lambda: UNet(channels=(8, 8, 8, 8), image_size=4), "image_size=4 must be divisible by"),
         (lambda: MLP(hidden=0), "must be positive"),
+        # a zero time embedding gave a network blind to time, an odd one failed at the first call
+        (lambda: MLP(emb_dim=0), "emb_dim must be an even integer >= 2"),
+        (lambda: UNet(emb_dim=7), r"emb_dim must be an even integer >= 2 \(sin/cos pairs\), got 7"),
+        (lambda: build_model("unet", {"image_size": -8, "in_channels": 0}), "must be a positive integer"),
+        (lambda: DigitsClassifier(width=0), "width must be a positive integer, got 0"),
     ],
 )
 def test_bad_architectures_are_refused(call, message):

@@ -78,6 +78,11 @@ def test_metric_input_checks():
         FeatureStats.of(torch.tensor([[0.0, 1.0], [float("inf"), 2.0]]))
     with pytest.raises(ValueError, match=r"digit images must have shape \(n, 1, 8, 8\)"):
         digits_features(torch.zeros(2, 8, 8), pretrained.digits_classifier())
+    # uint8 pixels were clipped to [-1, 1] and scored as images
+    with pytest.raises(TypeError, match=r"digit images must be floats in \[-1, 1\], got dtype torch.uint8"):
+        digits_features(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), pretrained.digits_classifier())
+    with pytest.raises(ValueError, match="batch must be at least 1, got 0"):
+        digits_features(torch.zeros(2, 1, 8, 8), pretrained.digits_classifier(), batch=0)
     with pytest.raises(ValueError, match="split must be one of"):
         pretrained.digits_feature_stats("valid")
     with pytest.raises(ValueError, match="unknown bundled model 'cifar'"):

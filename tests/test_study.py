@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import diffode
 from diffode import karras_sigmas, oracles, solve, study
 from diffode.solvers import Dopri5, Heun
 
@@ -60,6 +61,18 @@ def test_orders_are_fitted_against_the_steps_where_solvers_differ():
     result = study.convergence_study(field, x, ["euler"], [2, 4, 8], grid=grid)
     assert [r.intervals for r in result.rows] == [1, 3, 7]
     assert result.orders["euler"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_grid_of_boundary_steps_only_is_measured():
+    # [∞, 0] has no positive finite σ: the default reference raised IndexError
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=F64), 0)
+    ac[-1] = 0.0
+    ztsnr = diffode.Schedule.from_alphas_cumprod(ac)
+    field = diffode.X0Field(lambda x, t: torch.zeros_like(x), ztsnr)
+    row = study.measure(
+        field, torch.randn(3, 2, dtype=F64), torch.tensor([math.inf, 0.0], dtype=F64), "euler"
+    )
+    assert row.max_error == 0.0 and row.intervals == 0
 
 
 def test_markdown_renders(result):

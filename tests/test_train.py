@@ -44,6 +44,10 @@ def test_point_sets_are_seeded_and_shaped():
         assert a.shape == (500, 2) and a.dtype == torch.float32
         assert torch.equal(a, load_dataset(name, n=500, seed=3))
         assert not torch.equal(a, load_dataset(name, split="test", n=500, seed=3))
+    # these reached torch's manual_seed (or Python's str + bool)
+    for seed, error in ((1.5, TypeError), ("3", TypeError), (-1, ValueError), (2**32 - 1, ValueError)):
+        with pytest.raises(error, match="seed must be"):
+            load_dataset("moons", n=10, seed=seed)
 
 
 def test_point_set_geometry():

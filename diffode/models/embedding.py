@@ -29,6 +29,10 @@ class TimeEmbedding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
+        # checked here, where the network is built: an odd width failed at the first forward
+        # pass, and a zero one gave a network blind to time
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
+            raise ValueError(f"emb_dim must be an even integer >= 2 (sin/cos pairs), got {dim!r}")
         self.dim = dim
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 

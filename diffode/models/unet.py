@@ -74,6 +74,9 @@ class UNet(nn.Module):
         num_classes: int = 0,
     ) -> None:
         super().__init__()
+        for name, value, low in (("in_channels", in_channels, 1), ("image_size", image_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         chans = [int(c) for c in channels]
         if not chans or any(c < 1 for c in chans):
             raise ValueError(f"channels must be a non-empty list of positive widths, got {channels!r}")
