@@ -98,6 +98,21 @@ def test_bad_architectures_are_refused(call, message):
         call()
 
 
+def test_network_calls_that_do_not_fit_name_the_shapes():
+    # raw torch errors before: "Sizes of tensors must match", "too many indices", ...
+    unet, mlp = UNet(channels=(8, 16, 16), emb_dim=8), MLP(hidden=8)
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 1, H, W\) with H and W multiples of 4"):
+        unet(torch.zeros(2, 1, 6, 6), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 1, H, W\)"):
+        unet(torch.zeros(2, 2, 8, 8), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"t must hold one time per sample, shape \(2,\), got \(\)"):
+        unet(torch.zeros(2, 1, 8, 8), torch.tensor(3.0))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 2\), got \(2, 3\)"):
+        mlp(torch.zeros(2, 3), torch.zeros(2))
+    # other sizes that the levels divide still work: the network is convolutional
+    assert unet(torch.zeros(2, 1, 16, 16), torch.zeros(2)).shape == (2, 1, 16, 16)
+
+
 def test_architecture_name_rejects_foreign_modules():
     with pytest.raises(TypeError, match="Linear is not a built-in diffode architecture"):
         architecture_name(torch.nn.Linear(2, 2))

@@ -39,3 +39,13 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         emb = sinusoidal_embedding(t, self.dim)
         return self.mlp(emb.to(next(self.mlp.parameters()).dtype))
+
+
+def check_call(x: Tensor, t: Tensor, event: str, fits: bool, note: str = "") -> None:
+    """``ValueError`` for a network call whose ``x`` does not fit (``fits`` False; ``event`` and
+    ``note`` say what does) or whose ``t`` is not one time per sample, instead of an error deep in
+    a layer."""
+    if not fits:
+        raise ValueError(f"x must have shape (batch, {event}){note}, got {tuple(x.shape)}")
+    if t.ndim != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"t must hold one time per sample, shape ({x.shape[0]},), got {tuple(t.shape)}")

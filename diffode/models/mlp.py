@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffode.models.embedding import TimeEmbedding
+from diffode.models.embedding import TimeEmbedding, check_call
 
 
 class MLP(nn.Module):
@@ -47,6 +47,7 @@ class MLP(nn.Module):
         return (self.dim,)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        check_call(x, t, f"{self.dim}", x.ndim == 2 and x.shape[1] == self.dim)
         dtype = self.inp.weight.dtype
         emb = self.time(t)
         h = self.inp(x.to(dtype))

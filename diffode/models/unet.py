@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffode.models.embedding import TimeEmbedding
+from diffode.models.embedding import TimeEmbedding, check_call
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -191,6 +191,10 @@ class UNet(nn.Module):
         return (self.in_channels, self.image_size, self.image_size)
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        factor = 2 ** (len(self.channels) - 1)
+        fits = x.ndim == 4 and x.shape[1] == self.in_channels
+        fits = fits and x.shape[2] % factor == 0 and x.shape[3] % factor == 0
+        check_call(x, t, f"{self.in_channels}, H, W", fits, f" with H and W multiples of {factor}")
         dtype = self.stem.weight.dtype
         emb = self.time(t)
         label = self._label_embedding(class_labels, x.shape[0], x.device)
