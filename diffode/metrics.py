@@ -37,6 +37,26 @@ class FeatureStats:
     cov: Tensor
     n: int
 
+    def __post_init__(self) -> None:
+        # built by hand or read from a file: float64 on the CPU, and a covariance that is one
+        # (a negative one made the distance's clamp at 0 return 0 in silence)
+        mean = self.mean.detach().to("cpu", _F64)
+        cov = self.cov.detach().to("cpu", _F64)
+        d = mean.shape[0] if mean.ndim == 1 else -1
+        if d < 1 or tuple(cov.shape) != (d, d):
+            raise ValueError(
+                f"FeatureStats needs a mean (D,) and a covariance (D, D), got {tuple(mean.shape)} and "
+                f"{tuple(cov.shape)}"
+            )
+        if bool(torch.isfinite(cov).all()):
+            scale = float(cov.diagonal().abs().sum()) + torch.finfo(_F64).tiny
+            if float((cov - cov.T).abs().max()) > 1e-9 * scale:
+                raise ValueError("FeatureStats covariance must be symmetric")
+            if float(torch.linalg.eigvalsh(cov).min()) < -1e-9 * scale:
+                raise ValueError("FeatureStats covariance must be positive semi-definite")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "cov", cov)
+
     @classmethod
     def of(cls, features: Tensor) -> FeatureStats:
         """Statistics of features ``(n, D)``, n ≥ 2 (unbiased covariance)."""
@@ -103,5 +123,8 @@ def load_feature_stats(path: str | Path, split: str) -> FeatureStats:
     if f"{split}_mean" not in tensors:
         splits = sorted({k.rsplit("_", 1)[0] for k in tensors})
         raise ValueError(f"split must be one of {splits}, got {split!r}")
+    missing = [k for k in (f"{split}_cov", f"{split}_n") if k not in tensors]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)}: not a file written by save_feature_stats")
     mean, cov = tensors[f"{split}_mean"].to(_F64), tensors[f"{split}_cov"].to(_F64)
     return FeatureStats(mean=mean, cov=cov, n=int(tensors[f"{split}_n"][0]))

@@ -85,6 +85,17 @@ def test_metric_input_checks():
         digits_features(torch.zeros(2, 1, 8, 8), pretrained.digits_classifier(), batch=0)
     with pytest.raises(ValueError, match="split must be one of"):
         pretrained.digits_feature_stats("valid")
+    # hand-built statistics: float32 ones raised a dtype error in the distance, a mismatched
+    # covariance a shape error, and a negative one gave 0 in silence
+    a = FeatureStats(torch.zeros(2), torch.eye(2), 10)
+    assert a.mean.dtype == a.cov.dtype == torch.float64
+    assert frechet_distance(a, _stats(np.ones(2), np.eye(2))) == pytest.approx(2.0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"a mean \(D,\) and a covariance \(D, D\), got \(2,\) and \(3, 3\)"):
+        _stats(np.zeros(2), np.eye(3))
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        _stats(np.zeros(2), -np.eye(2))
+    with pytest.raises(ValueError, match="symmetric"):
+        _stats(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="unknown bundled model 'cifar'"):
         pretrained.path("cifar")
 
