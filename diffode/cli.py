@@ -414,7 +414,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"real-data floor: test split (297) vs train split (1500) FD={real_floor():.3f}")
     if images.shape[0] < 297:
         # the estimate's bias grows as 1/n: 10 real test digits score about 2000
-        print(f"note: FD is biased upwards at small n; compare sets of equal size (n={images.shape[0]} < 297)")
+        n = images.shape[0]
+        print(f"note: FD is biased upwards at small n; compare sets of equal size (n={n} < 297)")
     return 0
 
 
