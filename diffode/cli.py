@@ -411,11 +411,11 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: {err}") from None
     fd = digits_fd(images, args.reference)
     print(f"digits FD={fd:.3f} (n={images.shape[0]}, reference={args.reference} split)")
-    print(f"real-data floor: test split (297) vs train split (1500) FD={real_floor():.3f}")
-    if images.shape[0] < 297:
-        # the estimate's bias grows as 1/n: 10 real test digits score about 2000
-        n = images.shape[0]
-        print(f"note: FD is biased upwards at small n; compare sets of equal size (n={n} < 297)")
+    print(f"real-data floor at n = 297: test split vs train split (1500) FD={real_floor():.3f}")
+    n = images.shape[0]
+    if n != 297:
+        # the estimate's bias falls as 1/n: 10 real test digits score about 2000
+        print(f"note: FD depends on n (biased upwards as n shrinks); compare sets of equal size (n={n})")
     return 0
 
 
@@ -688,7 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=_int_in(1), default=256, help="samples per solve (default: 256; adaptive solvers: 1)"
     )
     smp.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    smp.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
+    smp.add_argument(
+        "--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype (default: float32)"
+    )
     target = smp.add_mutually_exclusive_group()
     target.add_argument("--out", default="digits.png", help="output .png grid or .npz (default: digits.png)")
     target.add_argument(
@@ -796,7 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_grid_options(p, steps=50, eta=False, timesteps=timesteps)
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-        p.add_argument("--dtype", default="float32", choices=tuple(_DTYPES), help="model and state dtype")
+        p.add_argument(
+            "--dtype",
+            default="float32",
+            choices=tuple(_DTYPES),
+            help="model and state dtype (default: float32)",
+        )
 
     enc = sub.add_parser(
         "encode",
@@ -809,7 +816,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enc.add_argument("images", nargs="+", help=".png or .npz image files")
     enc.add_argument("--out", default="latents.npz", help="output .npz (default: latents.npz)")
-    enc.add_argument("--method", default="reverse", choices=("reverse", "exact"), help="encoding method")
+    enc.add_argument(
+        "--method",
+        default="reverse",
+        choices=("reverse", "exact"),
+        help="encoding method: reverse integration (DDIM inversion) or exact inversion (default: reverse)",
+    )
     enc.add_argument(
         "--tol",
         type=_positive_float,
@@ -849,7 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
     itp.add_argument(
         "--method", default="slerp", choices=("slerp", "lerp"), help="interpolation (default: slerp)"
     )
-    itp.add_argument("--out", default="interpolation.png", help="output .png strip or .npz")
+    itp.add_argument(
+        "--out", default="interpolation.png", help="output .png strip or .npz (default: interpolation.png)"
+    )
     itp.add_argument(
         "--scale", type=_int_in(1, MAX_SCALE), default=4, help="PNG enlargement factor (default: 4)"
     )

@@ -189,6 +189,10 @@ def read_npz_array(path: str | os.PathLike[str], key: str = "arr_0") -> np.ndarr
     it is not a readable ``.npz`` (truncated, not a zip archive, no such array)."""
     # diffode opens the file itself: np.load leaks its handle when the archive is corrupt
     with open(path, "rb") as fh:
+        # np.load takes any other bytes for a pickle and suggests allow_pickle=True
+        if fh.read(2) != b"PK":
+            raise ValueError(f"{path} is not a readable .npz file (not a zip archive)")
+        fh.seek(0)
         try:
             archive = np.load(fh, allow_pickle=False)
             if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -228,6 +232,11 @@ def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -
             batches.append(from_uint8(read_npz_array(path)))
         elif path.suffix.lower() == ".png":
             picture, text = _read_png(path)
+            if c != 1 and GRID_KEY in text:
+                raise ValueError(
+                    f"{name} is a grid of colour images, which is read back for grey models only; "
+                    "sample to an .npz (--out x.npz) to encode colour samples"
+                )
             layout = text.get(GRID_KEY) if c == 1 else None
             tiles = None if layout is None else _grid_tiles(str(name), picture, layout, h, w)
             if tiles is not None:
@@ -237,8 +246,8 @@ def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -
             fy, fx = grey.shape[0] // h, grey.shape[1] // w
             if c != 1 or fy < 1 or grey.shape != (fy * h, fx * w) or fx != fy:
                 raise ValueError(
-                    f"{name} is a {grey.shape[0]}×{grey.shape[1]} grey PNG; the model needs {c}×{h}×{w} "
-                    "images (a grey PNG of that size or a multiple of it, or an .npz)"
+                    f"{name} is a {grey.shape[0]}×{grey.shape[1]} PNG; the model needs {c}×{h}×{w} "
+                    "images (a grey PNG of that size or a multiple of it for a grey model, or an .npz)"
                 )
             batches.append(from_uint8(_block_mean(grey, h, w)[None, :, :, None]))
         else:

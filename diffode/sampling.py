@@ -86,7 +86,8 @@ def sample(
             timestep of the grid.
         steps: number of sampling steps S (network evaluations for Euler/DDIM). Default: 50
             (at most T) for fixed-step solvers; for adaptive solvers the grid [σ_max, σ_min, 0].
-        timesteps: ``"uniform"``, ``"quadratic"``, ``"trailing"``, ``"linspace"``, ``"karras"``,
+        timesteps: ``"uniform"`` (= ``"leading"``), ``"quadratic"``, ``"trailing"``, ``"linspace"``,
+            ``"karras"``, ``"logsnr"``,
             or an explicit tensor of integer timesteps or σ values (see
             :func:`~diffode.grids.sigma_grid`). A final step to σ = 0 is always taken.
         solver: a solver name or object; ``"euler"`` is deterministic DDIM.

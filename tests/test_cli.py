@@ -143,9 +143,9 @@ def test_eval_reports_the_digits_frechet_distance(tmp_path, capsys):
     with np.load(out) as archive:
         expected = digits_fd(from_uint8(archive["arr_0"]))
     assert f"digits FD={expected:.3f} (n=32, reference=train split)" in text
-    assert "real-data floor: test split (297) vs train split (1500)" in text
-    # 32 samples scored against a floor of 297: the comparison needs the caveat
-    assert "note: FD is biased upwards at small n; compare sets of equal size (n=32 < 297)" in text
+    assert "real-data floor at n = 297: test split vs train split (1500)" in text
+    # 32 samples scored against a floor at 297: the comparison needs the caveat
+    assert "note: FD depends on n (biased upwards as n shrinks); compare sets of equal size (n=32)" in text
 
 
 def test_train_writes_a_checkpoint_that_sample_reads(tmp_path, capsys):
@@ -380,7 +380,7 @@ def test_encode_refuses_pictures_of_the_wrong_size(tmp_path, capsys):
 
     write_png(tmp_path / "odd.png", np.zeros((9, 9), np.uint8))
     assert main(["encode", str(tmp_path / "odd.png"), "--out", str(tmp_path / "z.npz")]) == 2
-    assert "odd.png is a 9×9 grey PNG; the model needs 1×8×8 images" in capsys.readouterr().err
+    assert "odd.png is a 9×9 PNG; the model needs 1×8×8 images" in capsys.readouterr().err
 
 
 def test_eval_refuses_npz_that_are_not_digits(tmp_path, capsys):

@@ -296,6 +296,29 @@ def test_cli_refuses_what_it_cannot_write_or_guide_before_sampling(tmp_path, cap
     assert main(argv) == 2
     assert "--guidance needs the model's unconditional input" in capsys.readouterr().err
     assert not out.exists()
+    # a colour grid that sample wrote was described as a grey PNG of the wrong size
+    labelled = str(tmp_path / "labelled")
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                labelled,
+                "--label",
+                "3",
+                "--steps",
+                "2",
+                "--seeds",
+                "0-3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["encode", str(out), "--model", labelled, "--out", str(tmp_path / "z.npz")]) == 2
+    assert "is a grid of colour images, which is read back for grey models only" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- conditional networks and guidance

@@ -436,7 +436,8 @@ def test_a_fixed_point_iteration_that_does_not_converge_is_reported():
     model, x0 = data("gaussian", 4)
     with pytest.raises(
         ValueError,
-        match=r"did not converge on the step σ .* for sample \d+ .*residual .* after 1 iterations, above tol",
+        match=r"did not converge on the step σ .* for sample \d+ .*residual .* after 1 iterations, "
+        r"above the acceptance .* \(tol ",
     ):
         encode(model, SCHEDULE, x0, steps=10, method="exact", max_iter=1)
 

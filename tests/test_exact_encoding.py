@@ -97,7 +97,10 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
         assert option in message
     # the sample stopped improving before the iteration limit: more iterations are not offered
     assert err.sample >= 0 and "(where it stopped improving)" in message and "--max-iter" not in message
-    # the tolerance it suggests is the residual reached, rounded up to one significant digit
+    # the tolerance it suggests is the residual reached, rounded up to one significant digit, and
+    # it says that it loosens every step of every sample; the default's acceptance is named as such
+    assert "accept this residual on every step of every sample (tol=" in message
+    assert "above the acceptance 7.63e-06 (tol 2.38e-07)" in message
     tol = float(message.split("tol=")[1].split(";")[0])
     assert err.residual <= tol <= 2 * err.residual
     # the step out of σ = 0 ends at σ_min whatever the number of steps: more steps are not offered

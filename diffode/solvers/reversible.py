@@ -443,7 +443,8 @@ class InverseOf(Solver):
         if math.isfinite(residual) and residual > 0:
             exponent = math.floor(math.log10(residual))
             meets = float(f"{math.ceil(residual / 10.0**exponent * (1 - 1e-9))}e{exponent}")
-            accept = f"accept this residual (tol={meets:g}; CLI --tol), "
+            # an explicit tol applies to every step of every sample, not to this one alone
+            accept = f"accept this residual on every step of every sample (tol={meets:g}; CLI --tol), "
         else:
             accept = ""
         steps = "more steps (steps=; CLI --steps), " if more_steps else ""
@@ -457,8 +458,13 @@ class InverseOf(Solver):
             f"exact inversion of {self.solver!r} did not converge on the step σ {s0:.6g} -> {s1:.6g} for "
             f"sample {worst} ({failed.numel()} of {found.residual.numel()} samples): residual "
             f"{residual:.3g} (relative; {float(absolute[worst]):.3g} in x) after "
-            f"{iterations} iterations{stopped}, above tol {tol:.3g}"
-            + (f" and {FLOOR_FACTOR:g} times the round-off floor {floor:.3g}" if self.tol is None else "")
+            f"{iterations} iterations{stopped}, above "
+            + (
+                f"the acceptance {tol:.3g} (tol {criteria['tol']:.3g}) and {FLOOR_FACTOR:g} times the "
+                f"round-off floor {floor:.3g}"
+                if self.tol is None
+                else f"tol {tol:.3g}"
+            )
             + f". Options: {steps}{more}{accept}or method='reverse' (CLI --method reverse)",
             sample=worst,
             sigma=s0,
