@@ -31,8 +31,9 @@ What diffode takes from a scheduler config, and what it leaves:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,20 @@ def _first_file(candidates: list[Path], what: str, fix: str) -> Path:
     raise ValueError(f"no {what} found: looked for {places}; {fix}")
 
 
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """diffusers' own log lines off for the block: it logs an error before raising the OSError
+    that diffode reports in one line, and warns on every cast of a model to a dtype, even with no
+    module to keep in float32."""
+    logging = _import_diffusers().utils.logging
+    before = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
+
+
 def load_diffusers(path: str | Path) -> DiffusersModel:
     """Load a network and its scheduler config from a folder written by ``save_pretrained``.
 
@@ -251,9 +266,10 @@ def load_diffusers(path: str | Path) -> DiffusersModel:
     if not is_model:
         raise ValueError(f"{config_file} names {class_name!r}, which is not a diffusers model class")
     try:
-        unet = model_class.from_pretrained(
-            unet_dir, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
-        )
+        with quiet_diffusers():
+            unet = model_class.from_pretrained(
+                unet_dir, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+            )
     except OSError as err:
         raise ValueError(f"could not load the network from {unet_dir}: {err}") from err
     return DiffusersModel(UNetAdapter(unet), schedule, prediction, _sample_shape(unet))

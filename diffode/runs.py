@@ -116,12 +116,13 @@ def load_model(path: str | os.PathLike[str] | None, device: torch.device, dtype:
             str(folder),
             int(getattr(checkpoint.model, "num_classes", 0)),
         )
-    from diffode.diffusers_interop import load_diffusers
+    from diffode.diffusers_interop import load_diffusers, quiet_diffusers
 
     wrapped = load_diffusers(folder)
     if wrapped.sample_shape is None:
         raise ValueError(f"--model {path}: the network's config gives no in_channels/sample_size")
-    wrapped.model.unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    with quiet_diffusers():
+        wrapped.model.unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
     # a class-conditional diffusers UNet2DModel declares its classes as num_class_embeds
     classes = getattr(getattr(wrapped.model.unet, "config", None), "num_class_embeds", None) or 0
     return LoadedModel(

@@ -266,6 +266,30 @@ def test_timestep_spacings_equal_diffusers_for_every_step_count(spacing):
     assert (61 in longer) if spacing == "trailing" else longer == []
 
 
+def test_loading_a_diffusers_model_leaves_no_diffusers_log_lines(tmp_path):
+    # every cast warned "modules ... should be kept in float32: []" on stderr, beside diffode's output
+    import logging
+
+    from diffode.runs import load_model
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    root = diffusers.utils.logging.get_logger("diffusers")
+    root.addHandler(handler)
+    try:
+        unet = tiny_unet(diffusers)
+        unet.save_pretrained(tmp_path / "m" / "unet")
+        make_scheduler().save_pretrained(tmp_path / "m" / "scheduler")
+        unet.to(torch.float64)
+        assert any("kept in float32" in r.getMessage() for r in records)  # what it did before
+        records.clear()
+        load_model(str(tmp_path / "m"), torch.device("cpu"), torch.float64)
+        assert records == []
+    finally:
+        root.removeHandler(handler)
+
+
 def test_cli_refuses_what_it_cannot_write_or_guide_before_sampling(tmp_path, capsys):
     # a 4-channel model's PNG failed after all the sampling; --guidance on a class-conditional
     # diffusers network without a null class suggested uncond=, which the CLI does not have
