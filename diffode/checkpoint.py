@@ -106,11 +106,6 @@ def save_tensors(
         fh.write(save(payload, metadata=metadata))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_write(path) as fh:
-        fh.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
-
-
 def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     """The JSON object in the file ``path`` (``what`` it is, for messages); ``ValueError`` naming the
     file when it is not valid JSON or not an object."""
@@ -156,19 +151,26 @@ def save_checkpoint(folder: str | os.PathLike[str], model: nn.Module, info: dict
     replaced atomically, so periodic checkpoints can overwrite each other safely.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config_fn = getattr(model, "config", None)
     if not callable(config_fn):
         raise TypeError(f"model must be a built-in diffode architecture, got {type(model).__name__}")
-    config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": architecture_name(model),
-        "model": config_fn(),
-        **info,
-    }
+    own = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": architecture_name(model)}
+    own["model"] = config_fn()
+    clash = sorted(set(info) & set(own))
+    if clash:
+        raise ValueError(
+            f"info must not set {', '.join(map(repr, clash))}: the checkpoint writes them itself"
+        )
+    # the whole config is serialised before either file is replaced: a failure leaves the old
+    # checkpoint as it was, not new weights beside the old config
+    try:
+        text = json.dumps({**own, **info}, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"info must be JSON-serialisable: {err}") from None
+    folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / WEIGHTS, dict(model.state_dict()))
-    _write_json(folder / CONFIG, config)
+    with atomic_write(folder / CONFIG) as fh:
+        fh.write(text.encode())
     return folder
 
 

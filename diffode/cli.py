@@ -123,11 +123,18 @@ def _output(args: argparse.Namespace, option: str, suffixes: Sequence[str] = _PI
 
 
 def _check_picture(path: str | None, shape: Sequence[int], option: str) -> None:
-    """Before any work: a ``.png`` output of images of ``shape`` (C, H, W) needs C = 1 or 3."""
-    if path and Path(path).suffix.lower() == ".png" and len(shape) == 3 and shape[0] not in (1, 3):
+    """Before any work: a ``.png`` output holds images (C, H, W) with C = 1 or 3, or 2-D points."""
+    if not path or Path(path).suffix.lower() != ".png":
+        return
+    if len(shape) == 3 and shape[0] not in (1, 3):
         raise UsageError(
             f"{option} {path}: a PNG holds grey or RGB images, and the model makes {shape[0]}-channel "
             "samples; name an .npz file"
+        )
+    if len(shape) != 3 and tuple(shape) != (2,):
+        raise UsageError(
+            f"{option} {path}: a PNG holds images or a scatter of 2-D points, and the model makes samples "
+            f"of shape {tuple(shape)}; name an .npz file"
         )
 
 

@@ -16,6 +16,7 @@ combining ε (and x̂₀). w = 1 is the conditional model, w = 0 the uncondition
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -75,7 +76,7 @@ def as_guidance(guidance: float | Guidance | None) -> Guidance | None:
     """A front door's ``guidance`` argument (a weight, a :class:`Guidance` or ``None``) as settings."""
     if guidance is None or isinstance(guidance, Guidance):
         return guidance
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real):
         raise TypeError(f"guidance must be a number w >= 0 or a diffode.Guidance, got {describe(guidance)}")
     return Guidance(float(guidance))
 

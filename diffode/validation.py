@@ -7,6 +7,7 @@ argument, the offending value and the fix.
 
 from __future__ import annotations
 
+import numbers
 import operator
 from typing import Any
 
@@ -93,19 +94,22 @@ def require_floating_dtype(name: str, value: Any) -> torch.dtype:
 
 
 def require_nonnegative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real: Python's and NumPy's integers and floats (np.float32 from a sweep), not bool
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {describe(value)}")
-    if not value >= 0 or value == float("inf"):
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def require_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {describe(value)}")
-    if not value > 0 or value == float("inf"):
+    number = float(value)
+    if not number > 0 or number == float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return number
 
 
 def check_sigma_grid(sigmas: Any, name: str = "sigmas") -> Tensor:

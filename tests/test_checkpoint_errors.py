@@ -47,6 +47,18 @@ def test_a_field_of_the_wrong_type_names_its_file_once(folder, key):
     assert str(info.value).count("config.json") == 1
 
 
+def test_a_failed_save_leaves_the_old_checkpoint_whole(folder):
+    # the weights were written before the config failed to serialise: new weights beside the
+    # old config loaded without error
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    other = MLP(hidden=8, depth=2, emb_dim=8)
+    with pytest.raises(ValueError, match="info must be JSON-serialisable"):
+        save_checkpoint(folder, other, {"schedule": {"name": "linear"}, "trained_at": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="info must not set 'model': the checkpoint writes them itself"):
+        save_checkpoint(folder, other, {"model": "digits v2"})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_weights_that_do_not_fit_report_the_whole_mismatch(folder):
     _edit(folder, lambda c: c["model"].update(hidden=16, depth=3))
     with pytest.raises(ValueError, match="model.safetensors do not fit the architecture in") as info:

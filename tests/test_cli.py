@@ -559,3 +559,21 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffode: interrupted; no file was left half-written")
     assert not out.exists()
+
+
+def test_a_png_of_points_other_than_2_d_is_refused_before_sampling(tmp_path, capsys):
+    # a 3-D point model sampled everything, then failed to draw the scatter
+    from diffode.checkpoint import save_checkpoint
+    from diffode.models import MLP
+
+    save_checkpoint(
+        tmp_path / "mlp3", MLP(dim=3, hidden=8, depth=1, emb_dim=8), {"schedule": {"name": "linear"}}
+    )
+    out = tmp_path / "p.png"
+    assert main(["sample", "--model", str(tmp_path / "mlp3"), "--seeds", "0-3", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert (
+        "a PNG holds images or a scatter of 2-D points, and the model makes samples of shape (3,)"
+        in captured.err
+    )
+    assert "NFE" not in captured.out and not out.exists()

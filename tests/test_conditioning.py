@@ -165,3 +165,15 @@ def test_guided_exact_inversion_on_the_conditional_digits_model():
     )
     back = diffode.decode(model.double(), schedule, enc)
     assert float((back - x0).abs().max()) <= 1e-9
+
+
+def test_guidance_weights_may_be_numpy_numbers():
+    # np.arange sweeps give np.int64 and np.float32 weights, which were refused (np.float64 was not)
+    import numpy as np
+
+    from diffode.conditioning import as_guidance
+
+    for w in (np.int64(3), np.float32(3.0), np.float64(3.0), 3):
+        assert as_guidance(w).scale == 3.0
+    with pytest.raises(TypeError, match="guidance must be a number w >= 0"):
+        as_guidance(np.bool_(True))
