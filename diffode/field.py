@@ -158,13 +158,25 @@ class ModelField(torch.nn.Module, ABC):
         super().__init__()
         self.model = model
         self.conditioning: Conditioning | None = None
+        # a cast (field.double(), model.half()) changes a parameter's dtype in place, so holding
+        # the first floating parameter keeps the dtype current at no cost per call; buffers are
+        # replaced by a cast, so a module without parameters is looked through each time. In a
+        # tuple, which nn.Module does not register as a parameter of the field.
+        first = next(
+            (p for p in model.parameters() if p.is_floating_point())
+            if isinstance(model, torch.nn.Module)
+            else iter(()),
+            None,
+        )
+        self._dtype_source = (first,)
 
     @property
     def network_dtype(self) -> torch.dtype | None:
         """The dtype the network computes in: that of an ``nn.Module``'s first floating parameter
-        or buffer, read at each call (``field.double()`` or ``model.half()`` change it), or
+        or buffer, current after casts (``field.double()`` or ``model.half()`` change it), or
         ``None`` for other callables."""
-        return _parameter_dtype(self.model)
+        source = self._dtype_source[0]
+        return source.dtype if source is not None else _parameter_dtype(self.model)
 
     def conditioned(
         self, cond: Cond | None, guidance: float | Guidance | None = None, uncond: Cond | None = None
