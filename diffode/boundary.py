@@ -87,11 +87,15 @@ def invert_into_zero(
 
     Returns:
         The :class:`~diffode.fixed_point.FixedPoint` (x̄ shaped like ``x0``, per-sample residual
-        in x-space units, convergence); convergence is reported, not asserted.
+        in x-space units, convergence; ``aux`` the field at σ = ``sigma`` and the best evaluated
+        iterate, which the next encoding step's predictor uses); convergence is reported, not
+        asserted.
     """
 
-    def forward(y: Tensor, rows: Tensor | None) -> tuple[Tensor, None]:
-        return into_zero(f if rows is None else f.rows(rows), sigma, y), None
+    def forward(y: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+        # the field's value comes with x̂₀: kept for the next step's predictor
+        value, x0_hat = (f if rows is None else f.rows(rows)).predict(sigma, y)
+        return x0_hat, value
 
     options: dict[str, Any] = {
         "tol": tol,

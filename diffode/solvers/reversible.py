@@ -332,6 +332,7 @@ class InverseOf(Solver):
         schedule = getattr(getattr(f, "model", f), "schedule", None)
         lowest = schedule is not None and s1 <= schedule.sigma_min * (1 + 1e-9)
         self._finish(state, 0.0, s1, criteria, found, before=0, more_steps=not lowest)
+        state.carry = None if found.aux is None else (s1, found.aux)
         return found.y, state
 
     def step(
