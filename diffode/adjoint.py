@@ -204,6 +204,12 @@ class _OdeFunc(torch.nn.Module):
 def _odeint_method(stepper: Solver) -> tuple[str, float, float]:
     """The torchdiffeq method and tolerances that stand for an adaptive ``stepper``."""
     if isinstance(stepper, EmbeddedRungeKutta) and stepper.name in ("dopri5", "bosh3"):
+        if stepper.per_sample:
+            raise ValueError(
+                f"adjoint=True integrates {stepper!r} through torchdiffeq's odeint_adjoint, whose step size "
+                "is one for the whole batch, so per_sample=True would be ignored; pass per_sample=False, "
+                "or adjoint=False (plain autograd through the per-sample steps)"
+            )
         return stepper.name, stepper.rtol, stepper.atol
     if isinstance(stepper, Torchdiffeq) and stepper.tolerances is not None:
         return stepper.method, *stepper.tolerances

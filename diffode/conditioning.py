@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from diffode.validation import describe, require_nonnegative
+from diffode.validation import describe, require_bool, require_nonnegative
 
 Cond = Tensor | Mapping[str, Tensor]
 """Conditioning as given by a user: a tensor or a mapping of tensors, batch first."""
@@ -68,8 +68,7 @@ class Guidance:
                     f"interval must be (sigma_lo, sigma_hi), 0 <= sigma_lo <= sigma_hi, got {self.interval}"
                 )
             object.__setattr__(self, "interval", (lo, hi))
-        if not isinstance(self.batched, bool):
-            raise TypeError(f"batched must be True or False, got {self.batched!r}")
+        require_bool("batched", self.batched)
 
 
 def as_guidance(guidance: float | Guidance | None) -> Guidance | None:

@@ -18,7 +18,7 @@ from diffode.solve import Callback, Generator, solve
 from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.registry import get_solver
-from diffode.validation import require_finite, require_floating, require_nonnegative
+from diffode.validation import require_bool, require_finite, require_floating, require_nonnegative
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -37,9 +37,7 @@ def graph_mode(grad: bool) -> AbstractContextManager[object]:
     intermediate state, memory in proportion to the step count, which a front door must not spend
     unasked (as diffusers' pipelines and k-diffusion's samplers do not). :func:`diffode.solve`
     itself stays transparent to autograd."""
-    if not isinstance(grad, bool):
-        raise TypeError(f"grad must be True or False, got {grad!r}")
-    return contextlib.nullcontext() if grad else torch.no_grad()
+    return contextlib.nullcontext() if require_bool("grad", grad) else torch.no_grad()
 
 
 def resolve_sampler(solver: str | Solver, eta: float) -> Solver:

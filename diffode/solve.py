@@ -8,6 +8,7 @@ the field is never evaluated at σ = 0), counts evaluations and reports through 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ class StepInfo:
     """What a callback sees after each step: step ``index`` took the state from σ = ``sigma`` to
     σ = ``sigma_next``; ``x`` is the new state (x̄ on the DDIM ODE, caller's dtype); ``nfe`` the
     evaluations so far; ``denoised`` the field's x̂₀ at the step's start (shape and dtype of
-    ``x``), or ``None`` for a plain callable field and for steps that made no evaluation at
-    their start (per-sample adaptive control, a reversible solver's given companion)."""
+    ``x``), or ``None`` for a plain callable field, for steps that made no evaluation at their
+    start (per-sample adaptive control, a reversible solver's given companion) and for the
+    torchdiffeq backend's steps, whose σ arrives as a tensor in the state's dtype (its first
+    step's x̂₀ is that of the initial step size's evaluation at its start)."""
 
     index: int
     sigma: float
@@ -55,7 +58,9 @@ class Solution:
         nfe: evaluations of ``f`` made by this solve.
         sigmas: the float64 σ grid that was followed, shape ``(N,)``.
         xs: with ``save=True``, the states at every grid point, shape ``(N, *x.shape)``.
-        stats: solver counters, e.g. ``{"accepted": ..., "rejected": ...}`` for adaptive solvers.
+        stats: solver counters, e.g. ``{"accepted": ..., "rejected": ...}`` for adaptive solvers;
+            empty where torchdiffeq's ``odeint_adjoint`` integrated (``adjoint=True`` with an
+            adaptive solver), which reports no steps.
     """
 
     x: Tensor
@@ -72,13 +77,22 @@ class _Budget:
         self.solver = solver
         self.limit = solver.max_nfe
         self.nfe = 0
+        self.intervals = 0  # grid intervals an adaptive solver integrates (set by solve)
 
     def spend(self, sigma: Sigma) -> None:
         if self.limit is not None and self.nfe >= self.limit:
             where = sigma if isinstance(sigma, float) else float(torch.as_tensor(sigma).max())
+            # every interval takes at least one attempted step, whatever the tolerances
+            least = self.intervals * self.solver.evals_per_step
+            dense = (
+                f", or pass fewer grid points: its {self.intervals} intervals take at least one step of "
+                f"{self.solver.evals_per_step} evaluations each ({least})"
+                if least >= self.limit / 2
+                else ""
+            )
             raise ValueError(
                 f"{self.solver!r} used its max_nfe={self.limit} evaluations before reaching the end of "
-                f"the grid (next evaluation at σ = {where:.6g}); loosen rtol/atol or raise max_nfe"
+                f"the grid (next evaluation at σ = {where:.6g}); loosen rtol/atol or raise max_nfe{dense}"
             )
         self.nfe += 1
 
@@ -275,7 +289,12 @@ def solve(
     check_generator(generator, x.shape[0])
     grid = check_sigma_grid(sigmas)
     stepper = get_solver(solver)
-    if x.shape[0] == 0:
+    if not callable(f):
+        raise TypeError(
+            "f must be a callable vector field f(sigma, x) (e.g. EpsField(model, schedule)), got "
+            f"{describe(f)}"
+        )
+    if x.numel() == 0:
         # nothing to integrate (an adaptive solver's step-size control would meet 0/0)
         return Solution(x.clone(), 0, grid, x.new_empty((len(grid), *x.shape)) if save else None)
     values = grid.tolist()
@@ -292,6 +311,9 @@ def solve(
         )
     counted = _Counted(f, stepper, watch=callback is not None)
     n_steps = len(values) - 1
+    counted.budget.intervals = sum(
+        1 for a, b in itertools.pairwise(values) if min(a, b) > 0 and not math.isinf(max(a, b))
+    )
 
     def advance(i: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
         """Step i of the grid: the body of the loop below, also used by the adjoint's recomputation."""

@@ -51,7 +51,7 @@ from diffode.data import DATASETS, LABELLED, digits, load_dataset, load_labels
 from diffode.metrics import FeatureStats, digits_features, frechet_distance, save_feature_stats
 from diffode.models import DigitsClassifier, build_model
 from diffode.schedule import Schedule
-from diffode.validation import SEED_LIMIT, require_int, require_nonnegative, require_positive
+from diffode.validation import SEED_LIMIT, require_bool, require_int, require_nonnegative, require_positive
 
 _DEFAULT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "image": ("unet", {"in_channels": 1, "channels": [16, 32, 32], "emb_dim": 64, "image_size": 8}),
@@ -117,8 +117,7 @@ class TrainConfig:
         require_int("seed", self.seed, low=0, high=SEED_LIMIT - 1)
         require_int("n_points", self.n_points, low=1)
         require_int("checkpoint_every", self.checkpoint_every, low=0)
-        if not isinstance(self.conditional, bool):
-            raise TypeError(f"conditional must be True or False, got {self.conditional!r}")
+        require_bool("conditional", self.conditional)
         if not 0 <= require_nonnegative("label_dropout", self.label_dropout) < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         if not self.architecture:

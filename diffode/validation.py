@@ -11,6 +11,7 @@ import numbers
 import operator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +28,26 @@ def describe(value: Any, limit: int = 8) -> str:
         more = ", ..." if len(flat) > limit else ""
         return f"tensor([{body}{more}], shape={tuple(value.shape)}, dtype={value.dtype})"
     return repr(value)
+
+
+def require_bool(name: str, value: Any) -> bool:
+    """``value`` as a Python bool: ``True``, ``False`` or a NumPy bool. Anything else (a string
+    such as ``"false"``, 0 or 1) is a ``TypeError``: ``bool()`` would read ``"false"`` as True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {describe(value)}")
+
+
+def require_choice_int(name: str, value: Any, choices: tuple[int, ...]) -> int:
+    """``value`` as a Python int (any integer type but bool) that is one of ``choices``, else
+    ``ValueError`` listing them."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {describe(value)}")
+    return number
 
 
 def require_tensor(name: str, value: Any) -> Tensor:

@@ -275,3 +275,11 @@ def test_a_non_finite_continuous_adjoint_is_a_value_error():
 
     with pytest.raises(ValueError, match="the state became non-finite between σ 10 and 0"):
         solve(last, x, grid, solver, adjoint=True, adjoint_params=[x])
+
+
+def test_the_continuous_adjoint_refuses_per_sample_step_control():
+    # odeint_adjoint controls one step size for the batch: per_sample=True would be dropped
+    field = EpsField(mlp(), Schedule.linear())
+    x = torch.randn(3, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="per_sample=True would be ignored; pass per_sample=False"):
+        solve(field, x, torch.tensor([5.0, 1.0]), Dopri5(rtol=1e-3, atol=1e-3, per_sample=True), adjoint=True)

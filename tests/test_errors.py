@@ -188,3 +188,56 @@ def test_eps_field_rejects_zero_terminal_snr():
 def test_non_callable_model(linear):
     with pytest.raises(TypeError, match="model must be callable"):
         EpsField("unet", linear)  # type: ignore[arg-type]
+
+
+def test_solver_flags_and_orders_are_checked_not_coerced():
+    import numpy as np
+
+    from diffode.solvers import DEIS, DPMSolverPP, UniPC
+
+    # bool("False") is True: a flag given as a string is refused rather than read backwards
+    with pytest.raises(TypeError, match="multistep must be True or False, got 'False'"):
+        DPMSolverPP(2, multistep="False")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lower_order_final must be True or False"):
+        DEIS(3, lower_order_final="false")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="exact must be True or False"):
+        DPMSolverPP(3, exact="no")  # type: ignore[arg-type]
+    # any integer type is an order, as for steps and max_nfe; a float is not
+    assert DPMSolverPP(np.int64(3)).steps_order == 3 and UniPC(order=np.int32(2)).order == 3
+    assert DEIS(np.int64(2)).name == "deis-2"
+    assert DPMSolverPP(2, multistep=np.bool_(False)).evals_per_step == 2
+    with pytest.raises(ValueError, match=r"order must be one of \(1, 2, 3\), got 2.0"):
+        DPMSolverPP(2.0)  # type: ignore[arg-type]
+    # the σ̂ variant has no η of its own: an η other than its mean's is refused, not ignored
+    with pytest.raises(ValueError, match="no η of its own, got eta=0.5"):
+        DDIM(0.5, sigma_hat=True)
+    assert DDIM(1.0, sigma_hat=True).stochastic
+
+
+def test_solve_refuses_a_field_that_is_not_callable_and_skips_states_without_elements():
+    x = torch.randn(2, 2)
+    with pytest.raises(TypeError, match="f must be a callable vector field"):
+        solve(None, x, torch.tensor([5.0, 1.0]))  # type: ignore[arg-type]
+    calls: list[float] = []
+
+    def f(sigma, y):
+        calls.append(float(sigma))
+        return 0.1 * y
+
+    # samples with no elements: an adaptive solver's error norm would be NaN, its step size too
+    empty = torch.randn(2, 0)
+    for solver in ("euler", "dopri5"):
+        out = solve(f, empty, torch.tensor([5.0, 1.0]), solver)
+        assert out.x.shape == (2, 0) and out.nfe == 0
+    assert calls == []
+
+
+def test_max_nfe_on_a_grid_denser_than_the_budget_names_the_grid():
+    from diffode.solvers import Dopri5
+
+    grid = torch.logspace(1, -1, 1701, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"fewer grid points: its 1700 intervals take at least one step"):
+        solve(lambda s, y: -y, torch.ones(1, 1), grid, Dopri5(rtol=1.0, atol=1.0))
+    # a budget that the tolerances, not the grid, exhaust gets no such advice
+    with pytest.raises(ValueError, match=r"loosen rtol/atol or raise max_nfe$"):
+        solve(lambda s, y: -y, torch.ones(1, 1), grid[[0, -1]], Dopri5(rtol=1e-12, atol=1e-12, max_nfe=60))

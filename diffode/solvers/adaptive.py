@@ -53,7 +53,7 @@ from diffode.solvers.controller import (
     IController,
 )
 from diffode.solvers.runge_kutta import BOGACKI_SHAMPINE, DORMAND_PRINCE, ButcherTableau, rk_stages
-from diffode.validation import require_int
+from diffode.validation import require_bool, require_int
 
 _F64 = torch.float64
 
@@ -115,9 +115,7 @@ class EmbeddedRungeKutta(Solver):
         assert low_order is not None  # checked when the subclass was defined
         self.controller = IController(rtol=rtol, atol=atol, error_order=low_order)
         self.max_nfe = require_int("max_nfe", max_nfe, low=1)
-        if not isinstance(per_sample, bool):
-            raise TypeError(f"per_sample must be True or False, got {per_sample!r}")
-        self.per_sample = per_sample
+        self.per_sample = require_bool("per_sample", per_sample)
 
     @property
     def rtol(self) -> float:

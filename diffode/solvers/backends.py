@@ -115,7 +115,8 @@ class Torchdiffeq(_Backend):
     Adaptive methods integrate each grid interval, clipping their steps at s1 (``step_t``) so that
     ``f`` is never evaluated beyond it (torchdiffeq otherwise steps past the end and interpolates
     back, which near σ = 0 would evaluate the network at σ < 0). The first step size comes from
-    :func:`~diffode.solvers.controller.initial_step` (one extra evaluation per solve), later
+    :func:`~diffode.solvers.controller.initial_step` (two extra evaluations per solve: f at s0 for
+    it, which ``odeint`` evaluates again, and its probe), later
     intervals start with the last accepted step. ``Solution.stats`` reports the accepted and
     rejected steps from torchdiffeq's documented step callbacks (``callback_accept_step`` and
     ``callback_reject_step`` for adaptive methods, ``callback_step`` for fixed-grid ones).
@@ -281,7 +282,10 @@ class Scipy(_Backend):
 
     Every evaluation goes through :class:`NumpyBridge` (the state as a flat float64 numpy vector,
     moved to the host), so gradients do not flow through this solver and it suits small states
-    on the CPU; the result returns in the state's dtype and device. A failed integration raises
+    on the CPU; the result returns in the state's dtype and device. An ``x`` that requires grad
+    is refused, but a field's trainable parameters cannot be told from the ones of a network
+    merely sampled from: the result requires no grad even where they do, and ``backward()``
+    through it fails; use a torch solver (dopri5, bosh3, heun, ...) for gradients. A failed integration raises
     ``ValueError`` with scipy's message. ``Solution.stats`` reports ``accepted`` steps and scipy's
     ``njev`` and ``nlu``; solve_ivp does not report rejected steps.
     """

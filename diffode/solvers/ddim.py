@@ -9,7 +9,7 @@ from torch import Tensor
 
 from diffode.field import VectorField
 from diffode.solvers.base import Solver, gaussian_noise
-from diffode.validation import require_nonnegative
+from diffode.validation import require_bool, require_nonnegative
 
 
 class DDIM(Solver):
@@ -40,7 +40,12 @@ class DDIM(Solver):
 
     def __init__(self, eta: float = 0.0, *, sigma_hat: bool = False) -> None:
         self.eta = require_nonnegative("eta", eta)
-        self.sigma_hat = bool(sigma_hat)
+        self.sigma_hat = require_bool("sigma_hat", sigma_hat)
+        if self.sigma_hat and self.eta not in (0.0, 1.0):
+            raise ValueError(
+                f"DDIM(sigma_hat=True) is the σ̂ variant, whose step is η = 1's mean with noise σ̂: it "
+                f"has no η of its own, got eta={self.eta}; leave eta out"
+            )
         self.stochastic = self.sigma_hat or self.eta > 0
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> Any:

@@ -27,6 +27,7 @@ from torch import Tensor
 from diffode.field import PredictingField, VectorField
 from diffode.solvers.base import Solver
 from diffode.solvers.multistep import MultistepState, check_order, interpolation_weights, lower_order_final
+from diffode.validation import require_bool, require_choice_int
 
 
 def phi(k: int, z: float) -> float:
@@ -108,16 +109,15 @@ class DPMSolverPP(Solver):
     def __init__(
         self, order: int = 2, multistep: bool = True, *, exact: bool = False, lower_order_final: bool = True
     ) -> None:
-        self.multistep = bool(multistep)
+        self.multistep = require_bool("multistep", multistep)
         supported = self.MULTISTEP_ORDERS if self.multistep else self.SINGLESTEP_ORDERS
-        if isinstance(order, bool) or not isinstance(order, int) or order not in supported:
-            kind = "multistep" if self.multistep else "singlestep (multistep=False)"
-            raise ValueError(f"DPMSolverPP {kind} order must be one of {supported}, got {order!r}")
-        if exact and not (order == 3 and self.multistep):
+        kind = "multistep" if self.multistep else "singlestep (multistep=False)"
+        order = require_choice_int(f"DPMSolverPP {kind} order", order, tuple(supported))
+        self.exact = require_bool("exact", exact)
+        if self.exact and not (order == 3 and self.multistep):
             raise ValueError("DPMSolverPP(exact=True) is the third-order multistep variant; pass order=3")
         self.steps_order = order
-        self.exact = bool(exact)
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = require_bool("lower_order_final", lower_order_final)
         self.order = 2 if (order == 3 and not self.exact) else order
         self.evals_per_step = 2 if (order == 2 and not self.multistep) else 1
         # the singlestep variants (and first order) use no past evaluations
@@ -211,7 +211,7 @@ class DEIS(Solver):
 
     def __init__(self, order: int = 3, *, lower_order_final: bool = True) -> None:
         self.order = check_order("DEIS", order, self.SUPPORTED_ORDERS)
-        self.lower_order_final = bool(lower_order_final)
+        self.lower_order_final = require_bool("lower_order_final", lower_order_final)
         self.name = f"deis-{order}"
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> MultistepState:

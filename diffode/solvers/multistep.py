@@ -19,6 +19,7 @@ from torch import Tensor
 
 from diffode.field import VectorField
 from diffode.solvers.base import Solver
+from diffode.validation import require_choice_int
 
 History = tuple[tuple[float, Tensor], ...]
 """Past (σ, value) pairs carried in a multistep solver's state, oldest first."""
@@ -50,10 +51,9 @@ def interpolation_weights(nodes: Sequence[float], moments: Sequence[float]) -> l
 
 
 def check_order(kind: str, order: object, supported: Sequence[int]) -> int:
-    """``order`` if it is one of the ``supported`` ints, else ``ValueError`` listing them."""
-    if isinstance(order, bool) or not isinstance(order, int) or order not in supported:
-        raise ValueError(f"{kind} order must be one of {tuple(supported)}, got {order!r}")
-    return order
+    """``order`` if it is one of the ``supported`` ints (any integer type), else ``ValueError``
+    listing them."""
+    return require_choice_int(f"{kind} order", order, tuple(supported))
 
 
 def trim_history(history: History, keep: int) -> History:

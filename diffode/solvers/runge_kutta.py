@@ -27,6 +27,7 @@ from torch import Tensor
 
 from diffode.field import Sigma, VectorField
 from diffode.solvers.base import Solver, UnstableStepError, positive_steps
+from diffode.validation import require_bool
 
 # Coefficients are written as decimal fractions (1/6 is not exact in binary), so consistency
 # is checked to a few ulps of the sums involved, not exactly.
@@ -142,8 +143,7 @@ class ButcherTableau:
         object.__setattr__(self, "b_low", embedded.b)
 
     def _check_fsal(self, label: str) -> None:
-        if not isinstance(self.fsal, bool):
-            raise TypeError(f"{label}: fsal must be True or False, got {self.fsal!r}")
+        require_bool(f"{label}: fsal", self.fsal)
         if self.fsal and not (self.c[-1] == 1.0 and self.b[-1] == 0.0 and self.a[-1] == self.b):
             raise ValueError(
                 f"{label} is declared FSAL but is not: it needs c[-1] = 1, b[-1] = 0 and the last row "
@@ -438,10 +438,8 @@ class RungeKutta(Solver):
         tableau = fixed if tableau is None else tableau
         if not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type(tableau).__name__}")
-        if not isinstance(check_stability, bool):
-            raise TypeError(f"check_stability must be True or False, got {check_stability!r}")
         self.tableau = tableau
-        self.check_stability = check_stability
+        self.check_stability = require_bool("check_stability", check_stability)
         self.order = tableau.order
         self.evals_per_step = tableau.stages
 

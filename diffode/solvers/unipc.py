@@ -90,7 +90,12 @@ def unipc_update(
 
 class UniPC(Solver):
     """UniPC with the B(h) variant ``variant``: predictor UniP-``order`` and corrector UniC.
-    Order ``order + 1`` (the corrector adds one), 1 evaluation per step.
+    Order ``order + 1`` (the corrector adds one), 1 evaluation per step. As for
+    :class:`~diffode.solvers.DPMSolverPP`, the lower-order start-up steps add an O(h³) term to
+    the global error of order 4 (``order=3``), which a flow started at a high σ_max contracts:
+    measured on a two-component Gaussian mixture on log-σ grids of 32 to 512 steps, the
+    observed order of ``unipc-bh1-3`` is 2.8-3.0 from σ = 3 (``unipc-bh2-3``: 3.4 falling to
+    3.1) and 3.9-4.0 from σ = 80.
 
     Zhao et al. (2023), arXiv 2302.04867 (module docstring), data prediction ("UniPC-p" with
     x̂₀, ``predict_x0=True`` in diffusers). Each step (1) corrects the state it receives with
