@@ -198,6 +198,11 @@ def _solver_from_args(args: argparse.Namespace) -> Solver:
     if getattr(args, "sigma_hat", False):
         if args.solver != "ddim":
             raise UsageError(f"--sigma-hat is a variant of --solver ddim, got --solver {args.solver}")
+        if getattr(args, "eta", 0.0) not in (0.0, 1.0):
+            raise UsageError(
+                f"--sigma-hat takes η = 1's mean with noise σ̂ and has no η of its own, got --eta {args.eta}; "
+                "leave --eta out"
+            )
         solver: Solver = DDIM(sigma_hat=True)
     else:
         solver = resolve_sampler(args.solver, getattr(args, "eta", 0.0))
@@ -571,11 +576,18 @@ def _interpolate(args: argparse.Namespace) -> int:
         z = torch.stack([runs.seed_noise(seed, loaded.sample_shape)[0] for seed in seeds]).to(device, dtype)
         source = f"seeds {seeds[0]} and {seeds[1]}"
     else:
-        images = load_images(args.images, loaded.sample_shape).to(device, dtype)
+        # file by file, so that the report names the files the two images came from
+        parts = [(name, load_images([name], loaded.sample_shape)) for name in args.images]
+        images = torch.cat([part for _, part in parts]).to(device, dtype)
         if len(images) != 2:
             raise UsageError(f"--images must hold exactly two images, got {len(images)}")
         z = encode(loaded.model, loaded.schedule, images, **grid, **_conditioning(ends, guidance, device))
-        source = f"the encodings of {' and '.join(args.images)}"
+        given = [name for name, part in parts for _ in range(len(part))]
+        source = (
+            f"the encodings of the two images of {given[0]}"
+            if len(parts) == 1
+            else f"the encodings of {given[0]} and {given[1]}"
+        )
     weights = torch.linspace(0, 1, args.frames, dtype=torch.float64)
     start = time.perf_counter()
     path = interpolate(z[:1], z[1:], weights, args.method)[:, 0]

@@ -89,13 +89,14 @@ def _keyword_arguments(name: str, cond: Cond, model: object) -> dict[str, Tensor
                 f"{name} is a bare tensor, but the model declares no cond_keyword to pass it as; pass a "
                 f"mapping instead, e.g. {name}={{'class_labels': labels}}"
             )
-        return {keyword: cond}
+        cond = {keyword: cond}
     if not isinstance(cond, Mapping) or not cond:
         raise TypeError(f"{name} must be a tensor or a non-empty mapping of tensors, got {describe(cond)}")
     for key, value in cond.items():
         if not isinstance(key, str) or not isinstance(value, Tensor) or value.ndim == 0:
             raise TypeError(
-                f"{name} must map keyword names to tensors with the batch as first dimension, got "
+                f"{name} must be tensors with the batch as first dimension (one row per sample), keyed by "
+                f"keyword name; got "
                 f"{key!r}: {describe(value)}"
             )
     return dict(cond)

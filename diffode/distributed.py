@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from diffode.atomic import atomic_write
 from diffode.checkpoint import check_fields
+from diffode.grids import sigma_grid
 from diffode.images import read_npz_array, to_uint8, write_png
 from diffode.runs import LoadedModel, parse_seeds, resolve_device, sample_seeds, write_arrays
 from diffode.solvers.base import Solver
@@ -269,9 +270,11 @@ def check_outdir(outdir: str | os.PathLike[str]) -> None:
 
 def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
     """Make ``outdir`` ready for a run: create it and write the manifest, or check that the
-    manifest there is equal (``ValueError`` naming the first difference otherwise). A folder with
-    files but no manifest is not a run's and is refused. Removes the temporary files a killed run
-    left behind (they are never shards), and only those."""
+    manifest there is equal (``ValueError`` naming the first difference otherwise). A manifest
+    beside no shard at all is replaced: it is a run that failed before its first shard (bad
+    settings, an unstable solver), with nothing to resume or protect. A folder with files but no
+    manifest is not a run's and is refused. Removes the temporary files a killed run left behind
+    (they are never shards), and only those."""
     check_outdir(outdir)
     path = outdir / MANIFEST
     if outdir.is_dir() and not path.exists() and any(outdir.iterdir()):
@@ -280,14 +283,13 @@ def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
             "name a new or empty folder"
         )
     outdir.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        difference = first_difference(read_manifest(outdir), manifest)
-        if difference is not None:
-            raise ValueError(
-                f"{outdir} holds another run ({difference}, in {path}); rerun with that run's options "
-                "to resume it, or sample into another folder"
-            )
-    else:
+    difference = first_difference(read_manifest(outdir), manifest) if path.exists() else None
+    if difference is not None and any(outdir.glob("seeds-*.npz")):
+        raise ValueError(
+            f"{outdir} holds another run ({difference}, in {path}); rerun with that run's options "
+            "to resume it, or sample into another folder"
+        )
+    if difference is not None or not path.exists():
         with atomic_write(path) as fh:
             fh.write(json.dumps(manifest, indent=2).encode() + b"\n")
     # the names diffode.atomic gives the temporary files of shards and of the manifest
@@ -499,6 +501,8 @@ def sample_shards(
     device = torch.device("cpu") if device is None else device
     if labels is not None and len(labels) != len(seeds):
         raise ValueError(f"labels must give one label per seed ({len(seeds)}), got {len(labels)}")
+    # a grid that cannot be built (steps=0, an unknown spacing) fails here, before the folder
+    sigma_grid(loaded.schedule, steps, timesteps, adaptive=solver.adaptive)
     manifest = run_manifest(
         loaded,
         solver,

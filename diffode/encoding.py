@@ -280,11 +280,17 @@ def encode(
     companion = None
     if reversible and method == "exact" and grid.numel() > 2:
         s_below = float(grid[-2])
-        companion = (trail[0] / math.sqrt(1.0 + s_below * s_below)).to(x0.dtype)
+        # an empty batch takes no steps, and its companion is as empty as its latents
+        below = trail[0] if trail else out.x
+        companion = (below / math.sqrt(1.0 + s_below * s_below)).to(x0.dtype)
     n_steps = grid.numel() - 1
     if method == "exact":
-        residual: Tensor | None = torch.stack([step.residual for step in inverted]).sum(0)
-        per_step = out.stats["sample_evaluations"] / (x0.shape[0] * n_steps)
+        residual: Tensor | None = (
+            torch.stack([step.residual for step in inverted]).sum(0)
+            if inverted
+            else x0.new_zeros(x0.shape[0], dtype=torch.float64)
+        )
+        per_step = out.stats.get("sample_evaluations", 0) / (max(x0.shape[0], 1) * n_steps)
     else:
         residual, per_step = None, out.nfe / n_steps
     return Encoding(
@@ -334,7 +340,8 @@ def decode(
 
     Args:
         latents: x at σ_S, shape ``(batch, ...)``, any float dtype (kept); or an :class:`Encoding`.
-        steps, timesteps, solver, prediction, cond, guidance, uncond: as given to :func:`encode`.
+        steps, timesteps, solver, prediction, cond, guidance, uncond: as given to :func:`encode`
+            (a stochastic solver is refused, as there).
         companion: x at σ_{S-1}, shape and dtype of ``latents``; only with ``solver="bdia"``.
         callback, progress, grad: as for :func:`diffode.sample`.
 
@@ -378,8 +385,14 @@ def decode(
     solver = "euler" if solver is None else solver
     prediction = "epsilon" if prediction is None else prediction
     sampler: str | Solver = solver
+    stepper = get_solver(solver)
+    if stepper.stochastic:
+        raise ValueError(
+            f"solver {stepper!r} is stochastic: decoding with it adds fresh noise, so the same latents "
+            "decode to different data; decode with a deterministic solver (DDIM with eta=0 is euler), "
+            "or sample() for stochastic sampling"
+        )
     if companion is not None:
-        stepper = get_solver(solver)
         if not isinstance(stepper, BDIA):
             raise ValueError(
                 f"companion is the second state of the reversible solver 'bdia', but solver={stepper!r}; "

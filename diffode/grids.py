@@ -185,6 +185,13 @@ def sigma_grid(
     """
     if direction not in ("sample", "encode"):
         raise ValueError(f"direction must be 'sample' or 'encode', got {direction!r}")
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(
+            "schedule must be a diffode NoiseSchedule (e.g. Schedule.linear(), or the schedule of "
+            f"diffode.diffusers_interop.from_diffusers(unet, scheduler)), got {describe(schedule)}"
+        )
+    if isinstance(timesteps, Tensor) and (timesteps.ndim != 1 or timesteps.numel() == 0):
+        raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(timesteps.shape)}")
     increasing = (
         isinstance(timesteps, Tensor) and timesteps.numel() > 1 and bool(timesteps[-1] > timesteps[0])
     )
@@ -243,8 +250,6 @@ def _sigma_values(schedule: NoiseSchedule, timesteps: Tensor) -> Tensor:
 def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSpec, rho: float) -> Tensor:
     """The decreasing σ grid ending with 0 for ``steps`` steps of ``timesteps``."""
     if isinstance(timesteps, Tensor):
-        if timesteps.ndim != 1 or timesteps.numel() == 0:
-            raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(timesteps.shape)}")
         if timesteps.dtype == torch.bool or timesteps.is_complex():
             raise TypeError(
                 "timesteps must hold integer training timesteps or float σ values, got dtype "

@@ -129,8 +129,10 @@ def _angles(z0: Tensor, z1: Tensor) -> Tensor:
     where arccos of the cosine loses half the digits. Zero vectors give θ = 0 (handled as
     parallel).
     """
-    flat0 = z0.reshape(z0.shape[0], -1).to(torch.float64)
-    flat1 = z1.reshape(z1.shape[0], -1).to(torch.float64)
+    # the width is given, not -1, so that an empty batch reshapes too
+    width = math.prod(z0.shape[1:])
+    flat0 = z0.reshape(z0.shape[0], width).to(torch.float64)
+    flat1 = z1.reshape(z1.shape[0], width).to(torch.float64)
     n0 = flat0.norm(dim=1, keepdim=True)
     n1 = flat1.norm(dim=1, keepdim=True)
     zero = (n0[:, 0] == 0) | (n1[:, 0] == 0)

@@ -281,9 +281,28 @@ def test_interpolate_between_two_images(tmp_path, capsys):
     text = run(
         ["interpolate", "--images", *paths, "--frames", "3", "--steps", "8", "--out", str(out)], capsys
     )
-    assert "slerp between the encodings of" in text
+    assert f"slerp between the encodings of {paths[0]} and {paths[1]}:" in text
     with np.load(out) as archive:
         assert archive["arr_0"].shape == (3, 8, 8, 1)
+    # two images from one file are reported as such (the names were joined whatever each held)
+    pair = tmp_path / "pair.npz"
+    run(["sample", "--seeds", "1-2", "--steps", "8", "--out", str(pair)], capsys)
+    text = run(
+        [
+            "interpolate",
+            "--images",
+            str(pair),
+            "--frames",
+            "3",
+            "--steps",
+            "8",
+            "--out",
+            str(out),
+            "--overwrite",
+        ],
+        capsys,
+    )
+    assert f"slerp between the encodings of the two images of {pair}:" in text
 
 
 def test_parse_seeds():
@@ -309,6 +328,7 @@ def test_parse_seeds():
         (["sample", "--eta", "-1", "--solver", "ddim"], "eta must be a finite number >= 0"),
         (["sample", "--eta", "0.5"], "eta=0.5 applies only to solver='ddim'"),
         (["sample", "--sigma-hat"], "--sigma-hat is a variant of --solver ddim"),
+        (["sample", "--solver", "ddim", "--sigma-hat", "--eta", "0.5"], "has no η of its own, got --eta 0.5"),
         (["sample", "--solver", "nope"], "unknown solver 'nope'"),
         (["sample", "--dtype", "int8"], "invalid choice: 'int8'"),
         (["sample", "--device", "nonsense"], "--device 'nonsense' is not a torch device"),

@@ -370,3 +370,35 @@ def test_a_damaged_manifest_is_one_line(reference, tmp_path, capsys, damage):
     assert main(["pack", str(folder), "--out", str(tmp_path / "x.npz")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "manifest.json" in lines[0] and repr(key) in lines[0], lines
+
+
+def test_a_run_that_failed_before_its_first_shard_does_not_hold_the_folder(tmp_path):
+    # its manifest describes no work: the corrected command may take the folder over
+    from diffode.solvers import Heun
+
+    loaded = runs.load_model(None, torch.device("cpu"), torch.float32)
+
+    def run(solver, steps):
+        return distributed.sample_shards(
+            loaded,
+            range(SHARD),
+            solver,
+            tmp_path / "run",
+            steps=steps,
+            batch=4,
+            shard_size=SHARD,
+            progress=False,
+        )
+
+    # settings that cannot build a grid are refused before the folder is made
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        run(Euler(), 0)
+    assert not (tmp_path / "run").exists()
+    # Heun refuses DDIM's 3-step grid at its first step, after the manifest was written
+    with pytest.raises(ValueError, match="Heun"):
+        run(Heun(), 3)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["manifest.json"]
+    assert run(Euler(), 3).written == 1
+    # once a shard exists, the folder is that run's
+    with pytest.raises(ValueError, match="holds another run"):
+        run(Euler(), 4)

@@ -517,3 +517,20 @@ def test_other_bad_arguments():
     ztsnr = Schedule.from_betas(torch.cat([torch.full((9,), 0.1, dtype=F64), torch.ones(1, dtype=F64)]))
     with pytest.raises(ValueError, match="zero terminal SNR"):
         encode(model, ztsnr, x0, steps=3, timesteps="trailing")
+
+
+def test_decode_refuses_a_stochastic_solver():
+    model = RandomEpsNet((4,))
+    with pytest.raises(ValueError, match="is stochastic: decoding with it adds fresh noise"):
+        decode(model, Schedule.linear(), torch.randn(2, 4), steps=5, solver=DDIM(eta=1.0))
+
+
+@pytest.mark.parametrize("solver", ["euler", "bdia"])
+def test_an_empty_batch_encodes_and_decodes_exactly_to_an_empty_batch(solver):
+    model, schedule = RandomEpsNet((4,)), Schedule.linear()
+    info = encode(
+        model, schedule, torch.zeros(0, 4), steps=5, solver=solver, method="exact", return_info=True
+    )
+    assert info.latents.shape == (0, 4) and info.residual is not None and info.residual.shape == (0,)
+    assert info.companion is None or info.companion.shape == (0, 4)
+    assert decode(model, schedule, info).shape == (0, 4)

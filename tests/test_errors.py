@@ -211,7 +211,9 @@ def test_solver_flags_and_orders_are_checked_not_coerced():
     # the σ̂ variant has no η of its own: an η other than its mean's is refused, not ignored
     with pytest.raises(ValueError, match="no η of its own, got eta=0.5"):
         DDIM(0.5, sigma_hat=True)
-    assert DDIM(1.0, sigma_hat=True).stochastic
+    assert DDIM(1.0, sigma_hat=True).stochastic and repr(DDIM(sigma_hat=True)) == repr(
+        DDIM(1.0, sigma_hat=True)
+    )
 
 
 def test_solve_refuses_a_field_that_is_not_callable_and_skips_states_without_elements():
@@ -241,3 +243,29 @@ def test_max_nfe_on_a_grid_denser_than_the_budget_names_the_grid():
     # a budget that the tolerances, not the grid, exhaust gets no such advice
     with pytest.raises(ValueError, match=r"loosen rtol/atol or raise max_nfe$"):
         solve(lambda s, y: -y, torch.ones(1, 1), grid[[0, -1]], Dopri5(rtol=1e-12, atol=1e-12, max_nfe=60))
+
+
+def test_malformed_schedule_timesteps_and_cond_name_the_argument(linear):
+    from diffode.pretrained import digits_conditional
+
+    noise = torch.randn(2, 1, 8, 8)
+    with pytest.raises(TypeError, match="schedule must be a diffode NoiseSchedule"):
+        sample(wavy_model, None, noise, steps=2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"timesteps must be a non-empty 1-D tensor, got shape \(1, 2\)"):
+        sample(wavy_model, linear, noise, timesteps=torch.tensor([[999, 500]]))
+    model, schedule = digits_conditional()
+    with pytest.raises(TypeError, match="cond must be tensors with the batch as first dimension"):
+        sample(model, schedule, noise, steps=2, cond=torch.tensor(3))
+
+
+def test_a_field_returning_nan_stops_an_adaptive_solve_at_once():
+    # the first step size, chosen from a NaN slope, was NaN: 10,000 evaluations at σ = NaN followed
+    calls = [0]
+
+    def f(sigma, x):
+        calls[0] += 1
+        return x * float("nan")
+
+    with pytest.raises(ValueError, match="f may return non-finite values there"):
+        solve(f, torch.ones(2, 2), torch.tensor([5.0, 1.0]), "dopri5")
+    assert calls[0] < 20

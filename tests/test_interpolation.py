@@ -131,3 +131,8 @@ def test_unknown_method_is_refused():
     z0, z1 = pair(0)
     with pytest.raises(ValueError, match=r"method must be one of \('slerp', 'lerp'\), got 'cubic'"):
         interpolate(z0, z1, 0.5, "cubic")  # type: ignore[arg-type]
+
+
+def test_an_empty_batch_interpolates_to_an_empty_batch():
+    empty = torch.zeros(0, 3)
+    assert interpolate(empty, empty, [0.0, 0.5, 1.0]).shape == (3, 0, 3)

@@ -187,8 +187,9 @@ class IController:
     def underflowed(self, h: Tensor, sigma: Tensor) -> Tensor:
         """Whether the step sizes ``h`` at positions ``sigma`` are too small to move σ in float64
         (a few ulps): a field that returns non-finite values, or tolerances below the state's
-        precision, shrink the step forever otherwise."""
-        return h <= 8 * torch.finfo(_F64).eps * sigma.abs()
+        precision, shrink the step forever otherwise. A NaN step size (the first one chosen from a
+        non-finite field value) counts as underflowed too."""
+        return ~(h > 8 * torch.finfo(_F64).eps * sigma.abs())
 
 
 __all__ = [

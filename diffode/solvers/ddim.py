@@ -46,6 +46,9 @@ class DDIM(Solver):
                 f"DDIM(sigma_hat=True) is the σ̂ variant, whose step is η = 1's mean with noise σ̂: it "
                 f"has no η of its own, got eta={self.eta}; leave eta out"
             )
+        if self.sigma_hat:
+            # one name for one sampler (run manifests compare reprs)
+            self.eta = 1.0
         self.stochastic = self.sigma_hat or self.eta > 0
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> Any:
