@@ -38,7 +38,7 @@ from diffode.sampling import graph_mode
 from diffode.schedule import NoiseSchedule
 from diffode.solve import Generator, solve
 from diffode.solvers.adaptive import Bosh3, Dopri5
-from diffode.solvers.backends import Scipy, Torchdiffeq
+from diffode.solvers.backends import TORCHDIFFEQ_METHODS, Scipy, Torchdiffeq
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
 from diffode.validation import (
@@ -286,6 +286,11 @@ def likelihood(
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     probes = require_int("probes", probes, low=1)
+    if divergence == "exact" and probe != "rademacher":
+        raise ValueError(
+            f"probe={probe!r} applies to divergence='hutchinson' only; drop probe or pass "
+            "divergence='hutchinson'"
+        )
     if divergence == "exact" and probes != 1:
         raise ValueError(
             f"probes={probes} applies to divergence='hutchinson' only; "
@@ -363,7 +368,10 @@ def _named_solver(name: str, rtol: float, atol: float) -> Solver:
         return stepper
     prefix, sep, method = name.partition(":") if isinstance(name, str) else ("", "", "")
     if sep and prefix == "torchdiffeq":
-        return Torchdiffeq(method, rtol=rtol, atol=atol)
+        # a fixed-grid method takes no tolerances: Torchdiffeq's refusal of them would be advice
+        # about tolerances that the caller did not pass
+        adaptive = method in TORCHDIFFEQ_METHODS and TORCHDIFFEQ_METHODS[method].adaptive
+        return Torchdiffeq(method, rtol=rtol, atol=atol) if adaptive else Torchdiffeq(method)
     if sep and prefix == "scipy":
         return Scipy(method, rtol=rtol, atol=atol)
     # any other name: the registry's error for unknown names, else a fixed-step solver refused above

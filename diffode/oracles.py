@@ -6,8 +6,9 @@ x̄(σ) = μ + (x̄(σ₁) - μ) √((c² + σ²)/(c² + σ₁²)). A Gaussian m
 ε* = σ Σ_k w_k(x̄) (x̄ - μ_k)/(c_k² + σ²) with posterior weights w_k computed in log space.
 
 Each oracle is usable as a network ``model(x, t)`` for any schedule (:meth:`Oracle.model`) and
-as a σ-space field (:meth:`Oracle.eps`). Oracle arithmetic is float64; outputs take the dtype of
-the input state.
+as a σ-space field (:meth:`Oracle.eps`). Oracle arithmetic is float64; ε and the exact flows take
+the dtype of the input state, while log-densities stay float64, the precision they are
+compared at.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Oracle(ABC):
     @abstractmethod
     def log_prob(self, x0: Tensor, sigma: Sigma = 0.0) -> Tensor:
         """log p_σ(x̄) of the x̄-space marginal at noise level σ (σ = 0: the data; one σ per sample
-        allowed), shape ``(batch,)``."""
+        allowed), float64 of shape ``(batch,)`` whatever the dtype of ``x0``."""
 
     def __call__(self, sigma: Sigma, xbar: Tensor) -> Tensor:
         """The oracle as a σ-space field f(σ, x̄) = ε*(x̄, σ), with no schedule involved."""

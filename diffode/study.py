@@ -25,7 +25,7 @@ from diffode.solve import solve
 from diffode.solvers.adaptive import Dopri5
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
-from diffode.validation import check_sigma_grid, require_floating
+from diffode.validation import check_sigma_grid, require_finite, require_floating
 
 Reference = Tensor | Callable[[Tensor, Tensor], Tensor] | None
 """A reference for :func:`measure`: ``None`` (a tight adaptive solve of the same span), the
@@ -144,7 +144,8 @@ def measure(
     grid = check_sigma_grid(sigmas)
     with torch.no_grad():
         out = solve(f, x, grid, solver)
-    target = _resolve(reference, f, x, grid)
+    # a NaN row would drop out of the order fit in silence
+    target = require_finite("reference", _resolve(reference, f, x, grid))
     diff = out.x.detach().to(torch.float64) - target.detach().to(out.x.device, torch.float64)
     return StudyRow(
         solver=label if label is not None else _label(solver),
@@ -181,7 +182,8 @@ def convergence_study(
 
     Returns:
         A :class:`Study`: a row per solver and step count, and each solver's empirical order,
-        the negated least-squares slope of log RMS error against log steps.
+        the negated least-squares slope of log RMS error against the log of the grids' positive
+        finite intervals (:attr:`StudyRow.intervals`: the steps in which the solvers differ).
     """
     require_floating("x", x)
     labelled = dict(solvers) if isinstance(solvers, Mapping) else {_label(s): s for s in solvers}

@@ -61,8 +61,11 @@ class RandomEpsNet(nn.Module):
     to spectral norm 1 and W₂ to spectral norm ``lipschitz``, so ‖∂ε/∂x‖₂ ≤ ``lipschitz``
     everywhere. With ``lipschitz`` < 1 the fixed-point iteration that inverts an Euler step
     contracts on every grid (factor ≤ lipschitz·Δσ/√(1+σ²) < lipschitz), which makes exact
-    inversion a well-posed test. The weights are float64 and the forward pass runs in the dtype
-    of ``x``, like a network in that precision.
+    inversion a well-posed test. The weights are float64 buffers and the forward pass runs in
+    the dtype of ``x``; a field (:class:`~diffode.EpsField`) calls a module in the dtype of its
+    weights, so through a field it computes in float64 whatever the state's dtype, and the
+    state's dtype decides the solver's arithmetic only. ``RandomEpsNet(...).float()`` is a
+    float32 network.
 
     Unlike a trained network, its Jacobian is not symmetric and its flow does not contract
     towards a data set: use it to test code paths, shapes, dtypes and algebraic identities, and
@@ -316,9 +319,12 @@ def assert_euler_is_ddim(
     :func:`diffode.solve` takes it). ``solver`` is anything claimed to equal DDIM: Euler,
     ``DDIM(eta=0)``, first-order DPM-Solver++, or your own.
 
+    The reference calls ``model`` as the field does: on x cast to the network's dtype (an
+    ``nn.Module``'s parameters; a plain function gets the state's), with t in that dtype.
     Passes when every step agrees to ``rtol`` relative to the largest |x̄| involved (default
-    1e-6 for float32 states, 1e-12 for float64: round-off of a few operations). Returns the
-    largest relative deviation.
+    1e-12 where state and network are float64, and otherwise 1e-6 scaled by the unit
+    round-off of the coarser of the two relative to float32's: round-off of a few operations).
+    Returns the largest relative deviation.
     """
     stepper = get_solver(solver)
     x = require_floating("x", x)
@@ -331,34 +337,39 @@ def assert_euler_is_ddim(
         raise ValueError(
             f"timesteps must hold at least two timesteps, so that the solver takes a step, got {ts}"
         )
-    if rtol is None:
-        rtol = 1e-12 if x.dtype == _F64 else 1e-6
     field = EpsField(model, schedule)
+    network = field.network_dtype or x.dtype
+    if rtol is None:
+        coarser = max(torch.finfo(network).eps, torch.finfo(x.dtype).eps)
+        rtol = 1e-12 if coarser == torch.finfo(_F64).eps else 1e-6 * coarser / torch.finfo(torch.float32).eps
     ac = torch.cat([schedule.alphas_cumprod, torch.ones(1, dtype=_F64)])  # ac[-1]: ᾱ = 1 after t = 0
     grid = torch.cat([schedule.sigmas[ts], torch.zeros(1, dtype=_F64)])
     state = stepper.init(field, grid, x * math.sqrt(1 + float(grid[0]) ** 2), None)
     worst = 0.0
-    for t, t_next in pairwise([*ts, -1]):
-        s0 = float(schedule.sigmas[t])
-        s1 = 0.0 if t_next < 0 else float(schedule.sigmas[t_next])
-        a, a_next = ac[t], ac[t_next]
-        eps = model(x.to(_F64), torch.full((x.shape[0],), float(t), dtype=_F64)).to(_F64)
-        x0_hat = (x.to(_F64) - (1 - a).sqrt() * eps) / a.sqrt()
-        expected = (a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps) / a_next.sqrt()
-        xbar = x * math.sqrt(1 + s0 * s0)
-        if s1 == 0.0:
-            got = into_zero(field, s0, xbar)
-        else:
-            got, state = stepper.step(field, s0, s1, xbar, state)
-        size = max(float(xbar.detach().abs().max()), float(expected.abs().max()), 1e-300)
-        deviation = float((got.detach().to(_F64) - expected).abs().max()) / size
-        worst = max(worst, deviation)
-        if not deviation <= rtol:
-            raise AssertionError(
-                f"{stepper!r} deviates from the closed-form DDIM update on the step t = {t} -> {t_next} "
-                f"(σ {s0:.6g} -> {s1:.6g}) by {deviation:.3g} relative, above rtol = {rtol:g}"
-            )
-        x = (got / math.sqrt(1 + s1 * s1)).to(x.dtype)
+    # an assertion needs no graph (a network with trainable parameters would build one)
+    with torch.no_grad():
+        for t, t_next in pairwise([*ts, -1]):
+            s0 = float(schedule.sigmas[t])
+            s1 = 0.0 if t_next < 0 else float(schedule.sigmas[t_next])
+            a, a_next = ac[t], ac[t_next]
+            inp = x.to(network)
+            eps = model(inp, torch.full((x.shape[0],), float(t), dtype=network, device=x.device)).to(_F64)
+            x0_hat = (x.to(_F64) - (1 - a).sqrt() * eps) / a.sqrt()
+            expected = (a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps) / a_next.sqrt()
+            xbar = x * math.sqrt(1 + s0 * s0)
+            if s1 == 0.0:
+                got = into_zero(field, s0, xbar)
+            else:
+                got, state = stepper.step(field, s0, s1, xbar, state)
+            size = max(float(xbar.abs().max()), float(expected.abs().max()), 1e-300)
+            deviation = float((got.to(_F64) - expected).abs().max()) / size
+            worst = max(worst, deviation)
+            if not deviation <= rtol:
+                raise AssertionError(
+                    f"{stepper!r} deviates from the closed-form DDIM update on the step t = {t} -> {t_next} "
+                    f"(σ {s0:.6g} -> {s1:.6g}) by {deviation:.3g} relative, above rtol = {rtol:g}"
+                )
+            x = (got / math.sqrt(1 + s1 * s1)).to(x.dtype)
     return worst
 
 
@@ -377,8 +388,9 @@ def assert_convergence_order(
 
     Runs :func:`diffode.study.convergence_study` (RMS error of the final state against
     ``reference``, by default a float64 Dopri5 solve of each span at rtol 1e-10) for the step
-    counts ``steps`` and compares the negated least-squares slope of log error against log
-    steps with ``order``. Choose step counts in the solver's asymptotic range and with errors
+    counts ``steps`` and compares the negated least-squares slope of log error against the log
+    of the grids' positive finite intervals (:attr:`~diffode.study.StudyRow.intervals`) with
+    ``order``. Choose step counts in the solver's asymptotic range and with errors
     well above the reference's (and round-off). Grids that end at σ = 0 take the same
     first-order final step in the solve and in the reference, so the order measured is that of
     the positive part.

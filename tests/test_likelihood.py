@@ -326,6 +326,8 @@ def test_other_adaptive_solvers_agree(solver):
     ("kwargs", "error", "match"),
     [
         ({"solver": "euler"}, ValueError, "needs an adaptive solver"),
+        # not the fixed-grid method's refusal of the tolerances likelihood itself passes
+        ({"solver": "torchdiffeq:rk4"}, ValueError, "needs an adaptive solver"),
         ({"solver": "nope"}, ValueError, "unknown solver"),
         (
             {"solver": diffode.solvers.Dopri5(rtol=1e-4, atol=1e-4), "rtol": 1e-3},
@@ -337,6 +339,7 @@ def test_other_adaptive_solvers_agree(solver):
         ({"probe": "sphere"}, ValueError, "probe must be one of"),
         ({"probes": 0}, ValueError, "probes must be at least 1"),
         ({"probes": 4}, ValueError, "applies to divergence=.hutchinson. only"),
+        ({"probe": "gaussian"}, ValueError, "probe='gaussian' applies to divergence=.hutchinson. only"),
         ({"levels": 1}, ValueError, "levels must be at least 2"),
         ({"levels": 2.5}, TypeError, "levels must be an int"),
         ({"generator": 3}, TypeError, "generator must be"),

@@ -194,3 +194,10 @@ def test_empirical_order_recovers_a_power_law():
     steps = [10, 20, 40, 80]
     assert study.empirical_order(steps, [3.0 * n**-2.5 for n in steps]) == pytest.approx(-2.5, abs=1e-12)
     assert math.isfinite(study.empirical_order(steps, [1.0, 0.5, 0.3, 0.1]))
+
+
+def test_a_reference_that_is_not_finite_is_refused(x):
+    # a NaN row dropped out of the order fit, which then passed on the rows left
+    bad = torch.full_like(x, math.nan)
+    with pytest.raises(ValueError, match="reference contains 32 non-finite value"):
+        study.measure(GAUSS, x, grid(8), "euler", reference=bad)

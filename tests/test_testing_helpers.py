@@ -211,3 +211,26 @@ def test_assert_round_trip_turns_an_inversion_that_does_not_converge_into_an_ass
     # only implicit step is the one out of σ = 0
     assert assert_round_trip(model, schedule, x0, steps=10, atol=2e-5) <= 2e-5
     assert assert_round_trip(model, schedule, x0, steps=10, solver="bdia", atol=2e-5) <= 2e-5
+
+
+def test_assert_euler_is_ddim_calls_a_network_as_the_field_does():
+    # a float32 module: the reference called it on float64 inputs (a dtype error), and a float64
+    # state through a float32 network was held to float64's tolerance
+    class Plain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.lin(torch.cat([x, t.reshape(-1, 1) / 1000], 1))
+
+    torch.manual_seed(0)
+    net, schedule = Plain(), Schedule.linear()
+    assert assert_euler_is_ddim(net, schedule, torch.randn(2, 3), [999, 500, 0]) < 1e-6
+    assert assert_euler_is_ddim(net, schedule, torch.randn(2, 3, dtype=torch.float64), [999, 500, 0]) < 1e-6
+    # half-precision states get their own round-off as the default tolerance
+    wide = RandomEpsNet((3,)).half()
+    assert assert_euler_is_ddim(wide, schedule, torch.randn(2, 3).half(), [600, 300, 0]) < 1e-2
+    # and a broken solver still fails at float32's tolerance
+    with pytest.raises(AssertionError, match="deviates from the closed-form DDIM update"):
+        assert_euler_is_ddim(net, schedule, torch.randn(2, 3), [999, 900, 800, 0], solver="midpoint")
