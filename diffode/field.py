@@ -268,8 +268,8 @@ class ScheduleField(ModelField):
     Args:
         model: called as ``model(x, t)`` with x of shape ``(batch, ...)`` and t a float tensor of
             shape ``(batch,)`` in training-step units (0 … T-1 for a discrete schedule), exactly
-            as diffusers' UNets and the DDIM reference code are called. t is float32, or float64
-            when the state is float64.
+            as diffusers' UNets and the DDIM reference code are called. x and t are in the
+            network's dtype (an ``nn.Module``'s parameters; for other callables, the state's).
         schedule: the schedule the model was trained with.
     """
 
@@ -378,7 +378,8 @@ class DenoiserField(ModelField):
     Args:
         model: called as ``model(xbar, sigma)`` with x̄ of shape ``(batch, ...)`` (the
             variance-exploding state, x₀ + σ·noise, not scaled) and σ a float tensor of shape
-            ``(batch,)``: float32, or float64 when the state is float64. No schedule or time map
+            ``(batch,)``, both in the network's dtype (an ``nn.Module``'s parameters; for other
+            callables, the state's). No schedule or time map
             is involved; choose the σ grid from the noise levels the denoiser was trained on.
 
     The field is undefined at σ = ∞.

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from diffode.atomic import atomic_write
 from diffode.schedule import NoiseSchedule, require_discrete
-from diffode.validation import check_sigma_grid, describe, require_int, require_positive
+from diffode.validation import check_sigma_grid, describe, require_int, require_positive, require_tensor
 
 if TYPE_CHECKING:
     from diffode.field import PredictingField
@@ -54,7 +54,7 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
     T = require_discrete(
         schedule,
         f"timesteps={spacing!r} needs a discrete schedule; for a continuous VP schedule pass "
-        "timesteps='karras' or an explicit float tensor of σ values",
+        "timesteps='uniform' (uniform in t), 'karras', 'logsnr' or an explicit float tensor of σ values",
     ).T
     require_int("steps", steps, low=1, high=T)
     if spacing in ("uniform", "leading"):
@@ -137,7 +137,15 @@ def check_timesteps(schedule: NoiseSchedule, ts: Tensor) -> Tensor:
         raise ValueError(f"timesteps must be a non-empty 1-D tensor, got shape {tuple(ts.shape)}")
     ts = ts.to("cpu", torch.int64)
     if (ts < 0).any() or (ts > T - 1).any():
-        raise ValueError(f"timesteps must lie in 0 … {T - 1}, got {describe(ts)}")
+        # diffusers' "trailing" timesteps end in -1 for some S (62 of 1 … 1000 at T = 1000)
+        diffusers = (
+            "; diffusers' trailing spacing ends some runs with -1, which is no training timestep: "
+            "pass timesteps[timesteps >= 0] (diffode ends with its own step into σ = 0), or "
+            "timesteps='trailing'"
+            if int(ts[-1]) == -1 and ts.numel() > 1 and bool((ts[:-1] >= 0).all())
+            else ""
+        )
+        raise ValueError(f"timesteps must lie in 0 … {T - 1}, got {describe(ts)}{diffusers}")
     if ts.numel() > 1 and not bool((ts[1:] < ts[:-1]).all()):
         raise ValueError(
             f"timesteps must be strictly decreasing with no duplicates, got {describe(ts)}; "
@@ -175,7 +183,8 @@ def sigma_grid(
             intervals the solver subdivides itself (encoding with zero terminal SNR: from the
             largest finite σ).
         timesteps: a spacing name (see :func:`spaced_timesteps`, plus ``"karras"`` and
-            ``"logsnr"``, see :func:`logsnr_sigmas`), a strictly
+            ``"logsnr"``, see :func:`logsnr_sigmas`; on a continuous schedule ``"uniform"`` is
+            S times uniform in t from σ_max's down to σ_min's, as score-SDE samples), a strictly
             decreasing integer tensor of training timesteps, or a strictly decreasing float
             tensor of σ values (a trailing 0 is appended when absent). Explicit tensors always
             describe the sampling grid, also for ``direction="encode"``.
@@ -203,11 +212,11 @@ def sigma_grid(
     if steps is None and isinstance(timesteps, str) and timesteps in TIMESTEP_SPACINGS:
         if adaptive and direction == "encode":
             # latents live at a finite σ: with zero terminal SNR, the largest finite one
-            grid = torch.tensor([schedule.sigma_max_finite, schedule.sigma_min, 0.0], dtype=torch.float64)
+            grid = _distinct([schedule.sigma_max_finite, schedule.sigma_min, 0.0])
         elif adaptive:
             # with zero terminal SNR the x̂0 step out of σ = ∞ lands on the largest finite σ
             top = [schedule.sigma_max, schedule.sigma_max_finite][: 1 + math.isinf(schedule.sigma_max)]
-            grid = torch.tensor([*top, schedule.sigma_min, 0.0], dtype=torch.float64)
+            grid = _distinct([*top, schedule.sigma_min, 0.0])
         else:
             steps = min(DEFAULT_STEPS, require_discrete(schedule).T) if schedule.discrete else DEFAULT_STEPS
             grid = _sampling_grid(schedule, steps, timesteps, rho)
@@ -218,10 +227,18 @@ def sigma_grid(
     if math.isinf(float(grid[0])):
         raise ValueError(
             "the sampling grid starts at sigma = inf (zero terminal SNR), where latents are not "
-            "reachable by integrating upwards; use timesteps='uniform' (or 'leading') or a grid "
-            "that starts at a finite σ"
+            "reachable by integrating upwards; use a grid that starts at a finite σ: "
+            "timesteps='uniform' (or 'leading') with fewer steps than the schedule's T, or an "
+            "explicit one"
         )
     return grid.flip(0)
+
+
+def _distinct(points: list[float]) -> Tensor:
+    """The float64 grid of ``points`` without repeats of a neighbour (a schedule whose σ_min is
+    its largest finite σ: zero terminal SNR at T = 2)."""
+    kept = [p for i, p in enumerate(points) if i == 0 or p != points[i - 1]]
+    return torch.tensor(kept, dtype=torch.float64)
 
 
 def _sigma_values(schedule: NoiseSchedule, timesteps: Tensor) -> Tensor:
@@ -243,8 +260,11 @@ def _sigma_values(schedule: NoiseSchedule, timesteps: Tensor) -> Tensor:
             f"timesteps given as a float tensor are read as σ values, which must lie in "
             f"[0, sigma_max = {schedule.sigma_max:.9g}], got {describe(timesteps)}{hint}"
         )
-    grid = check_sigma_grid(timesteps, "timesteps")
-    return torch.where((grid - schedule.sigma_max).abs() <= slack, schedule.sigma_max, grid)
+    grid = check_sigma_grid(timesteps, "timesteps").clone()
+    # only the first value can be σ_max: snapping a second one would repeat it
+    if abs(float(grid[0]) - schedule.sigma_max) <= slack:
+        grid[0] = schedule.sigma_max
+    return grid
 
 
 def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSpec, rho: float) -> Tensor:
@@ -280,11 +300,23 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
         raise ValueError(f"timesteps must be one of {TIMESTEP_SPACINGS} or a tensor, got {timesteps!r}")
     if steps is None:
         raise ValueError(f"steps is required with timesteps={timesteps!r}; pass steps=S")
+    if timesteps in SIGMA_SPACINGS and not schedule.sigma_min < schedule.sigma_max_finite:
+        raise ValueError(
+            f"timesteps={timesteps!r} spaces σ between the schedule's sigma_min and its largest finite "
+            f"σ, which coincide here ({schedule.sigma_min:.6g}); use timesteps='uniform' or an explicit grid"
+        )
     if timesteps == "karras":
         sig = karras_sigmas(schedule.sigma_min, schedule.sigma_max_finite, steps, rho)
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
     if timesteps == "logsnr":
         sig = logsnr_sigmas(schedule.sigma_min, schedule.sigma_max_finite, steps)
+        return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+    if timesteps == "uniform" and not schedule.discrete:
+        # a continuous time range has no table to space: S times uniform in t from its top down
+        # to its bottom, score-SDE's discretisation (torch.linspace(T, eps, N) in its samplers)
+        require_int("steps", steps, low=1)
+        top, bottom = float(schedule.t(schedule.sigma_max)), float(schedule.t(schedule.sigma_min))
+        sig = schedule.sigma(torch.linspace(top, bottom, steps, dtype=torch.float64))
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
     return sigmas_from_timesteps(schedule, spaced_timesteps(schedule, steps, timesteps))
 
@@ -490,8 +522,9 @@ def save_grid(path: str | Path, grid: Tensor, *, overwrite: bool = False, **info
     JSON file, atomically; the σ values and their dtype round-trip exactly (Python's shortest
     repr of each value, a leading σ = ∞ of a zero-terminal-SNR grid as ``"inf"``). An existing
     file is replaced only with ``overwrite=True``."""
+    # a tensor, whose dtype the file keeps
     values: list[float | str] = [
-        "inf" if math.isinf(v) else v for v in check_sigma_grid(grid, "grid").tolist()
+        "inf" if math.isinf(v) else v for v in check_sigma_grid(require_tensor("grid", grid), "grid").tolist()
     ]
     if Path(path).exists() and not overwrite:
         raise ValueError(f"path {str(path)!r} exists; pass overwrite=True to replace it")

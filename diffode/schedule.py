@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from diffode.validation import describe, require_int, require_positive
+from diffode.validation import describe, require_int, require_nonnegative, require_positive
 
 _F64 = torch.float64
 
@@ -64,6 +64,13 @@ class NoiseSchedule(ABC):
     @abstractmethod
     def t(self, sigma: float | Tensor) -> Tensor:
         """Network time t(σ) in float64, same shape as ``sigma``, clamped to the time range."""
+
+
+def _require_beta(name: str, value: float) -> float:
+    """A β endpoint of a named schedule: a number in (0, 1)."""
+    if not 0 < require_positive(name, value) < 1:
+        raise ValueError(f"{name} must lie in (0, 1), got {value}")
+    return value
 
 
 def require_discrete(
@@ -145,21 +152,29 @@ class Schedule(NoiseSchedule):
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:
         """The DDPM linear schedule: β linear from ``beta_start`` to ``beta_end`` over T steps."""
         require_int("T", T, low=2)
+        _require_beta("beta_start", beta_start)
+        _require_beta("beta_end", beta_end)
         return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=_F64))
 
     @classmethod
     def scaled_linear(cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Schedule:
         """Latent-diffusion schedule: √β linear from √beta_start to √beta_end, squared."""
         require_int("T", T, low=2)
+        _require_beta("beta_start", beta_start)
+        _require_beta("beta_end", beta_end)
         return cls.from_betas(torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=_F64) ** 2)
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule:
-        """Improved-DDPM cosine schedule: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2).
+        """Improved-DDPM cosine schedule: f(u) = cos²((u/T + s)/(1 + s)·π/2) and ᾱ_t = f(t+1)/f(0)
+        for the training steps t = 0 … T-1 (step t is the (t+1)-th of T, as in IDDPM and diffusers).
 
         Betas are clipped at ``max_beta`` (Nichol & Dhariwal, 2021).
         """
         require_int("T", T, low=2)
+        require_nonnegative("s", s)
+        if not 0 < require_positive("max_beta", max_beta) <= 1:
+            raise ValueError(f"max_beta must lie in (0, 1] (1 gives zero terminal SNR), got {max_beta}")
         steps = torch.arange(T + 1, dtype=_F64) / T
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         betas = torch.clamp(1 - f[1:] / f[:-1], max=max_beta)

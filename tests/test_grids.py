@@ -146,7 +146,7 @@ def test_bad_steps_and_spacing(linear):
     with pytest.raises(ValueError, match="timesteps must be a non-empty 1-D tensor"):
         sigma_grid(linear, None, torch.tensor([], dtype=torch.float64))
     with pytest.raises(ValueError, match="needs a discrete schedule"):
-        sigma_grid(Schedule.vp(), 10, "uniform")
+        sigma_grid(Schedule.vp(), 10, "trailing")
 
 
 def test_logsnr_grid_is_uniform_in_log_sigma(linear):
@@ -323,3 +323,57 @@ def test_karras_grid_ends_exactly_on_the_schedules_sigmas(linear, rho):
     grid = sigma_grid(linear, 10, "karras", rho=rho)
     assert float(grid[0]) == linear.sigma_max and float(grid[-2]) == linear.sigma_min
     sample(lambda x, t: 0.1 * x, linear, torch.randn(2, 3), timesteps=grid)
+
+
+def test_only_the_first_value_snaps_to_sigma_max(linear):
+    # both float32 neighbours of σ_max lie within its rounding slack: snapping both repeated it
+    top = torch.tensor(linear.sigma_max, dtype=torch.float32)
+    below = torch.nextafter(top, torch.tensor(0.0))
+    grid = sigma_grid(linear, None, torch.stack([top, below, torch.tensor(1.0)]))
+    assert float(grid[0]) == linear.sigma_max and bool((grid[1:] < grid[:-1]).all())
+
+
+def test_a_schedule_with_one_finite_sigma_gets_distinct_grids():
+    # zero terminal SNR at T = 2: σ_min is also the largest finite σ
+    two = Schedule.from_betas(torch.tensor([0.02, 1.0], dtype=torch.float64))
+    assert sigma_grid(two, None, "uniform", adaptive=True).tolist() == [math.inf, two.sigma_min, 0.0]
+    assert sigma_grid(two, None, "uniform", adaptive=True, direction="encode").tolist() == [0.0, two.sigma_min]
+    with pytest.raises(ValueError, match="timesteps='karras' spaces σ between the schedule's sigma_min"):
+        sigma_grid(two, 2, "karras")
+
+
+def test_uniform_spacing_on_a_continuous_schedule_is_uniform_in_t():
+    vp = Schedule.vp()
+    t = torch.linspace(vp.time_scale, vp.eps * vp.time_scale, 4, dtype=torch.float64)
+    torch.testing.assert_close(sigma_grid(vp, 4)[:-1], vp.sigma(t), rtol=1e-12, atol=0)
+    # so the default sampling call works on a score-SDE schedule
+    gauss = oracles.Gaussian(torch.zeros(2, dtype=torch.float64), 0.5)
+    out = sample(gauss.model(vp), vp, torch.randn(3, 2, dtype=torch.float64), steps=4)
+    assert out.shape == (3, 2) and bool(torch.isfinite(out).all())
+
+
+def test_schedule_constructors_name_their_arguments():
+    with pytest.raises(ValueError, match="beta_start must be a finite number > 0, got -0.1"):
+        Schedule.scaled_linear(beta_start=-0.1)
+    with pytest.raises(ValueError, match="beta_end must lie in"):
+        Schedule.linear(beta_end=1.5)
+    with pytest.raises(ValueError, match="s must be a finite number >= 0"):
+        Schedule.cosine(s=-1)
+    with pytest.raises(ValueError, match="max_beta"):
+        Schedule.cosine(max_beta=0)
+
+
+def test_grid_files_and_diffusers_timesteps_refusals_name_the_fix(tmp_path, linear):
+    with pytest.raises(TypeError, match="grid must be a torch.Tensor, got list"):
+        save_grid(tmp_path / "g.json", [5.0, 1.0, 0.0])  # type: ignore[arg-type]
+    # diffusers' trailing timesteps at S = 61 end in -1
+    trailing = torch.cat([spaced_timesteps(linear, 61, "trailing"), torch.tensor([-1])])
+    with pytest.raises(ValueError, match=r"pass timesteps\[timesteps >= 0\]"):
+        sigma_grid(linear, None, trailing)
+    assert torch.equal(sigma_grid(linear, None, trailing[trailing >= 0]), sigma_grid(linear, 61, "trailing"))
+
+
+def test_encoding_a_grid_through_infinity_says_how_to_avoid_it():
+    ztsnr = Schedule.from_betas(torch.tensor([0.1, 0.2, 0.3, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="'uniform' .or 'leading'. with fewer steps than the schedule's T"):
+        sigma_grid(ztsnr, 4, "uniform", direction="encode")
