@@ -27,8 +27,8 @@ residual by 10-20 per iteration, so that step lands at the round-off floor (abou
 for no evaluation. Stopping at 2 units without it leaves a remainder that is not round-off
 noise but the same error step after step, which a decoding flow that expands perturbations adds
 up. On the digits model's own samples, float32, 100 Euler steps: round trips of 7.8e-5 stopping
-at 2 units (3.56 evaluations per image and step), 1.3e-5 iterating to the floor (5.80) and
-4.1e-6 with the extra step (3.56; docs/encoding.md, diagnostics)."""
+at 2 units (3.55 evaluations per image and step), 1.1e-5 iterating to the floor (5.80) and
+4.1e-6 with the extra step (3.55; docs/encoding.md, diagnostics)."""
 
 LEAP = True
 """Whether the default stopping rule (``InverseOf`` without ``tol``) takes the extra unevaluated
