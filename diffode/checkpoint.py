@@ -38,6 +38,10 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINING_STATE = "training_state.safetensors"
+FEATURES = "features.safetensors"
+"""A classifier checkpoint's real-data feature statistics (``diffode train-classifier``)."""
+RUN_FILES = (WEIGHTS, CONFIG, TRAINING_STATE, FEATURES)
+"""The files a training command writes into its folder, which ``overwrite`` removes first."""
 _STATE_KEY = "diffode_training_state"
 _SCHEDULES = {"linear": Schedule.linear, "scaled_linear": Schedule.scaled_linear, "cosine": Schedule.cosine}
 # a JSON header larger than this is not a checkpoint of ours (guards against reading a huge
@@ -265,10 +269,11 @@ def prepare_run_folder(
     """Check (and create) the output folder of a training run before any work starts.
 
     A new run needs a missing or empty folder; ``overwrite`` starts one in a folder that holds a
-    checkpoint or other files (the old checkpoint's files stay until the new run's checkpoints
-    replace them, each atomically, so an interrupted new run leaves the old one resumable);
+    checkpoint or other files, removing the files a run writes (:data:`RUN_FILES`) and only
+    those: a file left from the old run would be read as the new run's (its config beside new
+    weights after an interrupted save, a classifier's statistics beside a diffusion model).
     ``resume`` needs a folder holding the training state of a run. ``ValueError`` otherwise,
-    offering ``--resume`` only for runs that can resume (``resumable``).
+    offering ``--resume`` only where there is a run to continue and ``resumable``.
     """
     if resume and overwrite:
         raise ValueError(
@@ -288,13 +293,16 @@ def prepare_run_folder(
             )
         return folder
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        what = "a checkpoint" if _has_checkpoint(folder) else "other files"
-        resume_it = "pass --resume to continue that run, " if resumable else "pass "
+        run = _has_checkpoint(folder)
+        resume_it = "pass --resume to continue that run, " if run and resumable else "pass "
         raise ValueError(
-            f"out={str(folder)!r} already holds {what}; {resume_it}--overwrite to start a new one "
-            "there, or another folder"
+            f"out={str(folder)!r} already holds {'a checkpoint' if run else 'other files'}; {resume_it}"
+            "--overwrite to start a new one there, or another folder"
         )
     folder.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in RUN_FILES:
+            (folder / name).unlink(missing_ok=True)
     return folder
 
 

@@ -68,6 +68,7 @@ def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 _SEED = _int_in(0, SEED_LIMIT - 1)
+_RUN_SEED = _int_in(0, SEED_LIMIT - 2)  # a training run also uses seed + 1 (its test split)
 
 
 def _levels(text: str) -> int:
@@ -112,8 +113,17 @@ def _add_grid_options(
     )
 
 
-def _add_overwrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+_MODEL_HELP = (
+    "digits, digits-cond (bundled; a folder of either name is ./digits), a diffode checkpoint or "
+    "diffusers folder (default: digits)"
+)
+_NEW_RUN = (
+    "start a new run in a folder that holds one: its checkpoint files are removed first (other files stay)"
+)
+
+
+def _add_overwrite(p: argparse.ArgumentParser, text: str = "replace existing output files") -> None:
+    p.add_argument("--overwrite", action="store_true", help=text)
 
 
 def _output(args: argparse.Namespace, option: str, suffixes: Sequence[str] = _PICTURE_OR_ARRAY) -> None:
@@ -695,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument(
         "--model",
         default=None,
-        help="digits, digits-cond (bundled), a diffode checkpoint or diffusers folder (default: digits)",
+        help=_MODEL_HELP,
     )
     _add_grid_options(smp, steps=50)
     smp.add_argument("--sigma-hat", action="store_true", help="with --solver ddim: the paper's σ̂ variant")
@@ -746,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     trn.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default: 2e-3)")
     trn.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay (default: 0.999)")
-    trn.add_argument("--seed", type=_SEED, default=0, help="random seed, below 2**32 (default: 0)")
+    trn.add_argument("--seed", type=_RUN_SEED, default=0, help="random seed, below 2**32 - 1 (default: 0)")
     trn.add_argument("--channels", default="", help="UNet widths per resolution (digits; default 16,32,32)")
     trn.add_argument("--hidden", type=_int_in(1), default=None, help="MLP width (2-D sets; default 128)")
     trn.add_argument(
@@ -764,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --conditional: probability of training on the null class (default: 0.1)",
     )
     trn.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
-    _add_overwrite(trn)
+    _add_overwrite(trn, _NEW_RUN)
     trn.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     trn.add_argument("--no-progress", action="store_true", help="no progress bar")
     trn.set_defaults(run=_train)
@@ -779,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--out", required=True, help="checkpoint folder")
     cls.add_argument("--steps", type=_int_in(1), default=3000, help="optimiser steps (default: 3000)")
     cls.add_argument("--seed", type=_SEED, default=0, help="random seed, below 2**32 (default: 0)")
-    _add_overwrite(cls)
+    _add_overwrite(cls, _NEW_RUN)
     cls.add_argument("--no-progress", action="store_true", help="no progress bar")
     cls.set_defaults(run=_train_classifier)
 
@@ -813,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model",
             default=None,
-            help="digits, digits-cond (bundled), a diffode checkpoint or diffusers folder (default: digits)",
+            help=_MODEL_HELP,
         )
         _add_grid_options(p, steps=50, eta=False, timesteps=timesteps)
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")

@@ -37,6 +37,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from diffode.checkpoint import (
+    FEATURES,
     TRAINING_STATE,
     TrainingState,
     check_fields,
@@ -50,6 +51,7 @@ from diffode.checkpoint import (
 from diffode.data import DATASETS, LABELLED, digits, load_dataset, load_labels
 from diffode.metrics import FeatureStats, digits_features, frechet_distance, save_feature_stats
 from diffode.models import DigitsClassifier, build_model
+from diffode.runs import MAX_OUTPUT_BYTES
 from diffode.schedule import Schedule
 from diffode.validation import SEED_LIMIT, require_bool, require_int, require_nonnegative, require_positive
 
@@ -114,7 +116,8 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         require_int("warmup", self.warmup, low=0)
-        require_int("seed", self.seed, low=0, high=SEED_LIMIT - 1)
+        # the run's test split and test loss use seed + 1, which must be a seed too
+        require_int("seed", self.seed, low=0, high=SEED_LIMIT - 2)
         require_int("n_points", self.n_points, low=1)
         require_int("checkpoint_every", self.checkpoint_every, low=0)
         require_bool("conditional", self.conditional)
@@ -292,9 +295,24 @@ def train(
         torch.manual_seed(config.seed)
         model = build_model(config.architecture, config.model).to(device)
     schedule = schedule_from_checkpoint_config(config.schedule)
-    folder = prepare_run_folder(out, resume=resume, overwrite=overwrite) if out is not None else None
     data = load_dataset(config.dataset, split="train", n=config.n_points, seed=config.seed)
     test = load_dataset(config.dataset, split="test", n=min(config.n_points, 2000), seed=config.seed)
+    # a model that does not make samples of the data's shape would train on, or fail mid-run,
+    # and its checkpoint would sample another shape than its config records
+    shape = tuple(getattr(model, "sample_shape", data.shape[1:]))
+    if shape != tuple(data.shape[1:]):
+        raise ValueError(
+            f"the {config.architecture} model makes samples of shape {shape}, but {config.dataset} holds "
+            f"{tuple(data.shape[1:])}; choose an architecture and model options that fit the dataset"
+        )
+    batch_bytes = config.batch_size * math.prod(data.shape[1:]) * 4
+    if batch_bytes > MAX_OUTPUT_BYTES:
+        raise ValueError(
+            f"batch_size={config.batch_size} samples of shape {tuple(data.shape[1:])} need "
+            f"{batch_bytes / 2**30:.1f} GiB a batch before the network's activations; lower batch_size "
+            "(CLI --batch-size)"
+        )
+    folder = prepare_run_folder(out, resume=resume, overwrite=overwrite) if out is not None else None
     labels = load_labels(config.dataset, split="train").to(device) if config.conditional else None
     test_labels = load_labels(config.dataset, split="test") if config.conditional else None
     ema = _ema(model, config.ema_decay)
@@ -345,7 +363,7 @@ def train(
             raise ValueError(
                 f"training diverged: the loss was not finite by step {step}; the checkpoint in the output "
                 f"folder (if any) is from before. Lower the learning rate (lr={config.lr:g} now; CLI --lr) "
-                "or raise the warmup"
+                "or raise TrainConfig.warmup (the CLI warms up over min(200, steps/5) steps)"
             )
 
     def checkpoint(step: int) -> None:
@@ -503,6 +521,11 @@ def train_classifier(
         index = torch.randint(0, x_train.shape[0], (batch_size,), generator=generator)
         _step(optimizer, scheduler, F.cross_entropy(net(_shift(x_train[index], generator)), y_train[index]))
     net.eval().requires_grad_(False)
+    if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+        raise ValueError(
+            f"training the classifier diverged (its weights are not finite after {steps} steps); lower "
+            f"the learning rate (lr={lr:g} now; CLI --lr)"
+        )
     accuracy = float((net(x_test).argmax(1) == y_test).double().mean())
     train_stats = FeatureStats.of(digits_features(x_train, net))
     test_stats = FeatureStats.of(digits_features(x_test, net))
@@ -518,5 +541,5 @@ def train_classifier(
             "threads": torch.get_num_threads(),
         }
         save_checkpoint(folder, net, info)
-        save_feature_stats(folder / "features.safetensors", {"train": train_stats, "test": test_stats})
+        save_feature_stats(folder / FEATURES, {"train": train_stats, "test": test_stats})
     return ClassifierResult(net, accuracy, train_stats, test_stats, time.perf_counter() - start)

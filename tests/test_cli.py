@@ -317,7 +317,7 @@ def test_parse_seeds():
         (["sample", "--seeds", "5-2"], "--seeds must be non-negative integers below 2**32 and ranges"),
         # torch's CPU generator keeps 32 bits of a seed: 2**32 drew the noise of seed 0
         (["sample", "--seeds", str(2**32)], "--seeds must be non-negative integers below 2**32"),
-        (["train", "--seed", str(2**32), "--out", "x"], "argument --seed: must be at most 4294967295"),
+        (["train", "--seed", str(2**32 - 1), "--out", "x"], "argument --seed: must be at most 4294967294"),
         (["train", "--hidden", "0", "--out", "x"], "argument --hidden: must be at least 1"),
         (["sample", "--seeds", "0", "--outdir", ""], "--outdir must name a folder for the shards, got ''"),
         (["sample", "--seeds", "a"], "--seeds must be"),

@@ -317,3 +317,46 @@ def test_save_tensors_is_atomic_and_round_trips(tmp_path):
     back = load_tensors(tmp_path / "t.safetensors")
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+
+
+def test_overwrite_removes_the_old_runs_files_and_only_those(tmp_path):
+    # a stale config (or a classifier's statistics) beside the new run's weights was read as its own
+    from diffode.checkpoint import RUN_FILES, prepare_run_folder
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in (*RUN_FILES, "notes.txt"):
+        (folder / name).write_text("old")
+    prepare_run_folder(folder, resume=False, overwrite=True)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    # a folder of other files holds no run to resume: --resume is not offered
+    with pytest.raises(ValueError, match="already holds other files; pass --overwrite") as caught:
+        prepare_run_folder(folder, resume=False, overwrite=False)
+    assert "--resume" not in str(caught.value)
+
+
+def test_a_config_that_cannot_train_leaves_no_folder(tmp_path):
+    out = tmp_path / "run"
+    cases = [
+        (
+            TrainConfig(steps=3, batch_size=4, model={"image_size": 16}),
+            r"makes samples of shape \(1, 16, 16\)",
+        ),
+        (TrainConfig(dataset="digits", architecture="mlp", steps=3), r"makes samples of shape \(2,\)"),
+        (TrainConfig(dataset="moons", steps=1, batch_size=10**12), "lower batch_size"),
+    ]
+    for config, match in cases:
+        with pytest.raises(ValueError, match=match):
+            train(config, out, progress=False)
+        assert not out.exists()
+    # the run's test split uses seed + 1
+    with pytest.raises(ValueError, match="seed must be at most 4294967294"):
+        TrainConfig(seed=2**32 - 1)
+
+
+def test_a_diverging_classifier_is_named_as_such(tmp_path):
+    from diffode.train import train_classifier
+
+    with pytest.raises(ValueError, match="training the classifier diverged"):
+        train_classifier(tmp_path / "cls", steps=3, lr=1e8, progress=False)
+    assert not (tmp_path / "cls" / "model.safetensors").exists()

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffode.checkpoint import load_checkpoint
+from diffode.checkpoint import FEATURES, load_checkpoint
 from diffode.metrics import FeatureStats, digits_features, frechet_distance, load_feature_stats
 from diffode.models import DigitsClassifier, UNet
 from diffode.schedule import Schedule
@@ -82,7 +82,7 @@ def digits_classifier() -> DigitsClassifier:
 
 def digits_feature_stats(split: str = "train") -> FeatureStats:
     """Classifier-feature statistics of the real digits ``split`` (``"train"`` or ``"test"``)."""
-    return load_feature_stats(path(DIGITS_CLASSIFIER) / "features.safetensors", split)
+    return load_feature_stats(path(DIGITS_CLASSIFIER) / FEATURES, split)
 
 
 def digits_fd(images: Tensor, reference: str = "train") -> float:
