@@ -40,8 +40,6 @@ CONFIG = "config.json"
 TRAINING_STATE = "training_state.safetensors"
 FEATURES = "features.safetensors"
 """A classifier checkpoint's real-data feature statistics (``diffode train-classifier``)."""
-RUN_FILES = (WEIGHTS, CONFIG, TRAINING_STATE, FEATURES)
-"""The files a training command writes into its folder, which ``overwrite`` removes first."""
 _STATE_KEY = "diffode_training_state"
 _SCHEDULES = {"linear": Schedule.linear, "scaled_linear": Schedule.scaled_linear, "cosine": Schedule.cosine}
 # a JSON header larger than this is not a checkpoint of ours (guards against reading a huge
@@ -269,11 +267,12 @@ def prepare_run_folder(
     """Check (and create) the output folder of a training run before any work starts.
 
     A new run needs a missing or empty folder; ``overwrite`` starts one in a folder that holds a
-    checkpoint or other files, removing the files a run writes (:data:`RUN_FILES`) and only
-    those: a file left from the old run would be read as the new run's (its config beside new
-    weights after an interrupted save, a classifier's statistics beside a diffusion model).
-    ``resume`` needs a folder holding the training state of a run. ``ValueError`` otherwise,
-    offering ``--resume`` only where there is a run to continue and ``resumable``.
+    checkpoint or other files (the old checkpoint's files stay until the new run's checkpoints
+    replace them, each atomically, so an interrupted new run leaves the old one resumable; a
+    file of the old run that the new one does not write goes when the new run first saves, see
+    :func:`remove_foreign`). ``resume`` needs a folder holding the training state of a run.
+    ``ValueError`` otherwise, offering ``--resume`` only where there is a run to continue and
+    ``resumable``.
     """
     if resume and overwrite:
         raise ValueError(
@@ -300,10 +299,15 @@ def prepare_run_folder(
             "--overwrite to start a new one there, or another folder"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in RUN_FILES:
-            (folder / name).unlink(missing_ok=True)
     return folder
+
+
+def remove_foreign(folder: Path, name: str) -> None:
+    """Remove ``folder/name``, a checkpoint file that the run saving there does not write (a
+    classifier's :data:`FEATURES` beside a diffusion model, a diffusion run's
+    :data:`TRAINING_STATE` beside a classifier): left by an earlier run in the folder, it would
+    be read as this one's."""
+    (folder / name).unlink(missing_ok=True)
 
 
 @dataclass

@@ -44,6 +44,7 @@ from diffode.checkpoint import (
     load_training_state,
     prepare_run_folder,
     read_config,
+    remove_foreign,
     save_checkpoint,
     save_training_state,
     schedule_from_checkpoint_config,
@@ -406,6 +407,7 @@ def train(
             "seconds": round(elapsed(), 1),
         }
         save_checkpoint(folder, ema.module, info)
+        remove_foreign(folder, FEATURES)
 
     model.train()
     steps = range(first, config.steps)
@@ -432,7 +434,7 @@ def train(
             checkpoint(done)
     # a run stopped between the final training state and the model's files resumes at its end:
     # the model is written then if the folder's config.json is behind the training state
-    if first < config.steps or not resume or _saved_step(folder) != config.steps:
+    if first < config.steps or not resume or not _saved_final(folder, config):
         checkpoint(config.steps)
     trained = ema.module.eval()
     return TrainResult(
@@ -444,15 +446,21 @@ def train(
     )
 
 
-def _saved_step(folder: Path | None) -> int | None:
-    """The step recorded in ``folder``'s config.json (``None`` without a readable one)."""
+def _saved_final(folder: Path | None, config: TrainConfig) -> bool:
+    """Whether ``folder``'s config.json is this run's final one: its step and its training
+    config, not only its step (a config left by an earlier run in the folder, beside this run's
+    weights after a kill between the two files, may have the same step)."""
     if folder is None:
-        return None
+        return False
     try:
-        step = read_config(folder).get("step")
+        saved = read_config(folder)
     except (OSError, ValueError):
-        return None
-    return step if isinstance(step, int) else None
+        return False
+    training = saved.get("training")
+    if saved.get("step") != config.steps or not isinstance(training, dict):
+        return False
+    given = json.loads(json.dumps(_resumable_fields(config)))
+    return all(training.get(key) == value for key, value in given.items())
 
 
 # ----------------------------------------------------------------------------- the digits classifier
@@ -542,4 +550,5 @@ def train_classifier(
         }
         save_checkpoint(folder, net, info)
         save_feature_stats(folder / FEATURES, {"train": train_stats, "test": test_stats})
+        remove_foreign(folder, TRAINING_STATE)
     return ClassifierResult(net, accuracy, train_stats, test_stats, time.perf_counter() - start)

@@ -319,19 +319,43 @@ def test_save_tensors_is_atomic_and_round_trips(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
 
 
-def test_overwrite_removes_the_old_runs_files_and_only_those(tmp_path):
-    # a stale config (or a classifier's statistics) beside the new run's weights was read as its own
-    from diffode.checkpoint import RUN_FILES, prepare_run_folder
+def test_a_new_run_in_an_old_runs_folder_does_not_inherit_its_files(tmp_path, monkeypatch):
+    # a classifier's statistics beside a diffusion model (and the reverse) were read as its own
+    from diffode import checkpoint
+    from diffode.checkpoint import FEATURES, TRAINING_STATE, prepare_run_folder
+    from diffode.train import train_classifier
 
     folder = tmp_path / "run"
-    folder.mkdir()
-    for name in (*RUN_FILES, "notes.txt"):
-        (folder / name).write_text("old")
-    prepare_run_folder(folder, resume=False, overwrite=True)
-    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    train(_tiny(steps=3), folder, progress=False)
+    train_classifier(folder, steps=2, progress=False, overwrite=True)
+    assert (folder / FEATURES).exists() and not (folder / TRAINING_STATE).exists()
+    train(_tiny(steps=3), folder, progress=False, overwrite=True)
+    assert (folder / TRAINING_STATE).exists() and not (folder / FEATURES).exists()
+    # run A's config.json beside run B's weights (B killed between the two files of its final
+    # save): resuming B found the step it expected there and kept A's config
+    other = _tiny(steps=3, seed=5)
+    real = checkpoint.atomic_write
+    calls = {"n": 0}
+
+    def killed_before_the_config(path):
+        if path.name == checkpoint.CONFIG and calls["n"]:
+            raise KeyboardInterrupt
+        if path.name == checkpoint.WEIGHTS:
+            calls["n"] += 1
+        return real(path)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", killed_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        train(other, folder, progress=False, overwrite=True)
+    monkeypatch.setattr(checkpoint, "atomic_write", real)
+    train(other, folder, progress=False, resume=True)
+    saved = json.loads((folder / checkpoint.CONFIG).read_text())
+    assert saved["training"]["seed"] == 5
     # a folder of other files holds no run to resume: --resume is not offered
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="already holds other files; pass --overwrite") as caught:
-        prepare_run_folder(folder, resume=False, overwrite=False)
+        prepare_run_folder(tmp_path / "notes", resume=False, overwrite=False)
     assert "--resume" not in str(caught.value)
 
 
