@@ -117,9 +117,7 @@ _MODEL_HELP = (
     "digits, digits-cond (bundled; a folder of either name is ./digits), a diffode checkpoint or "
     "diffusers folder (default: digits)"
 )
-_NEW_RUN = (
-    "start a new run in a folder that holds one: its checkpoint files are removed first (other files stay)"
-)
+_NEW_RUN = "start a new run in a folder that holds one (its files are replaced as the new run saves)"
 
 
 def _add_overwrite(p: argparse.ArgumentParser, text: str = "replace existing output files") -> None:
