@@ -96,8 +96,7 @@ def _keyword_arguments(name: str, cond: Cond, model: object) -> dict[str, Tensor
         if not isinstance(key, str) or not isinstance(value, Tensor) or value.ndim == 0:
             raise TypeError(
                 f"{name} must be tensors with the batch as first dimension (one row per sample), keyed by "
-                f"keyword name; got "
-                f"{key!r}: {describe(value)}"
+                f"keyword name; got {key!r}: {describe(value)}"
             )
     return dict(cond)
 

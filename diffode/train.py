@@ -247,13 +247,19 @@ def _resumable_fields(config: TrainConfig) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(config) if f.name != "checkpoint_every"}
 
 
-def _check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
+def _differing_fields(config: TrainConfig, saved: dict[str, Any]) -> list[str]:
+    """The resumable fields of ``config`` that differ from a run's ``saved`` config."""
     # compared as stored: JSON turns the tuples of a config (channels=(16, 32)) into lists
     given = json.loads(json.dumps(_resumable_fields(config)))
     # a field added since the run started (conditional, label_dropout) had its default then
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    differ = [k for k in given if saved.get(k, defaults.get(k)) != given[k]]
+    return [k for k in given if saved.get(k, defaults.get(k)) != given[k]]
+
+
+def _check_resumable(config: TrainConfig, saved: dict[str, Any], where: Path) -> None:
+    differ = _differing_fields(config, saved)
     if differ:
+        given = json.loads(json.dumps(_resumable_fields(config)))
         details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, given {given[k]!r}" for k in differ)
         raise ValueError(
             f"cannot resume {where}: the run was started with other settings ({details}); pass the "
@@ -457,10 +463,11 @@ def _saved_final(folder: Path | None, config: TrainConfig) -> bool:
     except (OSError, ValueError):
         return False
     training = saved.get("training")
-    if saved.get("step") != config.steps or not isinstance(training, dict):
-        return False
-    given = json.loads(json.dumps(_resumable_fields(config)))
-    return all(training.get(key) == value for key, value in given.items())
+    return (
+        saved.get("step") == config.steps
+        and isinstance(training, dict)
+        and not _differing_fields(config, training)
+    )
 
 
 # ----------------------------------------------------------------------------- the digits classifier
