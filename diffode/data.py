@@ -91,7 +91,7 @@ def moons(n: int, generator: torch.Generator | None = None, noise: float = 0.05)
 
 
 def swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> Tensor:
-    """A 2-D swiss roll: θ uniform in [1.5π, 4.5π], points θ(cos θ, sin θ)/7 (radius ≤ 2) plus
+    """A 2-D swiss roll: θ uniform in [1.5π, 4.5π], points θ(cos θ, sin θ)/7 (radius ≤ 4.5π/7 ≈ 2.02) plus
     Gaussian noise of std ``noise``; float32 ``(n, 2)``."""
     require_int("n", n, low=1)
     noise = require_nonnegative("noise", noise)

@@ -20,12 +20,18 @@ from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from diffode.atomic import atomic_write
+from diffode.validation import require_int
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """Float images ``(n, C, H, W)`` in [-1, 1] (clipped) → uint8 ``(n, H, W, C)``."""
     if images.ndim != 4:
         raise ValueError(f"images must have shape (n, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"images must be floating-point in [-1, 1], got dtype {images.dtype}; uint8 pixels already "
+            "are the output (from_uint8 converts them back)"
+        )
     bad = (~torch.isfinite(images.detach())).flatten(1).any(1).nonzero()[:, 0]
     if bad.numel():
         shown = f"{bad[:10].tolist()}{' …' if bad.numel() > 10 else ''}"
@@ -66,8 +72,14 @@ def grid(images: np.ndarray, columns: int, *, scale: int = 1, pad: int = 1) -> n
     columns·(W·scale+pad)-pad, C)``, ``columns`` per row, each enlarged ``scale`` times (nearest
     neighbour), ``pad`` mid-grey pixels between tiles and none around them (so a one-image grid is
     that image, enlarged, and reads back with ``diffode encode``)."""
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must have shape (n >= 1, H, W, C), got {tuple(images.shape)}")
+    require_int("columns", columns, low=1)
+    require_int("scale", scale, low=1)
+    # a negative pad overlaps the tiles, and the grid no longer reads back
+    require_int("pad", pad, low=0)
     n, h, w, c = images.shape
-    columns = max(1, min(columns, n))
+    columns = min(columns, n)
     rows = -(-n // columns)
     hs, ws = h * scale, w * scale
     tiles = [_pillow(image).resize((ws, hs), Image.Resampling.NEAREST) for image in images]
@@ -229,7 +241,12 @@ def load_images(paths: Sequence[str | os.PathLike[str]], shape: Sequence[int]) -
         if not path.is_file():
             raise FileNotFoundError(f"no such image file: {name}")
         if path.suffix.lower() == ".npz":
-            batches.append(from_uint8(read_npz_array(path)))
+            array = read_npz_array(path)  # names the file in its own errors
+            try:
+                batches.append(from_uint8(array))
+            except (TypeError, ValueError) as err:
+                # the docstring's promise: one line naming the file
+                raise type(err)(f"{name}: {err}") from None
         elif path.suffix.lower() == ".png":
             picture, text = _read_png(path)
             if c != 1 and GRID_KEY in text:

@@ -40,6 +40,11 @@ class FeatureStats:
     def __post_init__(self) -> None:
         # built by hand or read from a file: float64 on the CPU, and a covariance that is one
         # (a negative one made the distance's clamp at 0 return 0 in silence)
+        require_int("n", self.n, low=2)
+        # the round-off of the dtype the covariance was computed in (float32 features' eigenvalues
+        # come out a few units below 0)
+        given = self.cov.dtype if self.cov.is_floating_point() else _F64
+        slack = max(1e-9, 64 * torch.finfo(given).eps)
         mean = self.mean.detach().to("cpu", _F64)
         cov = self.cov.detach().to("cpu", _F64)
         d = mean.shape[0] if mean.ndim == 1 else -1
@@ -50,10 +55,18 @@ class FeatureStats:
             )
         if bool(torch.isfinite(cov).all()):
             scale = float(cov.diagonal().abs().sum()) + torch.finfo(_F64).tiny
-            if float((cov - cov.T).abs().max()) > 1e-9 * scale:
-                raise ValueError("FeatureStats covariance must be symmetric")
-            if float(torch.linalg.eigvalsh(cov).min()) < -1e-9 * scale:
-                raise ValueError("FeatureStats covariance must be positive semi-definite")
+            asymmetry = float((cov - cov.T).abs().max())
+            if asymmetry > slack * scale:
+                raise ValueError(
+                    f"FeatureStats covariance must be symmetric, got a largest |C - Cᵀ| of {asymmetry:.3g} "
+                    f"(trace {scale:.3g}); pass (C + C.T) / 2"
+                )
+            lowest = float(torch.linalg.eigvalsh(cov).min())
+            if lowest < -slack * scale:
+                raise ValueError(
+                    f"FeatureStats covariance must be positive semi-definite, got an eigenvalue of "
+                    f"{lowest:.3g} (trace {scale:.3g}); compute it with FeatureStats.of(features)"
+                )
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "cov", cov)
 
@@ -64,7 +77,9 @@ class FeatureStats:
             raise ValueError(f"features must have shape (n >= 2, D), got {tuple(features.shape)}")
         require_finite("features", features)
         f = features.detach().to("cpu", _F64)
-        return cls(mean=f.mean(0), cov=torch.cov(f.T), n=int(f.shape[0]))
+        # torch.cov gives a 0-d tensor for one feature
+        d = f.shape[1]
+        return cls(mean=f.mean(0), cov=torch.cov(f.T).reshape(d, d), n=int(f.shape[0]))
 
 
 def _sym_sqrt(matrix: Tensor) -> Tensor:

@@ -116,3 +116,54 @@ def test_network_calls_that_do_not_fit_name_the_shapes():
 def test_architecture_name_rejects_foreign_modules():
     with pytest.raises(TypeError, match="Linear is not a built-in diffode architecture"):
         architecture_name(torch.nn.Linear(2, 2))
+
+
+def test_integer_states_are_refused_not_truncated():
+    # the output is cast back to x's dtype: an int64 x got a truncated ε
+    for net, x in (
+        (MLP(dim=2), torch.zeros(3, 2, dtype=torch.int64)),
+        (UNet(), torch.zeros(2, 1, 8, 8).long()),
+    ):
+        with pytest.raises(TypeError, match="x must be a floating-point tensor, got dtype torch.int64"):
+            net(x, torch.zeros(x.shape[0]))
+
+
+def test_feature_statistics_of_one_feature_and_of_float32_features():
+    import numpy as np
+
+    from diffode.images import grid, to_uint8
+    from diffode.metrics import FeatureStats, frechet_distance
+
+    # torch.cov of one feature is 0-d
+    one = FeatureStats.of(torch.randn(50, 1, generator=torch.Generator().manual_seed(0)))
+    assert one.cov.shape == (1, 1) and frechet_distance(one, one) == 0.0
+    # a float32 covariance of fewer samples than features has eigenvalues a few units below 0
+    f = torch.randn(10, 64, generator=torch.Generator().manual_seed(1))
+    FeatureStats(mean=f.mean(0), cov=torch.cov(f.T), n=10)
+    with pytest.raises(ValueError, match=r"positive semi-definite, got an eigenvalue of -1"):
+        FeatureStats(mean=torch.zeros(2), cov=torch.tensor([[1.0, 0.0], [0.0, -1.0]]), n=10)
+    with pytest.raises(ValueError, match="n must be at least 2"):
+        FeatureStats(mean=torch.zeros(2), cov=torch.eye(2), n=-5)
+    # pixels that already are uint8 were clamped as if they were floats in [-1, 1]
+    with pytest.raises(TypeError, match="images must be floating-point in"):
+        to_uint8(torch.tensor([0, 10, 200], dtype=torch.uint8).reshape(1, 1, 1, 3))
+    tiles = np.zeros((2, 8, 8, 1), dtype=np.uint8)
+    for kwargs, match in (({"columns": 0}, "columns must be at least 1"), ({"columns": 2, "pad": -1}, "pad")):
+        with pytest.raises(ValueError, match=match):
+            grid(tiles, **kwargs)
+
+
+def test_image_and_fd_errors_name_what_the_caller_passed(tmp_path):
+    import numpy as np
+
+    from diffode.images import load_images
+    from diffode.pretrained import digits_fd
+
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, arr_0=np.zeros((2, 8, 8, 1), dtype=np.float32))
+    with pytest.raises(TypeError, match="floats.npz: "):
+        load_images([str(floats)], (1, 8, 8))
+    with pytest.raises(ValueError, match="digits_fd needs at least 2 images"):
+        digits_fd(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="images contains"):
+        digits_fd(torch.full((3, 1, 8, 8), math.nan))

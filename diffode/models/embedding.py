@@ -12,8 +12,11 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
     """Embed times ``t`` (float, shape ``(batch,)``, training-step units) as ``(batch, dim)``.
 
     The first half holds sin(t·ω_k), the second cos(t·ω_k), with frequencies ω_k geometrically
-    spaced from 1 down to 1/max_period, so integer and fractional t (from σ grids between
-    training steps) are embedded alike. ``dim`` must be even. Output dtype: t's, at least float32.
+    spaced from 1 towards 1/max_period, ω_k = max_period^(-k/half) for k = 0 … half-1 (the
+    lowest is max_period^(-(half-1)/half), just above 1/max_period), so integer and fractional
+    t (from σ grids between training steps) are embedded alike; t trained on integers only is
+    embedded smoothly in between, but a network need not be smooth there. ``dim`` must be
+    even. Output dtype: t's, at least float32.
     """
     if dim % 2:
         raise ValueError(f"dim must be even for a sin/cos embedding, got {dim}")
@@ -45,6 +48,9 @@ def check_call(x: Tensor, t: Tensor, event: str, fits: bool, note: str = "") -> 
     """``ValueError`` for a network call whose ``x`` does not fit (``fits`` False; ``event`` and
     ``note`` say what does) or whose ``t`` is not one time per sample, instead of an error deep in
     a layer."""
+    if not x.is_floating_point():
+        # the output is cast back to x's dtype: an integer x would get a truncated ε
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert it with x.float()")
     if not fits:
         raise ValueError(f"x must have shape (batch, {event}){note}, got {tuple(x.shape)}")
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
