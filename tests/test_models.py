@@ -85,7 +85,7 @@ def test_classifier_features_and_logits():
         (lambda: build_model("unet", {"hidden": 3}), "does not fit architecture 'unet'"),
         (lambda: UNet(channels=()), "channels must be a non-empty list"),
         (lambda: UNet(channels=(8, 8, 8, 8), image_size=4), "image_size=4 must be divisible by"),
-        (lambda: MLP(hidden=0), "must be positive"),
+        (lambda: MLP(hidden=0), "hidden must be a positive integer, got 0"),
         # a zero time embedding gave a network blind to time, an odd one failed at the first call
         (lambda: MLP(emb_dim=0), "emb_dim must be an even integer >= 2"),
         (lambda: UNet(emb_dim=7), r"emb_dim must be an even integer >= 2 \(sin/cos pairs\), got 7"),
@@ -167,3 +167,18 @@ def test_image_and_fd_errors_name_what_the_caller_passed(tmp_path):
         digits_fd(torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="images contains"):
         digits_fd(torch.full((3, 1, 8, 8), math.nan))
+
+
+def test_sizes_take_any_integer_type_and_refuse_fractions():
+    import numpy as np
+
+    # a width of 16.7 was truncated to 16, and a NumPy class count was refused
+    assert UNet(channels=(np.int64(8), 8), num_classes=np.int64(3)).num_classes == 3
+    assert MLP(dim=np.int32(3)).dim == 3
+    for call, message in (
+        (lambda: UNet(channels=(16.7,)), "channels entries must be a positive integer, got 16.7"),
+        (lambda: MLP(dim=2.5), "dim must be a positive integer, got 2.5"),
+        (lambda: MLP(hidden=True), "hidden must be a positive integer, got True"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()

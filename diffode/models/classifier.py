@@ -8,6 +8,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from diffode.models.embedding import size_argument
+
 
 class DigitsClassifier(nn.Module):
     """conv 3×3 (8×8) → conv 3×3 stride 2 (4×4) → linear to ``features`` → linear to 10 classes.
@@ -22,9 +24,9 @@ class DigitsClassifier(nn.Module):
 
     def __init__(self, width: int = 32, features: int = 64, image_size: int = 8) -> None:
         super().__init__()
-        for name, value in (("width", width), ("features", features), ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        width = size_argument("width", width)
+        features = size_argument("features", features)
+        image_size = size_argument("image_size", image_size)
         self.width, self.n_features, self.image_size = width, features, image_size
         self.conv1 = nn.Conv2d(1, width, 3, padding=1)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,18 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
+def size_argument(name: str, value: object, low: int = 1, what: str = "a positive integer") -> int:
+    """``value`` as a Python int (any integer type but bool, NumPy's included) of at least
+    ``low``; ``ValueError`` saying it must be ``what`` otherwise (a width of 16.7 was truncated)."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < low:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return number
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal embedding followed by a two-layer MLP: ``(batch,)`` times → ``(batch, dim)``."""
 
@@ -34,8 +47,10 @@ class TimeEmbedding(nn.Module):
         super().__init__()
         # checked here, where the network is built: an odd width failed at the first forward
         # pass, and a zero one gave a network blind to time
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2 or dim % 2:
-            raise ValueError(f"emb_dim must be an even integer >= 2 (sin/cos pairs), got {dim!r}")
+        even = "an even integer >= 2 (sin/cos pairs)"
+        dim = size_argument("emb_dim", dim, 2, even)
+        if dim % 2:
+            raise ValueError(f"emb_dim must be {even}, got {dim!r}")
         self.dim = dim
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffode.models.embedding import TimeEmbedding, check_call
+from diffode.models.embedding import TimeEmbedding, check_call, size_argument
 
 
 class MLP(nn.Module):
@@ -25,8 +25,9 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, emb_dim: int = 64) -> None:
         super().__init__()
-        if dim < 1 or hidden < 1 or depth < 1:
-            raise ValueError(f"dim, hidden and depth must be positive, got {dim}, {hidden}, {depth}")
+        dim = size_argument("dim", dim)
+        hidden = size_argument("hidden", hidden)
+        depth = size_argument("depth", depth)
         self.dim, self.hidden, self.depth, self.emb_dim = dim, hidden, depth, emb_dim
         self.time = TimeEmbedding(emb_dim)
         self.inp = nn.Linear(dim, hidden)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffode.models.embedding import TimeEmbedding, check_call
+from diffode.models.embedding import TimeEmbedding, check_call, size_argument
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -74,11 +74,10 @@ class UNet(nn.Module):
         num_classes: int = 0,
     ) -> None:
         super().__init__()
-        for name, value, low in (("in_channels", in_channels, 1), ("image_size", image_size, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        chans = [int(c) for c in channels]
-        if not chans or any(c < 1 for c in chans):
+        in_channels = size_argument("in_channels", in_channels)
+        image_size = size_argument("image_size", image_size)
+        chans = [size_argument("channels entries", c) for c in channels]
+        if not chans:
             raise ValueError(f"channels must be a non-empty list of positive widths, got {channels!r}")
         factor = 2 ** (len(chans) - 1)
         if image_size % factor:
@@ -92,9 +91,7 @@ class UNet(nn.Module):
             emb_dim,
             image_size,
         )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}")
-        self.num_classes = num_classes
+        self.num_classes = size_argument("num_classes", num_classes, 0, "an integer >= 0 (0: unconditional)")
         self.time = TimeEmbedding(emb_dim)
         self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         self.down = nn.ModuleList()
