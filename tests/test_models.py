@@ -176,7 +176,7 @@ def test_sizes_take_any_integer_type_and_refuse_fractions():
     assert UNet(channels=(np.int64(8), 8), num_classes=np.int64(3)).num_classes == 3
     assert MLP(dim=np.int32(3)).dim == 3
     for call, message in (
-        (lambda: UNet(channels=(16.7,)), "channels entries must be a positive integer, got 16.7"),
+        (lambda: UNet(channels=(16.7,)), r"channels must be a non-empty list of positive widths, got \(16.7"),
         (lambda: MLP(dim=2.5), "dim must be a positive integer, got 2.5"),
         (lambda: MLP(hidden=True), "hidden must be a positive integer, got True"),
     ):

@@ -76,7 +76,10 @@ class UNet(nn.Module):
         super().__init__()
         in_channels = size_argument("in_channels", in_channels)
         image_size = size_argument("image_size", image_size)
-        chans = [size_argument("channels entries", c) for c in channels]
+        try:
+            chans = [size_argument("channels entries", c) for c in channels]
+        except ValueError:
+            chans = []  # the message below shows the whole list
         if not chans:
             raise ValueError(f"channels must be a non-empty list of positive widths, got {channels!r}")
         factor = 2 ** (len(chans) - 1)
