@@ -1,6 +1,7 @@
 """Built-in networks: time embedding, UNet, MLP, classifier, architecture registry."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -126,6 +127,17 @@ def test_integer_states_are_refused_not_truncated():
     ):
         with pytest.raises(TypeError, match="x must be a floating-point tensor, got dtype torch.int64"):
             net(x, torch.zeros(x.shape[0]))
+
+
+def test_classifier_refuses_integer_pixels_and_foreign_shapes_by_name():
+    classifier = DigitsClassifier()
+    # integer pixels were cast to float and classified as if they were in [-1, 1]
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got dtype torch.int64"):
+        classifier(torch.zeros(2, 1, 8, 8, dtype=torch.int64))
+    for shape in ((2, 8, 8), (2, 1, 16, 16), (2, 3, 8, 8)):
+        with pytest.raises(ValueError, match=re.escape(f"x must have shape (batch, 1, 8, 8), got {shape}")):
+            classifier.features(torch.zeros(shape))
+    assert classifier(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_feature_statistics_of_one_feature_and_of_float32_features():

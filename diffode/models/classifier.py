@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffode.models.embedding import size_argument
+from diffode.models.embedding import check_input, size_argument
 
 
 class DigitsClassifier(nn.Module):
@@ -40,6 +40,8 @@ class DigitsClassifier(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate-layer activations, ``(batch, features)``."""
+        side = self.image_size
+        check_input(x, f"1, {side}, {side}", x.ndim == 4 and tuple(x.shape[1:]) == (1, side, side))
         h = F.silu(self.conv1(x.to(self.conv1.weight.dtype)))
         h = F.silu(self.conv2(h))
         return F.silu(self.fc(h.flatten(1)))

@@ -59,14 +59,21 @@ class TimeEmbedding(nn.Module):
         return self.mlp(emb.to(next(self.mlp.parameters()).dtype))
 
 
-def check_call(x: Tensor, t: Tensor, event: str, fits: bool, note: str = "") -> None:
-    """``ValueError`` for a network call whose ``x`` does not fit (``fits`` False; ``event`` and
-    ``note`` say what does) or whose ``t`` is not one time per sample, instead of an error deep in
-    a layer."""
+def check_input(x: Tensor, event: str, fits: bool, note: str = "") -> None:
+    """``TypeError`` for an integer ``x``, ``ValueError`` for one that does not fit (``fits``
+    False; ``event`` and ``note`` say what does), instead of an error deep in a layer or a silent
+    cast of integer pixels."""
     if not x.is_floating_point():
-        # the output is cast back to x's dtype: an integer x would get a truncated ε
+        # networks cast x to their own dtype, so integer pixels (0-255) would pass as inputs in
+        # [-1, 1], and an output cast back to x's dtype would be truncated
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert it with x.float()")
     if not fits:
         raise ValueError(f"x must have shape (batch, {event}){note}, got {tuple(x.shape)}")
+
+
+def check_call(x: Tensor, t: Tensor, event: str, fits: bool, note: str = "") -> None:
+    """:func:`check_input` for ``x``, and ``ValueError`` for a ``t`` that is not one time per
+    sample."""
+    check_input(x, event, fits, note)
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must hold one time per sample, shape ({x.shape[0]},), got {tuple(t.shape)}")
