@@ -20,7 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from diffode.atomic import atomic_write
-from diffode.validation import require_int
+from diffode.validation import require_int, require_nonnegative
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -282,8 +282,16 @@ def scatter_image(points: np.ndarray, size: int = 256, extent: float = 0.0) -> n
     more points, log scale), over the square [-extent, extent]² (0: fitted to 99.5% of the points,
     so that a few outliers do not shrink the picture)."""
     xy = np.asarray(points, dtype=np.float64)
-    if xy.ndim != 2 or xy.shape[1] != 2:
-        raise ValueError(f"points must have shape (n, 2), got {xy.shape}")
+    if xy.ndim != 2 or xy.shape[1] != 2 or xy.shape[0] == 0:
+        raise ValueError(f"points must have shape (n, 2) with n >= 1, got {xy.shape}")
+    bad = ~np.isfinite(xy).all(1)
+    if bad.any():
+        raise ValueError(
+            f"points must be finite, got NaN or inf in {int(bad.sum())} of {len(xy)} rows (the first: row "
+            f"{int(np.argmax(bad))}); drop them first (points[np.isfinite(points).all(1)])"
+        )
+    size = require_int("size", size, low=1)
+    extent = require_nonnegative("extent", extent)
     half = extent or 1.1 * max(float(np.quantile(np.abs(xy), 0.995)), 1e-9)
     counts, _, _ = np.histogram2d(xy[:, 1], xy[:, 0], bins=size, range=[[-half, half], [-half, half]])
     density = np.log1p(counts[::-1]) / max(np.log1p(counts.max()), 1e-12)

@@ -140,6 +140,28 @@ def test_classifier_refuses_integer_pixels_and_foreign_shapes_by_name():
     assert classifier(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_scatter_image_draws_log_density_upright_and_refuses_non_finite_points():
+    import numpy as np
+
+    from diffode.images import scatter_image
+
+    # three points at the origin, one at (0.5, 0.5): 4 pixels over [-1, 1]², y up, log density
+    points = np.array([[0.0, 0.0]] * 3 + [[0.5, 0.5]])
+    image = scatter_image(points, size=4, extent=1.0)
+    assert image.dtype == np.uint8 and image.shape == (4, 4)
+    assert image[1, 2] == 0 and image[0, 3] == round(255 * (1 - math.log(2) / math.log(4)))
+    assert (image == 255).sum() == 14
+    # a NaN row failed inside numpy's histogram ("supplied range of [nan, nan] is not finite")
+    with pytest.raises(ValueError, match=r"finite, got NaN or inf in 1 of 2 rows \(the first: row 1\)"):
+        scatter_image(np.array([[0.0, 1.0], [np.nan, 0.0]]))
+    with pytest.raises(ValueError, match=r"points must have shape \(n, 2\) with n >= 1, got \(0, 2\)"):
+        scatter_image(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="size must be"):
+        scatter_image(points, size=0)
+    with pytest.raises(ValueError, match="extent must be a finite number >= 0, got -1"):
+        scatter_image(points, extent=-1)
+
+
 def test_feature_statistics_of_one_feature_and_of_float32_features():
     import numpy as np
 
