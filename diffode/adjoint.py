@@ -11,17 +11,26 @@ Two methods, chosen by :func:`diffode.solve` (``adjoint=True``) from the solver:
   forward steps, against autograd's N step graphs held at once. The gradient is that of the
   computed discrete solution (to round-off), multistep history and a reversible solver's
   companion state included: every tensor in the solver state is a differentiated variable.
+  A network that draws random numbers (dropout in training mode) draws the same ones when a step
+  is recomputed: the generator states at the start of each step are kept (:class:`RandomStates`,
+  as ``torch.utils.checkpoint`` does). Other side effects of a call happen again with each
+  recomputation: a BatchNorm layer in training mode updates its running statistics about
+  log₂(N)/2 + 1 times per step instead of once (its outputs, and so the gradient, are unaffected);
+  put such layers in eval mode, or use ``adjoint=False``.
 - **Adaptive solvers: the continuous adjoint** of torchdiffeq's ``odeint_adjoint`` (Chen et al.,
   2018) with the solver's method and tolerances on the positive part of the grid; the final
   step into σ = 0 is differentiated by ordinary autograd. The gradient is that of the exact ODE
-  solution up to the tolerances, not that of the discrete forward solve.
+  solution up to the tolerances, not that of the discrete forward solve. Its backward pass
+  evaluates the field at other σ than the forward pass did, so random draws inside the network
+  are not replayed: put it in eval mode.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -76,15 +85,51 @@ def _tensors(state: Any) -> list[Tensor]:
     return found
 
 
+class RandomStates:
+    """The random-number generator states (CPU, and the state's CUDA device) at the start of each
+    step of a forward solve, replayed when the backward pass recomputes that step."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device if device.type == "cuda" else None
+        self.states: dict[int, tuple[Tensor, Tensor | None]] = {}
+
+    def record(self, i: int) -> None:
+        """Keep the states as step ``i`` starts."""
+        cuda = None if self.cuda is None else torch.cuda.get_rng_state(self.cuda)
+        self.states[i] = (torch.get_rng_state(), cuda)
+
+    @contextmanager
+    def replay(self, i: int) -> Iterator[None]:
+        """Run a block from the states step ``i`` started with, leaving the generators as they were."""
+        cpu, cuda = self.states[i]
+        with torch.random.fork_rng(devices=[] if self.cuda is None else [self.cuda]):
+            torch.set_rng_state(cpu)
+            if cuda is not None and self.cuda is not None:
+                torch.cuda.set_rng_state(cuda, self.cuda)
+            yield
+
+
 class _Recompute:
     """The backward pass of the checkpointed solve (see the module notes)."""
 
-    def __init__(self, advance: Step, n_steps: int, initial_state: Any, params: Sequence[Tensor]) -> None:
+    def __init__(
+        self,
+        advance: Step,
+        n_steps: int,
+        initial_state: Any,
+        params: Sequence[Tensor],
+        randomness: RandomStates,
+    ) -> None:
         self.advance = advance
         self.n_steps = n_steps
         self.initial_state = initial_state
         self.params = list(params)
+        self.randomness = randomness
         self.param_grads: list[Tensor | None] = []
+
+    def _advance(self, k: int, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        with self.randomness.replay(k):
+            return self.advance(k, x, state)
 
     def gradients(self, x: Tensor, grad: Tensor) -> tuple[Tensor, list[Tensor | None]]:
         """d(loss)/dx and d(loss)/dparams from d(loss)/d(final state) ``grad``."""
@@ -102,7 +147,7 @@ class _Recompute:
         x_m, state_m = x, state
         with torch.no_grad():
             for k in range(i, m):
-                x_m, state_m = self.advance(k, x_m, state_m)
+                x_m, state_m = self._advance(k, x_m, state_m)
         g_x, g_state = self._backprop(m, j, x_m, state_m, g_x, g_state)
         return self._backprop(i, m, x, state, g_x, g_state)
 
@@ -112,7 +157,7 @@ class _Recompute:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             state_in, state_inputs = _differentiable(state)
-            x_out, state_out = self.advance(i, x_in, state_in)
+            x_out, state_out = self._advance(i, x_in, state_in)
             outputs = [x_out, *_tensors(state_out)]
             # the final state's solver tensors do not reach the result: no gradient arrives for them
             grads_out = [g_x, *g_state] + [None] * (len(outputs) - 1 - len(g_state))
@@ -181,11 +226,13 @@ def checkpointed(
     initial_state: Any,
     params: Sequence[Tensor],
     forward: Callable[[Tensor], Tensor],
+    randomness: RandomStates,
 ) -> Tensor:
     """``forward(x)`` (the solve loop, run without a graph), differentiable with respect to ``x``
     and ``params`` by recomputing the ``n_steps`` steps of ``advance`` from ``initial_state``,
-    a solver state that ``forward`` does not touch (see the module notes)."""
-    recompute = _Recompute(advance, n_steps, initial_state, params)
+    a solver state that ``forward`` does not touch (see the module notes); ``forward`` records
+    each step's generator states in ``randomness``, and the recomputed steps replay them."""
+    recompute = _Recompute(advance, n_steps, initial_state, params, randomness)
     out: Tensor = _Checkpointed.apply(recompute, forward, x, *params)
     return out
 
@@ -271,4 +318,4 @@ def continuous_adjoint(
     return x
 
 
-__all__ = ["Step", "checkpointed", "continuous_adjoint", "first_derivatives_only"]
+__all__ = ["RandomStates", "Step", "checkpointed", "continuous_adjoint", "first_derivatives_only"]

@@ -203,11 +203,12 @@ class Conditioning:
             out_u, out_c = network(x, scalar, **self.uncond), network(x, scalar, **self.cond)
         guided = out_u + settings.scale * (out_c - out_u)
         if settings.rescale > 0:
-            dims = tuple(range(1, x.ndim))
-            # population standard deviations (a sample of one element has 0, not NaN); where the
-            # guided output is constant there is no spread to match and it stays as it is
-            spread = guided.std(dim=dims, correction=0, keepdim=True)
-            target = out_c.std(dim=dims, correction=0, keepdim=True)
+            # per sample (a (batch,) state has one element per sample: std over no dimension would
+            # pool the batch), population standard deviations (one element gives 0, not NaN); where
+            # the guided output is constant there is no spread to match and it stays as it is
+            shape = (x.shape[0], *([1] * (x.ndim - 1)))
+            spread = guided.reshape(x.shape[0], -1).std(dim=1, correction=0).reshape(shape)
+            target = out_c.reshape(x.shape[0], -1).std(dim=1, correction=0).reshape(shape)
             ratio = torch.where(spread > 0, target / spread, torch.ones_like(spread))
             guided = settings.rescale * (guided * ratio) + (1 - settings.rescale) * guided
         if settings.interval is not None and isinstance(sigma, Tensor) and sigma.ndim > 0:

@@ -34,8 +34,9 @@ def interpolate(
         slerp(z0, z1, a) = sin((1-a)θ)/sin θ · z0 + sin(aθ)/sin θ · z1,
 
     which keeps the norm when the endpoints have equal norms (for Gaussian latents, the typical
-    shell); lerp is (1-a) z0 + a z1. The coefficients are computed in float64 and the endpoints
-    are reproduced exactly at a = 0 and a = 1.
+    shell); lerp is (1-a) z0 + a z1. The coefficients are computed, and the latents combined, in
+    float64 (float32 on MPS), then cast back to the latents' dtype; the endpoints are reproduced
+    exactly at a = 0 and a = 1.
 
     Degenerate cases of slerp, per sample: when θ < 1e-6 (parallel endpoints, or either one
     zero, where no angle exists) slerp falls back to lerp, which it equals to O(θ²); exactly or
@@ -86,9 +87,13 @@ def interpolate(
         c0 = torch.where(parallel, c0, torch.sin((1.0 - a_wb) * safe) / torch.sin(safe))
         c1 = torch.where(parallel, c1, torch.sin(a_wb * safe) / torch.sin(safe))
     shape = (a.numel(), batch, *([1] * (z0.ndim - 1)))
-    c0 = c0.to(z0.dtype).reshape(shape)
-    c1 = c1.to(z0.dtype).reshape(shape)
-    out = c0 * z0 + c1 * z1
+    # combined in float64 (MPS has none: float32), as the coefficients are computed: near θ = π
+    # they grow like 1/sin θ and the result is their difference, so rounding them to the latents'
+    # dtype loses its digits (float16 overflowed, and inf - inf gave NaN)
+    work = torch.float32 if z0.device.type == "mps" else torch.float64
+    c0 = c0.to(work).reshape(shape)
+    c1 = c1.to(work).reshape(shape)
+    out = (c0 * z0.to(work) + c1 * z1.to(work)).to(z0.dtype)
     return out[0] if scalar else out
 
 

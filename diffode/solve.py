@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from diffode import boundary
-from diffode.adjoint import checkpointed, continuous_adjoint, first_derivatives_only
+from diffode.adjoint import RandomStates, checkpointed, continuous_adjoint, first_derivatives_only
 from diffode.field import ModelField, Sigma
 from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
@@ -193,6 +193,13 @@ class _Counted:
         return self._fresh if self._fresh is not None else self._carried
 
 
+def _distinct(tensors: list[Any]) -> list[Any]:
+    """``tensors`` without repeats (by identity): a tensor listed twice as an input of the adjoint's
+    autograd function would receive its gradient twice (a learned null embedding that is both a
+    parameter of the model and the unconditional input of guidance)."""
+    return list({id(t): t for t in tensors}.values())
+
+
 def _adjoint_params(
     f: Callable[..., Tensor], stepper: Solver, given: Sequence[Tensor] | None
 ) -> list[Tensor]:
@@ -216,9 +223,15 @@ def _adjoint_params(
         # conditioning tensors (a text embedding being optimised) are inputs, not parameters
         conditioning = getattr(f, "conditioning", None)
         inputs = [] if conditioning is None else conditioning.tensors()
-        return [p for p in [*f.parameters(), *inputs] if p.requires_grad]
+        return _distinct([p for p in [*f.parameters(), *inputs] if p.requires_grad])
+    if isinstance(given, Tensor):
+        raise TypeError(
+            f"adjoint_params must be a list or tuple of tensors, got a tensor of shape {tuple(given.shape)} "
+            "(iterating it would give its rows, views that the field does not use); wrap it: "
+            "adjoint_params=[tensor]"
+        )
     if given:
-        params = list(given)
+        params = _distinct(list(given))
         for k, p in enumerate(params):
             if not isinstance(p, Tensor) or not p.is_floating_point():
                 raise TypeError(f"adjoint_params[{k}] must be a floating tensor, got {type(p).__name__}")
@@ -272,12 +285,16 @@ def solve(
         progress: draw a progress bar on stderr.
         adjoint: differentiate ``Solution.x`` with respect to ``x`` and ``adjoint_params`` with
             memory independent of the step count (deterministic solvers; not the ``scipy``
-            backend). ``Solution.xs`` and the callback's states then carry no gradient.
-        adjoint_params: the tensors besides ``x`` to differentiate with ``adjoint=True``;
-            ``None``: the parameters of ``f`` that require grad, where ``f`` is an ``nn.Module``
-            whose ``model`` (if it has one) is one too (a field around a network module);
-            otherwise ``ValueError``, as a function's tensors cannot be found: pass them, or
-            ``()`` for gradients with respect to ``x`` alone.
+            backend). ``Solution.xs`` and the callback's states then carry no gradient. Fixed-step
+            solvers recompute steps in the backward pass, replaying the random draws each step
+            made (dropout); a BatchNorm layer in training mode updates its running statistics
+            again with each recomputation (:mod:`diffode.adjoint`).
+        adjoint_params: a list or tuple of the tensors besides ``x`` to differentiate with
+            ``adjoint=True`` (repeats count once); ``None``: the parameters of ``f`` that require
+            grad, where ``f`` is an ``nn.Module`` whose ``model`` (if it has one) is one too (a
+            field around a network module), and its conditioning tensors; otherwise
+            ``ValueError``, as a function's tensors cannot be found: pass them, or ``()`` for
+            gradients with respect to ``x`` alone.
 
     Returns:
         A :class:`Solution`. Raises ``ValueError`` when the state becomes non-finite, naming the
@@ -331,10 +348,16 @@ def solve(
     finite_flags: list[Tensor] = []
     final: list[Any] = []
 
+    # the discrete adjoint recomputes steps: it replays the random draws each one made
+    randomness = RandomStates(x.device)
+    replayed = adjoint and not stepper.adaptive
+
     def run(x: Tensor) -> Tensor:
         state = stepper.init(counted, grid, x, generator)
         saved[:] = [x] if save else []
         for i in tqdm(range(n_steps), desc=stepper.name or "solve", disable=not progress):
+            if replayed:
+                randomness.record(i)
             x, state = advance(i, x, state)
             finite_flags.append(torch.isfinite(x).all())
             if save:
@@ -356,7 +379,9 @@ def solve(
                 )
             x = continuous_adjoint(counted, stepper, values, advance, x, params)
         else:
-            x = checkpointed(advance, n_steps, x, stepper.init(counted, grid, x, generator), params, run)
+            x = checkpointed(
+                advance, n_steps, x, stepper.init(counted, grid, x, generator), params, run, randomness
+            )
         x = first_derivatives_only(x)
         # max_nfe bounds the forward solve; the backward pass recomputes it on its own account
         counted.budget.limit = None

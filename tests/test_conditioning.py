@@ -94,7 +94,8 @@ def test_rescale_leaves_outputs_without_spread_finite():
     # one element per sample, and a constant state (the toy's ε is constant there): no spread to
     # match, so the guided output is kept as it is (0.7 g + 0.3 g: a rounding or two)
     one = torch.randn(2, 1, dtype=F64, generator=torch.Generator().manual_seed(0))
-    for x in (one, torch.zeros(2, 4, dtype=F64)):
+    # (batch,) states have one element per sample too: their spread was pooled over the batch
+    for x in (one, one[:, 0], torch.zeros(2, 4, dtype=F64)):
         torch.testing.assert_close(rescaled(0.8, x), plain(0.8, x), rtol=4 * 2.0**-53, atol=0)
 
 

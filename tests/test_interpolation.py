@@ -136,3 +136,14 @@ def test_unknown_method_is_refused():
 def test_an_empty_batch_interpolates_to_an_empty_batch():
     empty = torch.zeros(0, 3)
     assert interpolate(empty, empty, [0.0, 0.5, 1.0]).shape == (3, 0, 3)
+
+
+def test_nearly_opposite_float16_latents_keep_their_norm():
+    # angle π - 1e-5: the slerp coefficients (about 1/sin θ = 1e5) overflowed float16 and the
+    # result was NaN; the midpoint is the perpendicular direction at the endpoints' norm
+    z0 = torch.tensor([[1000.0, 0.0]], dtype=torch.float16)
+    z1 = torch.tensor([[-1000.0, 0.01]], dtype=torch.float16)
+    out = interpolate(z0, z1, [0.25, 0.5], method="slerp")
+    assert out.dtype == torch.float16 and bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out[1, 0].float(), torch.tensor([0.0, 1000.0]), rtol=0, atol=1.0)
+    torch.testing.assert_close(out.float().norm(dim=-1), torch.full((2, 1), 1000.0), rtol=2e-3, atol=0)
