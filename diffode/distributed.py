@@ -12,9 +12,12 @@ A run samples its seeds into one folder::
 The seeds are cut, in order, into shards of ``shard_size``; shard i belongs to rank
 ``i mod world_size``. The interleaving is fixed (it does not depend on timing) and a sample depends
 only on its seed (:func:`diffode.runs.sample_seeds`), so one process, N ranks, N nodes, or a run
-killed at any moment and restarted all leave the same files. A shard exists completely or not at
-all (:func:`diffode.atomic.atomic_write`), which is what makes resuming safe: a restart into the
-folder checks that the manifest is the same, skips the shards present and samples the others.
+killed at any moment and restarted all leave the same files, as long as the batch size and the
+kind of device stay the same: they are not recorded, and a run resumed with others moves its new
+shards' samples by the network's round-off (which can flip a uint8 pixel; docs/scaling.md). A shard exists
+completely or not at all (:func:`diffode.atomic.atomic_write`), which is what makes resuming safe:
+a restart into the folder checks that the manifest is the same, skips the shards present and
+samples the others.
 
 - :func:`sample_shards`: the whole thing for a :class:`~diffode.runs.LoadedModel`, from one
   process or from every rank of an initialised ``torch.distributed`` process group;
@@ -31,6 +34,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import numbers
 import os
 import signal
 import time
@@ -53,6 +57,7 @@ from diffode.grids import sigma_grid
 from diffode.images import read_npz_array, to_uint8, write_png
 from diffode.runs import LoadedModel, parse_seeds, resolve_device, sample_seeds, write_arrays
 from diffode.solvers.base import Solver
+from diffode.validation import SEED_LIMIT, describe, require_int, require_nonnegative
 
 DEFAULT_SHARD_SIZE = 256
 """Seeds per shard: a few seconds to minutes of work, so that a kill loses little."""
@@ -76,6 +81,22 @@ class Shard:
     @property
     def name(self) -> str:
         return f"seeds-{self.seeds[0]:06d}-{self.seeds[-1]:06d}.npz"
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as Python ints, each an integer in [0, 2**32) (``--seeds`` on the command line
+    allows no others, and ``pack`` reads no others back); ``TypeError`` or ``ValueError`` naming
+    the first that is not."""
+    out: list[int] = []
+    for k, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seeds must be integers, got {describe(seed)} at position {k}")
+        if not 0 <= int(seed) < SEED_LIMIT:
+            raise ValueError(
+                f"seeds must be in [0, 2**32) (a generator keeps 32 bits), got {seed} at position {k}"
+            )
+        out.append(int(seed))
+    return out
 
 
 def plan_shards(seeds: Sequence[int], shard_size: int) -> list[Shard]:
@@ -174,9 +195,12 @@ def run_manifest(
     options: Mapping[str, Any] | None = None,
     model_hash: str | None = None,
 ) -> dict[str, Any]:
-    """Everything that decides a run's files, as JSON: two runs with equal manifests write equal
-    shards. ``options`` (the command line's sampling options, whatever they are) are recorded as
-    given; ``batch`` and the device are not, since samples do not depend on them beyond round-off."""
+    """Everything that decides a run's samples, as JSON. ``options`` (the command line's sampling
+    options, whatever they are) are recorded as given. The batch size and the device are not, so
+    that a run may resume with a smaller batch or elsewhere; they move samples by the network's
+    round-off (the digits model in float32: up to 1.7e-5 between batches of 64 and 8, which can
+    flip a stored uint8 pixel), so two runs with equal manifests write equal shards when they also
+    share those."""
     from diffode import __version__
 
     manifest: dict[str, Any] = {
@@ -268,16 +292,23 @@ def check_outdir(outdir: str | os.PathLike[str]) -> None:
     )
 
 
-def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
+def _temporary(outdir: Path) -> list[Path]:
+    """The temporary files that :mod:`diffode.atomic` names for shards and the manifest."""
+    return [*outdir.glob(".seeds-*.npz.*.tmp"), *outdir.glob(f".{MANIFEST}.*.tmp")]
+
+
+def prepare_folder(outdir: Path, manifest: Mapping[str, Any], *, clean: bool = True) -> None:
     """Make ``outdir`` ready for a run: create it and write the manifest, or check that the
     manifest there is equal (``ValueError`` naming the first difference otherwise). A manifest
     beside no shard at all is replaced: it is a run that failed before its first shard (bad
     settings, an unstable solver), with nothing to resume or protect. A folder with files but no
-    manifest is not a run's and is refused. Removes the temporary files a killed run left behind
-    (they are never shards), and only those."""
+    manifest is not a run's and is refused (the temporary files of a killed run do not count).
+    With ``clean``, removes those temporary files (they are never shards), and only those: one
+    process per folder may, as another's may be in flight."""
     check_outdir(outdir)
     path = outdir / MANIFEST
-    if outdir.is_dir() and not path.exists() and any(outdir.iterdir()):
+    temporary = set(_temporary(outdir)) if outdir.is_dir() else set()
+    if outdir.is_dir() and not path.exists() and any(p not in temporary for p in outdir.iterdir()):
         raise ValueError(
             f"--outdir {outdir} holds files but no {MANIFEST}, so it is not a sample --outdir run; "
             "name a new or empty folder"
@@ -292,8 +323,7 @@ def prepare_folder(outdir: Path, manifest: Mapping[str, Any]) -> None:
     if difference is not None or not path.exists():
         with atomic_write(path) as fh:
             fh.write(json.dumps(manifest, indent=2).encode() + b"\n")
-    # the names diffode.atomic gives the temporary files of shards and of the manifest
-    for stale in (*outdir.glob(".seeds-*.npz.*.tmp"), *outdir.glob(f".{MANIFEST}.*.tmp")):
+    for stale in temporary if clean else ():
         with contextlib.suppress(OSError):
             stale.unlink()
 
@@ -414,7 +444,7 @@ def write_shards(
     """
     folder = Path(outdir)
     rank, world = rank_and_world()
-    shards = plan_shards(seeds, shard_size)
+    shards = plan_shards(check_seeds(seeds), require_int("shard_size", shard_size, low=1))
     # a rank (a node) started with other settings would write its shards of another run into
     # this one's folder: every rank compares its own manifest with rank 0's, before rank 0
     # writes anything (a refused launch leaves no manifest to refuse the next one)
@@ -437,9 +467,18 @@ def write_shards(
     error, skipped = _from_rank((error, skipped))
     if error is not None:
         raise ValueError(error)
-    # only now, after rank 0's look at the folder, may any shard appear in it; a node without a
-    # shared file system writes into a local folder of the same name
-    folder.mkdir(parents=True, exist_ok=True)
+    # only now, after rank 0's look at the folder, may any shard appear in it. The other ranks
+    # check their own view of it: on a shared file system the folder rank 0 just prepared, on a
+    # node without one a local folder of the same name, which may hold another run's shards
+    local = None
+    if rank != 0:
+        try:
+            prepare_folder(folder, manifest, clean=False)
+        except (ValueError, OSError) as err:
+            local = str(err)
+    (refused,) = _all_reduce([rank + 1 if local is not None else 0], dist.ReduceOp.MAX)
+    if refused:
+        raise ValueError(f"on rank {refused - 1}: {_from_rank(local, refused - 1)}")
     mine = [shard for shard in shards[rank::world] if not (folder / shard.name).exists()]
     (rounds,) = _all_reduce([len(mine)], dist.ReduceOp.MAX)
     written = samples = 0
@@ -499,8 +538,24 @@ def sample_shards(
     >>> sample_shards(loaded, range(50_000), Euler(), "fid-run", steps=50, device=device)  # doctest: +SKIP
     """
     device = torch.device("cpu") if device is None else device
-    if labels is not None and len(labels) != len(seeds):
-        raise ValueError(f"labels must give one label per seed ({len(seeds)}), got {len(labels)}")
+    seeds = check_seeds(seeds)
+    batch = require_int("batch", batch, low=1)
+    shard_size = require_int("shard_size", shard_size, low=1)
+    if labels is not None:
+        if (
+            not isinstance(labels, Tensor)
+            or labels.ndim != 1
+            or labels.is_floating_point()
+            or labels.is_complex()
+        ):
+            raise TypeError(
+                f"labels must be a 1-D integer tensor (one class per seed), got {describe(labels)}; "
+                "convert a list with torch.tensor(labels)"
+            )
+        if len(labels) != len(seeds):
+            raise ValueError(f"labels must give one label per seed ({len(seeds)}), got {len(labels)}")
+    # NaN compared unequal to itself in the ranks' manifest check: "guidance is nan on rank 0 and nan"
+    guidance = None if guidance is None else require_nonnegative("guidance", guidance)
     # a grid that cannot be built (steps=0, an unknown spacing) fails here, before the folder
     sigma_grid(loaded.schedule, steps, timesteps, adaptive=solver.adaptive)
     manifest = run_manifest(

@@ -4,6 +4,7 @@ is refused, ``pack`` refuses a folder with missing shards, SIGTERM stops cleanly
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +128,41 @@ def test_ranks_started_with_different_settings_are_refused_on_every_rank(tmp_pat
     )
     # nothing written: a launch with one setting everywhere is not refused afterwards
     assert not (tmp_path / "run").exists()
+
+
+def test_each_node_checks_its_own_folder_without_a_shared_file_system(tmp_path):
+    # only rank 0 looked at the folder: a node whose local folder held another run's shards took
+    # them as done, and packing gave a shard of that other run
+    nodes = [tmp_path / "n0", tmp_path / "n1"]
+    for node in nodes:
+        node.mkdir()
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "diffode", "sample", *RUN, "--steps", "3", "--outdir", "run"],
+            cwd=nodes[1],
+            env=ENV,
+            capture_output=True,
+            timeout=120,
+        ).returncode
+        == 0
+    )
+    script = tmp_path / "node.py"
+    script.write_text(
+        "import os, sys\n"
+        "from diffode.cli import main\n"
+        f"os.chdir(os.path.join({str(tmp_path)!r}, 'n' + os.environ['RANK']))\n"
+        f"sys.exit(main({['sample', *RUN, '--outdir', 'run']!r}))\n"
+    )
+    proc = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.decode().count("on rank 1: run holds another run (steps is 3 there and 2 here") == 2
+    # fresh local folders: each node writes its manifest beside its own shards
+    shutil.rmtree(nodes[1] / "run")
+    proc = subprocess.run([*TORCHRUN, str(script)], env=ENV, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    for rank, node in enumerate(nodes):
+        assert (node / "run" / "manifest.json").is_file()
+        assert shard_files(node / "run") == shard_names()[rank::2]
 
 
 def _children(pid: int) -> list[int]:
@@ -265,6 +301,13 @@ def test_a_folder_that_is_not_a_run_is_refused_and_only_diffode_temporaries_are_
         (run / name).write_text("x")
     distributed.prepare_folder(run, manifest)
     assert sorted(p.name for p in run.iterdir()) == [".mine.tmp", "manifest.json"]
+    # a kill while a new run's manifest was being written left only its temporary, and every
+    # rerun was refused as "holds files but no manifest.json"
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / ".manifest.json.0a1b2c3d.tmp").write_text("{")
+    distributed.prepare_folder(killed, manifest)
+    assert sorted(p.name for p in killed.iterdir()) == ["manifest.json"]
 
 
 def test_sigterm_drops_the_shard_in_flight_and_keeps_the_others(reference, tmp_path):
@@ -300,6 +343,30 @@ def test_python_api_writes_the_same_shards(reference, tmp_path):
     assert (run.shards, run.written, run.samples, run.rank, run.world_size) == (5, 5, 5 * SHARD, 0, 1)
     for name in shard_names()[:5]:
         np.testing.assert_array_equal(read(tmp_path / "api" / name), read(reference / name))
+
+
+def test_the_python_api_checks_its_arguments_before_the_folder(tmp_path):
+    loaded = runs.load_model(None, torch.device("cpu"), torch.float32)
+    cases = [
+        # negative and 2**32 seeds wrote shards that pack then refused, naming --seeds
+        ({"seeds": [-3, -2]}, ValueError, r"seeds must be in \[0, 2\*\*32\) .* got -3 at position 0"),
+        ({"seeds": [2**32]}, ValueError, r"got 4294967296 at position 0"),
+        ({"seeds": [0.5]}, TypeError, r"seeds must be integers, got 0.5 at position 0"),
+        ({"batch": 0}, ValueError, "batch must be at least 1, got 0"),
+        ({"shard_size": 2.5}, TypeError, "shard_size must be an int"),
+        ({"labels": [1, 2]}, TypeError, r"labels must be a 1-D integer tensor .* torch.tensor\(labels\)"),
+        # NaN != NaN: "the ranks were started with different settings (guidance is nan on rank 0 and nan"
+        ({"guidance": float("nan")}, ValueError, "guidance must be a finite number >= 0, got nan"),
+    ]
+    for change, error, message in cases:
+        arguments = {"seeds": range(2), "steps": 2, "progress": False, **change}
+        seeds = arguments.pop("seeds")
+        with pytest.raises(error, match=message):
+            distributed.sample_shards(loaded, seeds, Euler(), tmp_path / "api", **arguments)
+        assert not (tmp_path / "api").exists()
+    # NumPy integers are seeds like any others
+    run = distributed.sample_shards(loaded, np.arange(2), Euler(), tmp_path / "np", steps=2, progress=False)
+    assert run.written == 1 and distributed.missing_shards(tmp_path / "np") == []
 
 
 def test_an_explicit_grid_is_recorded_by_its_exact_values(tmp_path):
