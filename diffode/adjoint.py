@@ -295,10 +295,13 @@ def continuous_adjoint(
         # σ = 107 on a grid from 80), so it gets step_t in its own orientation
         func = _OdeFunc(f)
         backward_t = -t if values[first] > values[end] else t
+        # in float32 at least, as the torchdiffeq backend does (torchdiffeq rounds the times to
+        # the state's dtype)
+        dtype = x.dtype
         try:
             x = odeint_adjoint(
                 func,
-                x,
+                x.to(torch.promote_types(dtype, torch.float32)),
                 t,
                 rtol=rtol,
                 atol=atol,
@@ -306,7 +309,7 @@ def continuous_adjoint(
                 options={"step_t": t},
                 adjoint_options={"step_t": backward_t},
                 adjoint_params=tuple(params),
-            )[-1]
+            )[-1].to(dtype)
         except AssertionError as err:
             # torchdiffeq reports step-size underflow and non-finite states with assert
             raise ValueError(

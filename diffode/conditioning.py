@@ -141,6 +141,11 @@ class Conditioning:
         batch = {v.shape[0] for v in kwargs.values()}
         if len(batch) != 1:
             raise ValueError(f"every cond tensor must have the same batch size, got sizes {sorted(batch)}")
+        # a model may check its inputs' values here, once, rather than at every call (where, on a
+        # GPU, reading them would wait for the device at every step)
+        check = getattr(model, "check_condition", None)
+        if callable(check):
+            check(kwargs)
         if settings is None:
             if uncond is not None:
                 raise ValueError(
@@ -164,6 +169,8 @@ class Conditioning:
                     f"uncond[{key!r}] must have the shape of cond[{key!r}], {tuple(kwargs[key].shape)}, got "
                     f"{tuple(value.shape)}"
                 )
+        if callable(check):
+            check(un)
         return cls(kwargs, un, settings)
 
     @property

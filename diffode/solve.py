@@ -268,7 +268,8 @@ def solve(
     Args:
         f: any callable ``f(sigma, x)`` returning a tensor shaped like ``x``; σ arrives as a
             Python float, a ``(batch,)`` float64 tensor from per-sample adaptive solvers, or a
-            0-d tensor in the state's dtype from the torchdiffeq backend (its time variable).
+            0-d tensor in the state's dtype (float32 at least, as is x then) from the torchdiffeq
+            backend (its time variable).
         x: the state at ``sigmas[0]``, a floating tensor of shape ``(batch, ...)``; its dtype
             and device are kept throughout.
         sigmas: strictly monotone σ grid (converted to float64): decreasing to sample, increasing

@@ -550,9 +550,21 @@ def test_unknown_method_names_list_the_choices(name, match):
         (Dopri5(rtol=1e-6, atol=1e-6), "step size underflowed at σ = 5 while integrating from σ = 157.4"),
         (Bosh3(rtol=1e-6, atol=1e-6, per_sample=True), "step size underflowed at σ = 5 while"),
         (Torchdiffeq("dopri5", rtol=1e-6, atol=1e-6), "failed between σ = 157.4.*: underflow in dt"),
-        (Scipy("RK45", rtol=1e-6, atol=1e-6), "failed between σ = 157.4.*: Required step size is less than"),
+        (
+            Scipy("RK45", rtol=1e-6, atol=1e-6),
+            "failed between σ = 157.4.*: the field returned a non-finite value",
+        ),
+        # BDF failed in scipy's words, LSODA finished the interval on a NaN state with status 0
+        (
+            Scipy("BDF", rtol=1e-6, atol=1e-6),
+            "failed between σ = 157.4.*: the field returned a non-finite value",
+        ),
+        (
+            Scipy("LSODA", rtol=1e-6, atol=1e-6),
+            "failed between σ = 157.4.*: the field returned a non-finite value",
+        ),
     ],
-    ids=["dopri5", "bosh3-per-sample", "torchdiffeq", "scipy"],
+    ids=["dopri5", "bosh3-per-sample", "torchdiffeq", "scipy", "scipy-bdf", "scipy-lsoda"],
 )
 def test_a_field_that_turns_non_finite_is_an_error_not_a_hang(start, solver, match):
     def f(sigma, x):
@@ -561,3 +573,49 @@ def test_a_field_that_turns_non_finite_is_an_error_not_a_hang(start, solver, mat
 
     with pytest.raises(ValueError, match=match):
         solve(f, start, SPAN, solver)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        Dopri5(rtol=1e-6, atol=1e-6),
+        Bosh3(rtol=1e-6, atol=1e-6),
+        Dopri5(rtol=1e-6, atol=1e-6, per_sample=True),
+        Torchdiffeq("dopri5", rtol=1e-6, atol=1e-6),
+    ],
+    ids=["dopri5", "bosh3", "dopri5-per-sample", "torchdiffeq"],
+)
+def test_a_non_finite_first_evaluation_is_named_and_never_followed_by_sigma_nan(start, solver):
+    # the first step size came out NaN, and the field was called at σ = NaN 3-7 times before the
+    # step size "underflowed"
+    seen = []
+
+    def f(sigma, x):
+        seen.append(torch.as_tensor(sigma, dtype=F64).reshape(-1))
+        return torch.full_like(x, math.nan)
+
+    with pytest.raises(
+        ValueError, match=r"non-finite value at σ = 157.4\d*, while choosing the first step of σ 157.4"
+    ):
+        solve(f, start, SPAN, solver)
+    assert bool(torch.isfinite(torch.cat(seen)).all())
+
+
+def test_torchdiffeq_integrates_narrow_states_in_float32():
+    # torchdiffeq rounds its times to the state's dtype
+    seen = []
+
+    def f(sigma, x):
+        seen.append(float(sigma))
+        return -x
+
+    # float16: RK4's last stage, at σ = 2e-8, was evaluated at σ = 0
+    out = solve(
+        f, torch.ones(2, 3, dtype=torch.float16), torch.tensor([1.0, 2e-8, 0.0], dtype=F64), "torchdiffeq:rk4"
+    )
+    assert out.x.dtype == torch.float16 and min(seen) == pytest.approx(2e-8, rel=1e-6)
+    # bfloat16: the grid's σ = 25.736 reached the field as 25.75
+    seen.clear()
+    grid = torch.tensor([25.736, 6.1735, 0.0], dtype=F64)
+    out = solve(f, torch.ones(2, 3, dtype=torch.bfloat16), grid, "torchdiffeq:euler")
+    assert out.x.dtype == torch.bfloat16 and seen[0] == pytest.approx(25.736, abs=1e-5)

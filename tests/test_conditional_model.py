@@ -63,6 +63,26 @@ def test_bad_labels_are_refused(kwargs, error, message):
         small(num_classes=3)(torch.randn(2, 1, 8, 8), torch.ones(2), **kwargs)
 
 
+def test_front_doors_check_the_labels_once_before_any_network_call():
+    # the network checks the label range only for labels on the CPU (reading them from a GPU at
+    # every call waited for the device at every step); the field checks cond and uncond once
+    model = small(num_classes=3)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    field_for = diffode.field_for
+    with pytest.raises(ValueError, match=r"class_labels must lie in 0 … 3"):
+        field_for(model, diffode.Schedule.linear(), cond=torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match=r"got values in 5 … 5"):
+        field_for(
+            model,
+            diffode.Schedule.linear(),
+            cond=torch.tensor([0, 1]),
+            guidance=2.0,
+            uncond=torch.full((2,), 5),
+        )
+    assert calls == []
+
+
 def test_unconditional_unet_refuses_labels_and_has_no_null_class():
     model = small()
     assert "num_classes" not in model.config() and model.label is None

@@ -178,12 +178,28 @@ class UNet(nn.Module):
             raise ValueError(
                 f"class_labels must have shape (batch,) = ({batch},), got {tuple(class_labels.shape)}"
             )
-        if batch and not 0 <= int(class_labels.min()) <= int(class_labels.max()) <= self.num_classes:
+        # the range check reads the labels: on a GPU that waits for the device at every call, once
+        # per sampling step, so there diffode's front doors check them once (check_condition)
+        if class_labels.device.type == "cpu":
+            self._check_range(class_labels)
+        return self.label(class_labels.to(device=device, dtype=torch.int64))
+
+    def check_condition(self, cond: dict[str, Tensor]) -> None:
+        """``ValueError`` for class labels outside 0 … ``num_classes`` (the null class); called once
+        by :meth:`diffode.conditioning.Conditioning.build` for ``cond`` and ``uncond``, since the
+        network itself checks the range only for labels on the CPU."""
+        labels = cond.get(self.cond_keyword)
+        if isinstance(labels, Tensor) and not labels.is_floating_point() and not labels.is_complex():
+            self._check_range(labels)
+
+    def _check_range(self, class_labels: Tensor) -> None:
+        if class_labels.numel() and not (
+            0 <= int(class_labels.min()) <= int(class_labels.max()) <= self.num_classes
+        ):
             raise ValueError(
                 f"class_labels must lie in 0 … {self.num_classes} ({self.num_classes}: the null class), "
                 f"got values in {int(class_labels.min())} … {int(class_labels.max())}"
             )
-        return self.label(class_labels.to(device=device, dtype=torch.int64))
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

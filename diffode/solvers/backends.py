@@ -185,21 +185,24 @@ class Torchdiffeq(_Backend):
         run = state
         field = _OdeintField(f, run, self.adaptive)
         t = torch.tensor([s0, s1], dtype=torch.float64, device=x.device)
+        # torchdiffeq computes in the state's dtype, its times included: float16 rounded σ (to 0
+        # at the end of a grid), so narrower states are integrated in float32
+        y0 = x.to(torch.promote_types(x.dtype, torch.float32))
         kwargs: dict[str, Any] = {"method": self.method}
         control = self.controller
         if control is not None:
             if run.first_step is None:
-                run.first_step = control.first_step(field, s0, s1, x, field(s0, x), _BATCH)[0]
+                run.first_step = control.first_step(field, s0, s1, y0, field(s0, y0), _BATCH)[0]
             first = torch.as_tensor(run.first_step, dtype=torch.float64).clamp(max=abs(s1 - s0))
             step_t = torch.tensor([s1], dtype=torch.float64, device=x.device)
             options = {"first_step": first, "step_t": step_t}
             kwargs.update(rtol=control.rtol, atol=control.atol, options=options)
         try:
-            out = odeint(field, x, t, **kwargs)
+            out = odeint(field, y0, t, **kwargs)
         except AssertionError as err:
             # torchdiffeq reports step-size underflow and non-finite states with assert
             raise ValueError(f"{self!r} failed between σ = {s0:.6g} and σ = {s1:.6g}: {err}") from err
-        return out[-1], run
+        return out[-1].to(x.dtype), run
 
     def stats(self, state: Any) -> dict[str, int]:
         run: _BackendRun = state
@@ -318,8 +321,18 @@ class Scipy(_Backend):
         run = state
         bridge = NumpyBridge(x)
 
+        failed = f"{self!r} failed between σ = {s0:.6g} and σ = {s1:.6g}"
+
         def fun(t: float, y: np.ndarray) -> np.ndarray:
-            return bridge.to_numpy(f(float(t), bridge.to_torch(y)))
+            value = bridge.to_numpy(f(float(t), bridge.to_torch(y)))
+            # scipy meets a non-finite value in its own words ("array must not contain infs or
+            # NaNs"), or not at all (LSODA finished an interval on a NaN state with status 0)
+            if not np.isfinite(value).all():
+                raise ValueError(
+                    f"{failed}: the field returned a non-finite value at σ = {t:.6g}; check that the "
+                    "model returns finite values there"
+                )
+            return value
 
         first = None if run.first_step is None else min(run.first_step, abs(s1 - s0))
         sol = solve_ivp(
@@ -332,7 +345,9 @@ class Scipy(_Backend):
             first_step=first,
         )
         if sol.status != 0:
-            raise ValueError(f"{self!r} failed between σ = {s0:.6g} and σ = {s1:.6g}: {sol.message}")
+            raise ValueError(f"{failed}: {sol.message}")
+        if not np.isfinite(sol.y[:, -1]).all():
+            raise ValueError(f"{failed}: the state became non-finite")
         steps = len(sol.t) - 1
         run.accepted += steps
         if steps:

@@ -96,11 +96,15 @@ def initial_step(
     direction = math.copysign(1.0, s1 - s0)
     scale = atol + rtol * x.abs()
     d0, d1 = torch.stack([grouping.norm(x / scale), grouping.norm(f0 / scale)]).to("cpu", _F64)
+    # a non-finite f would make every step size NaN, and the field be called at σ = NaN
+    _require_finite(d1, s0, s0, s1)
     tiny = (d0 < 1e-5) | (d1 < 1e-5)
     h0 = torch.where(tiny, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp(min=1e-300)).clamp(max=length)
     x1 = x + grouping.broadcast(direction * h0, x) * f0
-    f1 = f(grouping.sigma(s0 + direction * h0), x1)
+    probe = s0 + direction * h0
+    f1 = f(grouping.sigma(probe), x1)
     d2 = grouping.norm((f1 - f0) / scale).to("cpu", _F64) / h0
+    _require_finite(d2, probe, s0, s1)
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(
         dmax <= 1e-15,
@@ -108,6 +112,18 @@ def initial_step(
         (0.01 / dmax.clamp(min=1e-300)) ** (1.0 / (error_order + 1)),
     )
     return torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h0, length))
+
+
+def _require_finite(norms: Tensor, sigma: float | Tensor, s0: float, s1: float) -> None:
+    """``ValueError`` when a group's norm of the field (evaluated at ``sigma``, per group or one
+    for all) is not finite, naming where: the start of the step-size search on σ ``s0`` -> ``s1``."""
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        where = float(sigma[bad][0]) if isinstance(sigma, Tensor) else sigma
+        raise ValueError(
+            f"the field returned a non-finite value at σ = {where:.6g}, while choosing the first step "
+            f"of σ {s0:.6g} -> {s1:.6g}; check that the model returns finite values there"
+        )
 
 
 @dataclass
