@@ -316,6 +316,24 @@ def test_bdia_step_is_its_own_inverse_on_any_ode():
     torch.testing.assert_close(up.flip(0), xs, rtol=0, atol=1e-14)
 
 
+@pytest.mark.parametrize("sigma_data", [0.0, 0.5, 1.0, 7.0])
+def test_bdia_step_forms_its_difference_in_the_configured_coordinates(sigma_data):
+    # x̄_{k-1} = D_{k-1} + c(σ_{k-1})/c(σ_{k+1}) (x̄_{k+1} - D_{k+1}), c(σ) = √(σ_data² + σ²), with the
+    # DDIM predictions D_j = x̄_k + (σ_j - σ_k) f(σ_k, x̄_k); the round trips are exact whatever c
+    # is, so only this checks that sigma_data reaches the step
+    def f(s, x):
+        return torch.tanh(x) * s
+
+    x_up, x_mid = torch.randn(2, 4, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
+    s_up, s_mid, s_down = 2.2, 1.5, 0.9
+    solver = BDIA(sigma_data=sigma_data)
+    out, _ = solver.step(f, s_mid, s_down, x_mid, (s_up, x_up))
+    slope = f(s_mid, x_mid)
+    ratio = math.sqrt(sigma_data**2 + s_down**2) / math.sqrt(sigma_data**2 + s_up**2)
+    expected = x_mid + (s_down - s_mid) * slope + ratio * (x_up - (x_mid + (s_up - s_mid) * slope))
+    torch.testing.assert_close(out, expected, rtol=1e-15, atol=1e-15)
+
+
 def test_bdia_latents_are_standard_normal_for_gaussian_data():
     # the two-step difference is formed in x̄/√(σ_data² + σ²), where Gaussian data follow a
     # constant flow: encoding does not amplify the method's parasitic mode into the latents

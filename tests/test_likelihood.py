@@ -210,10 +210,10 @@ def test_levels_dequantise_and_bound_the_discrete_probability():
     mean, stderr = mean_and_stderr(result.nats)
     # the prior gap of this oracle is ½(1 - v_T)|x_T|² with 1 - v_T = 0.75/(1+σ_max²) = 3e-5: below 1e-4
     assert abs(mean - expected) <= 4 * stderr + 1e-4
-    bins = torch.distributions.Normal(0.0, s).cdf(point + delta / 2) - torch.distributions.Normal(0.0, s).cdf(
-        point - delta / 2
-    )
-    assert expected <= float(bins.log().sum())
+    # and below the exact log-probability of the bins (Jensen), as the library's estimate
+    normal = torch.distributions.Normal(0.0, s)
+    bins = normal.cdf(point + delta / 2) - normal.cdf(point - delta / 2)
+    assert mean <= float(bins.log().sum()) + 4 * stderr
     torch.testing.assert_close(result.bpd, -result.nats / (dims * math.log(2)))
     torch.testing.assert_close(result.nats, result.log_density + dims * math.log(delta))
 
@@ -294,19 +294,21 @@ def test_conditioning_follows_the_samples():
 
 
 def test_no_graph_unless_asked_and_gradients_when_asked():
-    oracle = gaussian(2, 0.3, 0.5)
-    x = oracle.sample(2, torch.Generator().manual_seed(10)).requires_grad_()
-    result = likelihood(oracle.model(LINEAR), LINEAR, x)
-    assert not result.nats.requires_grad
+    # on the ring mixture, whose divergence depends on x (a Gaussian's does not, so a gradient
+    # that skipped the divergence integral passed on one)
+    oracle = oracles.GaussianMixture.ring()
+    x = oracle.sample(4, torch.Generator().manual_seed(12)).requires_grad_()
+    assert not likelihood(oracle.model(LINEAR), LINEAR, x).nats.requires_grad
     tol = 1e-8
-    grad = torch.autograd.grad(
-        likelihood(oracle.model(LINEAR), LINEAR, x, rtol=tol, atol=tol, grad=True).nats.sum(), x
-    )[0]
-    # ∇ log N(x; αμ, s²) = -(x - αμ)/s², up to the prior gap's gradient, (α_T r)·x_T-scale ≈ 1e-2 here
-    s0 = LINEAR.sigma_min
-    alpha = 1 / math.sqrt(1 + s0**2)
-    expected = -(x.detach() - alpha * oracle.mean) / (alpha**2 * (0.25 + s0**2))
-    torch.testing.assert_close(grad, expected, rtol=0, atol=0.05)
+    result = likelihood(oracle.model(LINEAR), LINEAR, x, rtol=tol, atol=tol, grad=True)
+    grad = torch.autograd.grad(prior_corrected(result, oracle, LINEAR).sum(), x)[0]
+    exact = x.detach().clone().requires_grad_()
+    score = torch.autograd.grad(x_log_prob(oracle, exact, LINEAR.sigma_min).sum(), exact)[0]
+    # the nats' solver bound, for their derivative too: the error of a tolerance-controlled solve
+    # is smooth in x between changes of its steps (measured 6e-7 against a bound of 7e-5; without
+    # the divergence's gradient the difference is of the score's own size, up to 7)
+    bound = solver_bound(result, tol, float(oracle.stds.min()), LINEAR.sigma_min)
+    assert bool(((grad - score).abs().amax(1) <= bound).all()), (grad - score).abs().amax(1)
 
 
 @pytest.mark.parametrize("solver", ["bosh3", "torchdiffeq:dopri5", "scipy:RK45"])

@@ -28,6 +28,12 @@ def test_constructors_agree_with_their_formulas():
     assert torch.equal(Schedule.from_alphas_cumprod(ac).alphas_cumprod, ac)
     sl = Schedule.scaled_linear()
     assert float(1 - sl.alphas_cumprod[0]) == pytest.approx(0.00085, rel=1e-12)
+    # √β linear from √0.00085 to √0.012 (latent diffusion), ᾱ_t = Π_{k≤t} (1 - β_k), written out
+    # (plain linear β with the same ends has the same ᾱ_0 but ᾱ_999 = 1.6e-3, not 4.7e-3)
+    root = lambda k: math.sqrt(0.00085) + k * (math.sqrt(0.012) - math.sqrt(0.00085)) / 999  # noqa: E731
+    for t in (1, 500, 999):
+        product = math.exp(math.fsum(math.log1p(-(root(k) ** 2)) for k in range(t + 1)))
+        assert float(sl.alphas_cumprod[t]) == pytest.approx(product, rel=1e-12)
     cos = Schedule.cosine()
     f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     assert float(cos.alphas_cumprod[10]) == pytest.approx(f(11) / f(0), rel=1e-12)
