@@ -23,7 +23,7 @@ from torch import Tensor
 from diffode import distributed, runs
 from diffode.data import DATASETS
 from diffode.fixed_point import DEFAULT_MAX_ITER
-from diffode.grids import TIMESTEP_SPACINGS
+from diffode.grids import TIMESTEP_SPACINGS, sigma_grid
 from diffode.images import load_images, read_npz_array
 from diffode.runs import LoadedModel, check_output, load_model, parse_seeds, resolve_device, write_samples
 from diffode.sampling import resolve_sampler, sample
@@ -256,10 +256,11 @@ def _sample(args: argparse.Namespace) -> int:
     )
     wall = time.perf_counter() - start
     print(
-        f"model={loaded.name} solver={solver!r} steps={args.steps} timesteps={args.timesteps} "
-        f"samples={len(seeds)} device={device} dtype={args.dtype}{_describe_labels(labels, guidance)}"
+        f"model={loaded.name} solver={solver!r} steps={_describe_steps(args, loaded, solver)} "
+        f"timesteps={args.timesteps} samples={len(seeds)} device={device} dtype={args.dtype}"
+        f"{_describe_labels(labels, guidance)}"
     )
-    print(f"NFE={nfe} wall={wall:.3f}s")
+    print(f"NFE={_describe_nfe(nfe)} wall={wall:.3f}s")
     write_samples(args.out, x, columns=args.columns, scale=args.scale)
     print(f"wrote {args.out}")
     return 0
@@ -280,6 +281,22 @@ def _sampling_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in sorted(vars(args).items()) if key not in _NOT_SAMPLING}
 
 
+def _describe_steps(args: argparse.Namespace, loaded: LoadedModel, solver: Solver) -> str:
+    """``--steps`` as given, and the steps the grid holds where they differ (a quadratic spacing
+    drops repeated timesteps: 1000 quadratic steps are 688)."""
+    if args.steps is None or solver.adaptive:
+        return str(args.steps)
+    taken = len(sigma_grid(loaded.schedule, args.steps, args.timesteps)) - 1
+    return str(args.steps) if taken == args.steps else f"{args.steps} ({taken} distinct)"
+
+
+def _describe_nfe(nfe: Tensor) -> str:
+    """The samples' NFE: one number when every solve took the same, else the mean per sample and
+    the range (adaptive solvers solve each sample alone)."""
+    low, high = int(nfe.min()), int(nfe.max())
+    return str(low) if low == high else f"{float(nfe.double().mean()):.1f} per sample ({low}-{high})"
+
+
 def _sample_to_folder(args: argparse.Namespace) -> int:
     """``sample --outdir``: the seeds into shard files, from one process or every rank torchrun
     starts; resumes a folder with an equal manifest, refuses one with another."""
@@ -291,7 +308,8 @@ def _sample_to_folder(args: argparse.Namespace) -> int:
         try:
             loaded = load_model(args.model, device, dtype)
             labels, guidance = _labels_and_guidance(args, loaded)
-            runs.check_memory(args.shard_size, loaded.sample_shape)
+            # a shard holds at most shard_size samples, and no more than the run's seeds
+            runs.check_memory(min(args.shard_size, len(seeds)), loaded.sample_shape)
             run = distributed.sample_shards(
                 loaded,
                 seeds,
@@ -523,38 +541,53 @@ def _encode(args: argparse.Namespace) -> int:
     labels, guidance = _labels_and_guidance(args, loaded)
     x0 = load_images(args.images, loaded.sample_shape).to(device, dtype)
     # one label per image, in order and cycled; encoding and decoding use the same conditioning
-    cond = _conditioning(runs.cycle_labels(labels, len(x0)), guidance, device)
-    start = time.perf_counter()
-    info = encode(
-        loaded.model,
-        loaded.schedule,
-        x0,
-        method=args.method,
-        tol=args.tol,
-        max_iter=args.max_iter,
-        return_info=True,
-        **grid,
-        **cond,
-    )
-    wall = time.perf_counter() - start
-    # the Encoding fixes the grid, solver and BDIA's companion: decoding retraces the encoding
-    back = decode(loaded.model, loaded.schedule, info)
+    image_labels = runs.cycle_labels(labels, len(x0))
+    # an adaptive solver controls its error over its whole batch: one image at a time, as sample
+    # does, so that an image's latents do not depend on the other images in the files
+    size = runs.batch_limit(solver, len(x0))
+    infos, decoded, wall = [], [], 0.0
+    for first in range(0, len(x0), size):
+        rows = slice(first, first + size)
+        cond = _conditioning(None if image_labels is None else image_labels[rows], guidance, device)
+        start = time.perf_counter()
+        part = encode(
+            loaded.model,
+            loaded.schedule,
+            x0[rows],
+            method=args.method,
+            tol=args.tol,
+            max_iter=args.max_iter,
+            return_info=True,
+            **grid,
+            **cond,
+        )
+        wall += time.perf_counter() - start
+        infos.append(part)
+        # the Encoding fixes the grid, solver and BDIA's companion: decoding retraces the encoding
+        decoded.append(decode(loaded.model, loaded.schedule, part))
+    back = torch.cat(decoded)
+    nfe = sum(part.nfe for part in infos)
+    cost = sum(part.evaluations_per_step * len(part.latents) for part in infos) / len(x0)
     error = float((back.double() - x0.double()).pow(2).mean())
-    z = info.latents.detach().float().cpu()
+    # stored as computed (float16 and bfloat16 widened to float32, which is exact): float64 latents
+    # rounded to float32 no longer reproduce the round trip printed below (4e-7 against 3e-15)
+    stored = torch.promote_types(dtype, torch.float32)
+    z = torch.cat([part.latents for part in infos]).detach().cpu().to(stored)
     print(
         f"encoded {len(x0)} image(s) with {solver!r}, method={args.method}, steps={args.steps}"
-        f"{_describe_labels(labels, guidance)}: NFE={info.nfe} wall={wall:.3f}s"
+        f"{_describe_labels(labels, guidance)}: NFE={nfe} wall={wall:.3f}s"
     )
     print(f"latents: mean={float(z.mean()):.4f} std={float(z.std()):.4f} (N(0, I) for data the model knows)")
     print(f"round trip decode(encode(x)): mean squared error per dimension {error:.3g}")
     worst = float((back.double() - x0.double()).abs().max())
     print(
-        f"round trip max abs error {worst:.3g}; encoding cost {info.evaluations_per_step:.2f} network "
+        f"round trip max abs error {worst:.3g}; encoding cost {cost:.2f} network "
         "evaluations per image and step"
     )
     arrays = {"latents": z.numpy()}
-    if info.companion is not None:
-        arrays["companion"] = info.companion.detach().float().cpu().numpy()
+    companions = [part.companion for part in infos if part.companion is not None]
+    if companions:
+        arrays["companion"] = torch.cat(companions).detach().cpu().to(stored).numpy()
     runs.write_arrays(args.out, **arrays)
     print(f"wrote {args.out}")
     if args.recon:
@@ -589,7 +622,20 @@ def _interpolate(args: argparse.Namespace) -> int:
         images = torch.cat([part for _, part in parts]).to(device, dtype)
         if len(images) != 2:
             raise UsageError(f"--images must hold exactly two images, got {len(images)}")
-        z = encode(loaded.model, loaded.schedule, images, **grid, **_conditioning(ends, guidance, device))
+        # one image at a time for adaptive solvers (see _encode)
+        size = runs.batch_limit(solver, 2)
+        z = torch.cat(
+            [
+                encode(
+                    loaded.model,
+                    loaded.schedule,
+                    images[first : first + size],
+                    **grid,
+                    **_conditioning(None if ends is None else ends[first : first + size], guidance, device),
+                )
+                for first in range(0, 2, size)
+            ]
+        )
         given = [name for name, part in parts for _ in range(len(part))]
         source = (
             f"the encodings of the two images of {given[0]}"
@@ -664,7 +710,11 @@ def _likelihood(args: argparse.Namespace) -> int:
         f"model={loaded.name} images={len(images)} ({source}) divergence={args.divergence} "
         f"NFE={nfe} wall={time.perf_counter() - start:.1f}s"
     )
-    print(f"bits/dim {mean:.4f} ± {stderr:.4f} (standard error; {kind})")
+    if len(images) > 1:
+        print(f"bits/dim {mean:.4f} ± {stderr:.4f} (standard error; {kind})")
+    else:
+        # a standard error needs two images; "± 0.0000" would read as certainty
+        print(f"bits/dim {mean:.4f} (one image: no standard error; {kind})")
     return 0
 
 
@@ -838,8 +888,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode images to latents (the ODE run backwards) and report the round trip",
         description="Encode images (.png files, or .npz files of uint8 NHWC images under arr_0) to "
         "latents by integrating the DDIM ODE backwards, decode them again, and report the round-trip "
-        "error. Writes the latents (float32, under 'latents'; with --solver bdia --method exact also "
-        "the 'companion' state that decoding needs) to an .npz.",
+        "error. Writes the latents (float32, or float64 with --dtype float64, under 'latents'; with "
+        "--solver bdia --method exact also the 'companion' state that decoding needs) to an .npz.",
     )
     enc.add_argument("images", nargs="+", help=".png or .npz image files")
     enc.add_argument("--out", default="latents.npz", help="output .npz (default: latents.npz)")
@@ -951,6 +1001,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, ImportError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"diffode: error: {message}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        # the allocators' errors (a --hidden of 1e8 asks for 40 GB); any other RuntimeError is a
+        # defect, whose traceback is wanted
+        memory = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, RuntimeError) and not any(
+            phrase in memory for phrase in ("can't allocate memory", "out of memory", "Out of memory")
+        ):
+            raise
+        print(
+            f"diffode: error: out of memory ({memory}); use a smaller model, --batch or --shard-size",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         # outputs are written atomically: an interrupted command leaves no partial file

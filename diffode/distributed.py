@@ -611,6 +611,12 @@ def _planned(folder: Path) -> tuple[dict[str, Any], list[Shard]]:
     manifest = read_manifest(folder)
     # the manifest was written for these seeds, so no limit applies when reading it back
     seeds = parse_seeds(manifest["seeds"], limit=int(manifest["count"]))
+    if len(seeds) != manifest["count"]:
+        # pack sizes its output from the count: a wrong one wrote an .npz that np.load refuses
+        raise ValueError(
+            f"{folder / MANIFEST} is inconsistent: its seeds {manifest['seeds']!r} are {len(seeds)}, its "
+            f"count says {manifest['count']}; restore the file or sample into a new folder"
+        )
     return manifest, plan_shards(seeds, int(manifest["shard_size"]))
 
 
@@ -627,7 +633,12 @@ def _absent(folder: Path, shards: Sequence[Shard]) -> list[Shard]:
 def _load_shard(path: Path, shard: Shard, spec: Mapping[str, Any]) -> np.ndarray:
     """The samples of the shard file ``path``, checked against what the manifest promises
     (seeds, dtype, shape); ``ValueError`` naming the file otherwise."""
-    samples, seeds = read_npz_array(path), read_npz_array(path, "seeds")
+    fix = "delete it and rerun the sampling command to redo it"
+    try:
+        samples, seeds = read_npz_array(path), read_npz_array(path, "seeds")
+    except ValueError as err:
+        # shards are written atomically: a damaged one was damaged afterwards (a copy, the disk)
+        raise ValueError(f"{err}; {fix}") from None
     want = (len(shard.seeds), *spec["shape"])
     if seeds.tolist() != list(shard.seeds):
         problem = "holds other seeds than its name says"
@@ -635,7 +646,7 @@ def _load_shard(path: Path, shard: Shard, spec: Mapping[str, Any]) -> np.ndarray
         problem = f"holds {samples.dtype} {samples.shape}, the manifest says {spec['dtype']} {want}"
     else:
         return samples
-    raise ValueError(f"{path} {problem}; delete it and rerun the sampling command to redo it")
+    raise ValueError(f"{path} {problem}; {fix}")
 
 
 def pack(

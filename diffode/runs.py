@@ -248,9 +248,9 @@ def sample_seeds(
     progress: bool = False,
     labels: Tensor | None = None,
     guidance: float | None = None,
-) -> tuple[Tensor, int]:
-    """Sample one image per seed; returns (float32 CPU samples ``(n, *shape)``, NFE of the last
-    batch).
+) -> tuple[Tensor, Tensor]:
+    """Sample one image per seed; returns (float32 CPU samples ``(n, *shape)``, int64 ``(n,)`` the
+    NFE of each sample's solve: its batch's, or its own for adaptive solvers).
 
     ``labels`` (int64 ``(n,)``, one per seed) condition a class-conditional model, with
     classifier-free ``guidance`` w when given; each batch gets its seeds' labels, so a sample
@@ -265,6 +265,7 @@ def sample_seeds(
     """
     outputs: list[Tensor] = []
     nfe = 0
+    per_sample: list[int] = []
 
     def count(info: StepInfo) -> None:
         nonlocal nfe
@@ -299,7 +300,8 @@ def sample_seeds(
             guidance=guidance,
         )
         outputs.append(x.detach().float().cpu())
-    return torch.cat(outputs), nfe
+        per_sample += [nfe] * len(chunk)
+    return torch.cat(outputs), torch.tensor(per_sample, dtype=torch.int64)
 
 
 def decode_in_batches(

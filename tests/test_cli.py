@@ -597,3 +597,183 @@ def test_a_png_of_points_other_than_2_d_is_refused_before_sampling(tmp_path, cap
         in captured.err
     )
     assert "NFE" not in captured.out and not out.exists()
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def test_an_allocation_failure_is_one_line_and_other_runtime_errors_keep_their_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    from diffode import runs
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 25600000000 bytes"
+        )
+
+    monkeypatch.setattr(runs, "sample_seeds", refuse)
+    assert main(["sample", "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("diffode: error: out of memory (DefaultCPUAllocator")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(runs, "sample_seeds", broken)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        main(["sample", "--seeds", "0", "--steps", "2", "--out", str(tmp_path / "x.npz")])
+
+
+def test_sample_reports_what_it_took(tmp_path, capsys):
+    # adaptive solvers solve each seed alone: the NFE printed was the last seed's
+    out = run(
+        [
+            "sample",
+            "--seeds",
+            "0-2",
+            "--steps",
+            "3",
+            "--solver",
+            "bosh3",
+            "--out",
+            str(tmp_path / "x.npz"),
+            "--overwrite",
+        ],
+        capsys,
+    )
+    alone = []
+    for seed in range(3):
+        text = run(
+            [
+                "sample",
+                "--seeds",
+                str(seed),
+                "--steps",
+                "3",
+                "--solver",
+                "bosh3",
+                "--out",
+                str(tmp_path / "x.npz"),
+                "--overwrite",
+            ],
+            capsys,
+        )
+        alone.append(int(text.split("NFE=")[1].split()[0]))
+    if len(set(alone)) > 1:
+        expected = f"NFE={sum(alone) / 3:.1f} per sample ({min(alone)}-{max(alone)})"
+    else:
+        expected = f"NFE={alone[0]} "
+    assert expected in out, (out, alone)
+    # a quadratic spacing drops repeated timesteps: 50 requested, 49 taken
+    out = run(
+        [
+            "sample",
+            "--seeds",
+            "0",
+            "--steps",
+            "50",
+            "--timesteps",
+            "quadratic",
+            "--out",
+            str(tmp_path / "x.npz"),
+            "--overwrite",
+        ],
+        capsys,
+    )
+    assert "steps=50 (49 distinct)" in out and "NFE=49 " in out
+    # the memory check counts the samples a shard can hold, not --shard-size
+    assert (
+        main(
+            [
+                "sample",
+                "--seeds",
+                "0-3",
+                "--steps",
+                "2",
+                "--outdir",
+                str(tmp_path / "shards"),
+                "--shard-size",
+                "20000000",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+
+
+def test_encode_writes_what_it_reports_and_each_image_alone_for_adaptive_solvers(tmp_path, capsys):
+    from diffode import decode
+    from diffode.images import load_images
+    from diffode.pretrained import digits
+
+    images = tmp_path / "images.npz"
+    run(["sample", "--seeds", "0-2", "--steps", "10", "--out", str(images)], capsys)
+    # float64 latents were written in float32, which missed the printed round trip (4e-7 for 3e-15)
+    latents = tmp_path / "latents.npz"
+    out = run(
+        [
+            "encode",
+            str(images),
+            "--steps",
+            "20",
+            "--method",
+            "exact",
+            "--dtype",
+            "float64",
+            "--out",
+            str(latents),
+        ],
+        capsys,
+    )
+    printed = float(out.split("round trip max abs error ")[1].split(";")[0])
+    with np.load(latents) as archive:
+        z = torch.from_numpy(archive["latents"])
+    assert z.dtype == torch.float64
+    model, schedule = digits()
+    back = decode(model.double(), schedule, z, steps=20, timesteps="logsnr")
+    x0 = load_images([str(images)], (1, 8, 8)).double()
+    assert float((back - x0).abs().max()) <= max(printed, 1e-12) * 1.01
+    # dopri5 controlled its error over the whole file: image 0's latents depended on the others
+    first = tmp_path / "first.npz"
+    np.savez(first, arr_0=np.load(images)["arr_0"][:1])
+    runs_ = {}
+    for name, source in (("all", images), ("one", first)):
+        out_file = tmp_path / f"{name}.npz"
+        run(["encode", str(source), "--steps", "5", "--solver", "dopri5", "--out", str(out_file)], capsys)
+        runs_[name] = np.load(out_file)["latents"][0]
+    np.testing.assert_array_equal(runs_["all"], runs_["one"])
+
+
+def test_pack_refuses_an_inconsistent_manifest_and_names_the_fix_for_a_damaged_shard(tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert (
+        main(
+            [
+                "sample",
+                "--seeds",
+                "0-9",
+                "--steps",
+                "2",
+                "--outdir",
+                str(folder),
+                "--shard-size",
+                "5",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "count": 11}))
+    capsys.readouterr()
+    # pack sized its .npz from the count and wrote a file np.load refuses, printing "packed 11"
+    assert main(["pack", str(folder), "--out", str(tmp_path / "all.npz")]) == 2
+    assert "inconsistent: its seeds '0-9' are 10, its count says 11" in capsys.readouterr().err
+    assert not (tmp_path / "all.npz").exists()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shard = folder / "seeds-000005-000009.npz"
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert main(["pack", str(folder), "--out", str(tmp_path / "all.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "not a readable .npz file" in err and "delete it and rerun the sampling command" in err

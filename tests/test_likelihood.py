@@ -383,6 +383,12 @@ def test_cli_prints_mean_bpd_with_its_standard_error(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "images=2" in out and "± " in out and "upper bound" in out
     assert 0 < float(out.split("bits/dim ")[1].split()[0]) < math.log2(17)
+    # one image has no standard error ("± 0.0000" read as certainty)
+    write_arrays(tmp_path / "one.npz", arr_0=to_uint8(images[:1]))
+    argv[0] = str(tmp_path / "one.npz")
+    assert main(["likelihood", *argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(one image: no standard error; " in out and "± " not in out
     assert main(["likelihood", str(tmp_path / "two.npz"), "--split", "test"]) == 2
     assert "not both or neither" in capsys.readouterr().err
     assert main(["likelihood", str(tmp_path / "two.npz"), "--levels", "5"]) == 2
