@@ -526,7 +526,7 @@ def _model_and_grid(
 
 def _encode(args: argparse.Namespace) -> int:
     """Encode images to latents by integrating the ODE backwards; report the round trip."""
-    from diffode.encoding import decode, encode
+    from diffode.encoding import Encoding, decode, encode
 
     _output(args, "--out", (".npz",))
     if args.recon:
@@ -540,32 +540,30 @@ def _encode(args: argparse.Namespace) -> int:
     solver = grid["solver"]
     labels, guidance = _labels_and_guidance(args, loaded)
     x0 = load_images(args.images, loaded.sample_shape).to(device, dtype)
-    # one label per image, in order and cycled; encoding and decoding use the same conditioning
-    image_labels = runs.cycle_labels(labels, len(x0))
-    # an adaptive solver controls its error over its whole batch: one image at a time, as sample
-    # does, so that an image's latents do not depend on the other images in the files
-    size = runs.batch_limit(solver, len(x0))
-    infos, decoded, wall = [], [], 0.0
-    for first in range(0, len(x0), size):
-        rows = slice(first, first + size)
-        cond = _conditioning(None if image_labels is None else image_labels[rows], guidance, device)
-        start = time.perf_counter()
-        part = encode(
+
+    def encoded(images: Tensor, image_labels: Tensor | None) -> Encoding:
+        return encode(
             loaded.model,
             loaded.schedule,
-            x0[rows],
+            images,
             method=args.method,
             tol=args.tol,
             max_iter=args.max_iter,
             return_info=True,
             **grid,
-            **cond,
+            **_conditioning(image_labels, guidance, device),
         )
-        wall += time.perf_counter() - start
-        infos.append(part)
-        # the Encoding fixes the grid, solver and BDIA's companion: decoding retraces the encoding
-        decoded.append(decode(loaded.model, loaded.schedule, part))
-    back = torch.cat(decoded)
+
+    start = time.perf_counter()
+    # an adaptive solver controls its error over its whole batch: one image at a time, as sample
+    # does, so that an image's latents do not depend on the other images in the files; one label
+    # per image, in order and cycled, and decoding uses the same conditioning
+    infos = runs.in_batches(
+        encoded, x0, runs.batch_limit(solver, len(x0)), runs.cycle_labels(labels, len(x0))
+    )
+    wall = time.perf_counter() - start
+    # the Encoding fixes the grid, solver and BDIA's companion: decoding retraces the encoding
+    back = torch.cat([decode(loaded.model, loaded.schedule, part) for part in infos])
     nfe = sum(part.nfe for part in infos)
     cost = sum(part.evaluations_per_step * len(part.latents) for part in infos) / len(x0)
     error = float((back.double() - x0.double()).pow(2).mean())
@@ -623,18 +621,15 @@ def _interpolate(args: argparse.Namespace) -> int:
         if len(images) != 2:
             raise UsageError(f"--images must hold exactly two images, got {len(images)}")
         # one image at a time for adaptive solvers (see _encode)
-        size = runs.batch_limit(solver, 2)
         z = torch.cat(
-            [
-                encode(
-                    loaded.model,
-                    loaded.schedule,
-                    images[first : first + size],
-                    **grid,
-                    **_conditioning(None if ends is None else ends[first : first + size], guidance, device),
-                )
-                for first in range(0, 2, size)
-            ]
+            runs.in_batches(
+                lambda part, y: encode(
+                    loaded.model, loaded.schedule, part, **grid, **_conditioning(y, guidance, device)
+                ),
+                images,
+                runs.batch_limit(solver, 2),
+                ends,
+            )
         )
         given = [name for name, part in parts for _ in range(len(part))]
         source = (

@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -304,6 +305,20 @@ def sample_seeds(
     return torch.cat(outputs), torch.tensor(per_sample, dtype=torch.int64)
 
 
+_T = TypeVar("_T")
+
+
+def in_batches(
+    fn: Callable[[Tensor, Tensor | None], _T], rows: Tensor, batch: int, labels: Tensor | None = None
+) -> list[_T]:
+    """``fn(rows, labels)`` applied to ``rows`` ``(n, ...)`` and their ``labels`` (``(n,)`` or
+    ``None``) ``batch`` rows at a time, in order."""
+    return [
+        fn(rows[i : i + batch], None if labels is None else labels[i : i + batch])
+        for i in range(0, len(rows), batch)
+    ]
+
+
 def decode_in_batches(
     decode: Callable[[Tensor, Tensor | None], Tensor],
     latents: Tensor,
@@ -313,11 +328,11 @@ def decode_in_batches(
     """``decode(latents, labels)`` applied to ``latents`` ``(n, ...)`` and their ``labels``
     (``(n,)`` or ``None``) ``batch`` rows at a time, concatenated on the CPU as float32, so that
     memory grows with ``batch``, not ``n``."""
-    parts = []
-    for i in range(0, len(latents), batch):
-        part = decode(latents[i : i + batch], None if labels is None else labels[i : i + batch])
-        parts.append(part.detach().float().cpu())
-    return torch.cat(parts)
+
+    def decoded(part: Tensor, part_labels: Tensor | None) -> Tensor:
+        return decode(part, part_labels).detach().float().cpu()
+
+    return torch.cat(in_batches(decoded, latents, batch, labels))
 
 
 def likelihood_images(

@@ -627,39 +627,22 @@ def test_an_allocation_failure_is_one_line_and_other_runtime_errors_keep_their_t
 
 def test_sample_reports_what_it_took(tmp_path, capsys):
     # adaptive solvers solve each seed alone: the NFE printed was the last seed's
-    out = run(
-        [
+    def sampled(seeds: str) -> str:
+        argv = [
             "sample",
             "--seeds",
-            "0-2",
+            seeds,
             "--steps",
             "3",
             "--solver",
             "bosh3",
             "--out",
             str(tmp_path / "x.npz"),
-            "--overwrite",
-        ],
-        capsys,
-    )
-    alone = []
-    for seed in range(3):
-        text = run(
-            [
-                "sample",
-                "--seeds",
-                str(seed),
-                "--steps",
-                "3",
-                "--solver",
-                "bosh3",
-                "--out",
-                str(tmp_path / "x.npz"),
-                "--overwrite",
-            ],
-            capsys,
-        )
-        alone.append(int(text.split("NFE=")[1].split()[0]))
+        ]
+        return run([*argv, "--overwrite"], capsys)
+
+    out = sampled("0-2")
+    alone = [int(sampled(str(seed)).split("NFE=")[1].split()[0]) for seed in range(3)]
     if len(set(alone)) > 1:
         expected = f"NFE={sum(alone) / 3:.1f} per sample ({min(alone)}-{max(alone)})"
     else:
