@@ -169,6 +169,32 @@ def test_heun_is_karras_algorithm_1_without_churn():
     assert relative(solve(f, x, grid, "heun").x, expected) <= SAME_GRID_RTOL
 
 
+def test_dpmpp_2s_is_the_published_singlestep_update():
+    # DPM-Solver++(2S) with r = 1/2 (Lu et al., 2022, Algorithm 1) in the data-prediction form, in
+    # x̄ with λ = -log σ: u = (σ_s/σ₀) x̄ - expm1(-r h) D(x̄, σ₀), then
+    # x̄₁ = (σ₁/σ₀) x̄ - expm1(-h) D(u, σ_s), σ_s = √(σ₀σ₁); the step into σ = 0 is x̂₀. The same
+    # loop as k-diffusion's sample_dpmpp_2s_ancestral(eta=0), checked here without it (CI does
+    # not install k-diffusion)
+    schedule = Schedule.linear()
+    f = field(schedule)
+    grid = sigma_grid(schedule, 10, "karras")
+    x = noise() * math.sqrt(1 + float(grid[0]) ** 2)
+
+    def denoised(sigma: float, y: Tensor) -> Tensor:
+        return y - sigma * f(sigma, y)
+
+    expected = x.clone()
+    for s0, s1 in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        if s1 == 0:
+            expected = denoised(s0, expected)
+            continue
+        h = math.log(s0 / s1)
+        s_mid = math.sqrt(s0 * s1)
+        u = (s_mid / s0) * expected - math.expm1(-h / 2) * denoised(s0, expected)
+        expected = (s1 / s0) * expected - math.expm1(-h) * denoised(s_mid, u)
+    assert relative(solve(f, x, grid, "dpmpp-2s").x, expected) <= SAME_GRID_RTOL
+
+
 # ---------------------------------------------------------------------------------------------
 # iPNDM against a loop written from the published formulas
 # ---------------------------------------------------------------------------------------------
