@@ -6,7 +6,8 @@ DDPM linear schedule (T = 1000), float32 and float64, for
 
 - ``reverse``: reverse integration with Euler, i.e. DDIM inversion, decoded with DDIM;
 - ``exact``: exact inversion of DDIM (fixed-point iteration to the default tolerance);
-- ``bdia``: the algebraically reversible BDIA sampler, decoded with its companion state;
+- ``bdia``: the algebraically reversible BDIA sampler (the published one, differences in x-space),
+  decoded with its companion state;
 
 on data of the 8-component ring mixture through its exact ε model, and on N(0, I) data through
 a small random ε-network (diffode.testing.RandomEpsNet, 16 dimensions, Lipschitz 0.5). Each cell
@@ -429,6 +430,7 @@ def sample_quality_table(batch: int) -> str:
             for label, solver in [
                 ("DDIM", "euler"),
                 ("BDIA", BDIA()),
+                ("BDIA-EDM (σ_data=0.5)", BDIA(sigma_data=0.5)),
                 ("BDIA σ_data=0", BDIA(sigma_data=0.0)),
             ]:
                 x = sample(model, schedule, noise, steps=steps, timesteps=spacing, solver=solver)

@@ -37,6 +37,7 @@ FIXED_STEP_SOLVERS: list[Solver] = [
     DPMSolverPP(3, exact=True),
     DPMSolverPP(2, multistep=False),
     BDIA(),
+    BDIA(sigma_data=0.5),
     *(UniPC(order, variant) for variant in ("bh1", "bh2") for order in (1, 2, 3)),
     IPNDM(4),
     DEIS(1),

@@ -786,6 +786,7 @@ def test_names_and_reprs():
         "dpmpp-3m-exact",
         "dpmpp-2s",
         "bdia",
+        "bdia-edm",
         "unipc-bh1-1",
         "unipc-bh1-2",
         "unipc-bh1-3",

@@ -40,6 +40,7 @@ _FACTORIES: dict[str, Callable[[], Solver]] = {
     "ipndm": IPNDM,
     **{f"deis-{p}": partial(DEIS, p) for p in DEIS.SUPPORTED_ORDERS},
     "bdia": BDIA,
+    "bdia-edm": partial(BDIA, sigma_data=0.5),
     "bosh3": partial(Bosh3, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
     "dopri5": partial(Dopri5, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
 }

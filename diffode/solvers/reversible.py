@@ -63,20 +63,22 @@ class BDIA(Solver):
     step; with an exact inverse, whatever damps it in one direction amplifies it in the other.
     In v, Gaussian data of standard deviation σ_data follow a constant linearised flow, so the
     mode neither grows nor decays in either direction, and both the samples (σ decreasing) and
-    the latents (σ increasing) stay clean. σ_data = 1 forms the difference in x-space, as the
-    published BDIA-DDIM does; σ_data → ∞ in x̄ (the leapfrog rule), which amplifies round-off in
-    sampling; σ_data = 0 in the data-prediction coordinates u = x̄/σ, which damps the mode in
-    sampling (the Jacobian there, Cov[x₀ | x̄]/σ, is positive semi-definite for an exact
-    denoiser) but lets it grow while encoding, so latents are far from N(0, I).
-    docs/encoding.md has the measurements.
+    the latents (σ increasing) stay clean. σ_data = 1 (the default, ``"bdia"``) forms the
+    difference in x-space: that is the published BDIA-DDIM, z_{i-1} = z_{i+1} - DDIM(z_i; t_i →
+    t_{i+1}) + DDIM(z_i; t_i → t_{i-1}). σ_data = 0.5 (``"bdia-edm"``, EDM's value for data in
+    [-1, 1]) is a variant that keeps the latents of the oracles closer to N(0, I) at few steps;
+    σ_data → ∞ forms it in x̄ (the leapfrog rule), which amplifies round-off in sampling;
+    σ_data = 0 in the data-prediction coordinates u = x̄/σ, which damps the mode in sampling (the
+    Jacobian there, Cov[x₀ | x̄]/σ, is positive semi-definite for an exact denoiser) but lets it
+    grow while encoding, so latents are far from N(0, I). docs/encoding.md has the measurements.
 
     Order: σ_k is the middle of [σ_{k+1}, σ_{k-1}] in any smooth time up to O(h²) when the grid
     spacing varies smoothly, which keeps the explicit midpoint rule's second order (measured
     2.0 on Karras grids and on DDIM's uniform grid above t = 100, Gaussian and mixture oracles).
 
     Args:
-        sigma_data: the data's standard deviation in the scaling above (0.5, EDM's value for
-            data in [-1, 1]); ≥ 0.
+        sigma_data: the data's standard deviation in the scaling above; ≥ 0. 1 (x-space) is the
+            published method; any other value is a variant, named ``"bdia-edm"`` at 0.5.
         companion: the x̄ state at the second grid point (shape and dtype of the start state):
             :func:`diffode.encode` (``method="exact"``) returns it in x-space and
             :func:`diffode.decode` passes it here. With it the first step costs no evaluation
@@ -88,9 +90,12 @@ class BDIA(Solver):
     evals_per_step = 1
     reversible = True
 
-    def __init__(self, sigma_data: float = 0.5, companion: Tensor | None = None) -> None:
+    def __init__(self, sigma_data: float = 1.0, companion: Tensor | None = None) -> None:
         self.sigma_data = require_nonnegative("sigma_data", sigma_data)
         self.companion = None if companion is None else require_floating("companion", companion)
+        # only the published coordinates carry the published name
+        variants = {1.0: "bdia", 0.5: "bdia-edm"}
+        self.name = variants.get(self.sigma_data, f"bdia(sigma_data={self.sigma_data:g})")
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> Any:
         if self.companion is None:
