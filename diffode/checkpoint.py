@@ -14,6 +14,7 @@ was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -41,6 +42,8 @@ TRAINING_STATE = "training_state.safetensors"
 FEATURES = "features.safetensors"
 """A classifier checkpoint's real-data feature statistics (``diffode train-classifier``)."""
 _STATE_KEY = "diffode_training_state"
+_CONFIG_KEY = "diffode_config_sha256"
+"""The weights file's header entry holding the SHA-256 of the ``config.json`` written with it."""
 _SCHEDULES = {"linear": Schedule.linear, "scaled_linear": Schedule.scaled_linear, "cosine": Schedule.cosine}
 # a JSON header larger than this is not a checkpoint of ours (guards against reading a huge
 # length field out of a file in some other format)
@@ -170,9 +173,12 @@ def save_checkpoint(folder: str | os.PathLike[str], model: nn.Module, info: dict
     except (TypeError, ValueError) as err:
         raise ValueError(f"info must be JSON-serialisable: {err}") from None
     folder.mkdir(parents=True, exist_ok=True)
-    save_tensors(folder / WEIGHTS, dict(model.state_dict()))
+    data = text.encode()
+    # the two files are replaced one after the other: the weights name the config they belong
+    # to, so a run killed in between (or an edited config) is refused on loading
+    save_tensors(folder / WEIGHTS, dict(model.state_dict()), {_CONFIG_KEY: hashlib.sha256(data).hexdigest()})
     with atomic_write(folder / CONFIG) as fh:
-        fh.write(text.encode())
+        fh.write(data)
     return folder
 
 
@@ -233,15 +239,25 @@ def load_checkpoint(
             f"{where}: field 'prediction' must be one of {', '.join(map(repr, PREDICTIONS))}, "
             f"got {prediction!r}"
         )
-    tensors = load_tensors(Path(folder) / WEIGHTS)
-    _load_weights(model, tensors, f"the weights in {Path(folder) / WEIGHTS}", f"the architecture in {where}")
-    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     schedule = None
     if "schedule" in config:
         try:
             schedule = schedule_from_checkpoint_config(config["schedule"])
         except ValueError as err:
             raise ValueError(f"{where}: field 'schedule': {err}") from None
+    weights = Path(folder) / WEIGHTS
+    tensors = load_tensors(weights)
+    with safe_open(weights, framework="pt") as fh:
+        paired = (fh.metadata() or {}).get(_CONFIG_KEY)
+    # weights written before the pairing entry existed carry none and are taken as they are
+    if paired is not None and paired != hashlib.sha256(where.read_bytes()).hexdigest():
+        raise ValueError(
+            f"{weights} was written with a different {CONFIG} than the one beside it (a run killed "
+            f"while overwriting the folder, or an edited {CONFIG}); restore the config written with "
+            "these weights, or train again into this folder"
+        )
+    _load_weights(model, tensors, f"the weights in {weights}", f"the architecture in {where}")
+    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return Checkpoint(model=model, config=config, schedule=schedule, prediction=prediction)
 
 
@@ -397,8 +413,10 @@ def load_training_state(folder: str | os.PathLike[str], device: str | torch.devi
         info = json.loads(metadata[_STATE_KEY])
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: header entry {_STATE_KEY!r} is not valid JSON ({err})") from None
-    for key in ("step", "optimizer", "scheduler"):
-        _field(info, key, (int, dict), path)
+    for key in ("optimizer", "scheduler"):
+        _field(info, key, dict, path)
+    if _field(info, "step", int, path) < 0:
+        raise ValueError(f"{path}: field 'step' must be an integer >= 0, got {info['step']!r}")
     # the generator state stays on the CPU; everything else follows the model
     moved = {k: v if k.startswith("rng/") else v.to(device) for k, v in tensors.items()}
     return TrainingState(moved, info)

@@ -88,6 +88,11 @@ def signal_and_noise(sigma: Sigma, like: Tensor) -> tuple[Coefficient, Coefficie
     ``like``'s dtype and device, shaped ``(batch, 1, ...)`` to broadcast against ``like``.
     """
     if isinstance(sigma, Tensor) and sigma.ndim > 0:
+        if sigma.numel() != like.shape[0]:
+            raise ValueError(
+                f"a per-sample sigma needs one value per sample: shape ({like.shape[0]},) for a state of "
+                f"shape {tuple(like.shape)}, got shape {tuple(sigma.shape)}"
+            )
         sig = sigma.to(like.device, torch.float64).reshape(-1, *([1] * (like.ndim - 1)))
         # α = 1/√(1+σ²) and s = σα written so that neither overflows for huge σ (σ² = inf) and
         # s reaches its limit 1 at σ = ∞
@@ -158,25 +163,33 @@ class ModelField(torch.nn.Module, ABC):
         super().__init__()
         self.model = model
         self.conditioning: Conditioning | None = None
-        # a cast (field.double(), model.half()) changes a parameter's dtype in place, so holding
-        # the first floating parameter keeps the dtype current at no cost per call; buffers are
-        # replaced by a cast, so a module without parameters is looked through each time. In a
-        # tuple, which nn.Module does not register as a parameter of the field.
-        first = next(
-            (p for p in model.parameters() if p.is_floating_point())
+        # the module that owns the first floating parameter, and its name there: reading it back
+        # costs nothing per call and follows casts (field.double(), model.half()) and parameters
+        # replaced by loading (load_state_dict(assign=True)); buffers are replaced by a cast, so a
+        # module without parameters is looked through each time. In a tuple, which nn.Module does
+        # not register as a submodule of the field.
+        name = next(
+            (n for n, p in model.named_parameters() if p.is_floating_point())
             if isinstance(model, torch.nn.Module)
             else iter(()),
             None,
         )
-        self._dtype_source = (first,)
+        if name is None or not isinstance(model, torch.nn.Module):
+            self._dtype_source: tuple[torch.nn.Module, str] | tuple[()] = ()
+        else:
+            owner, _, attribute = name.rpartition(".")
+            self._dtype_source = (model.get_submodule(owner), attribute)
 
     @property
     def network_dtype(self) -> torch.dtype | None:
         """The dtype the network computes in: that of an ``nn.Module``'s first floating parameter
-        or buffer, current after casts (``field.double()`` or ``model.half()`` change it), or
-        ``None`` for other callables."""
-        source = self._dtype_source[0]
-        return source.dtype if source is not None else _parameter_dtype(self.model)
+        or buffer, current after casts (``field.double()`` or ``model.half()`` change it) and
+        loading, or ``None`` for other callables."""
+        if self._dtype_source:
+            parameter = getattr(*self._dtype_source, None)
+            if isinstance(parameter, Tensor):
+                return parameter.dtype
+        return _parameter_dtype(self.model)
 
     def conditioned(
         self, cond: Cond | None, guidance: float | Guidance | None = None, uncond: Cond | None = None
@@ -241,7 +254,23 @@ class ModelField(torch.nn.Module, ABC):
         return self._predict(sigma, x, alpha, s)
 
     def predict(self, sigma: Sigma, xbar: Tensor) -> tuple[Tensor, Tensor]:
-        """(ε, x̂₀) at (σ, x̄): the field value and the denoised estimate, each shaped like x̄."""
+        """(ε, x̂₀) at (σ, x̄): the field value and the denoised estimate, each shaped like x̄.
+
+        A scalar σ must be positive and finite: at σ = 0 the network would be read outside its
+        training range (x̂₀ is x̄ itself there), and at σ = ∞ x̄ is infinite (read the field with
+        :meth:`predict_x` from x instead). A ``(batch,)`` σ is not checked, which would
+        synchronise with the device."""
+        if not (isinstance(sigma, Tensor) and sigma.ndim > 0):
+            value = _scalar(sigma)
+            if value == 0.0 or math.isinf(value):
+                raise ValueError(
+                    f"the field cannot be read at sigma = {value:g}: "
+                    + (
+                        "stop at the schedule's sigma_min and take x̂₀ there, as diffode.solve does"
+                        if value == 0.0
+                        else "x̄ is infinite there; use predict_x with the x-space noise"
+                    )
+                )
         alpha, s = signal_and_noise(sigma, xbar)
         return self._predict(sigma, xbar * alpha, alpha, s)
 
@@ -268,8 +297,10 @@ class ScheduleField(ModelField):
     Args:
         model: called as ``model(x, t)`` with x of shape ``(batch, ...)`` and t a float tensor of
             shape ``(batch,)`` in training-step units (0 … T-1 for a discrete schedule), exactly
-            as diffusers' UNets and the DDIM reference code are called. x and t are in the
-            network's dtype (an ``nn.Module``'s parameters; for other callables, the state's).
+            as diffusers' UNets and the DDIM reference code are called. x is in the network's
+            dtype (an ``nn.Module``'s parameters; for other callables, the state's); t is
+            float64 for a float64 state and float32 otherwise (float16 cannot hold every
+            training step).
         schedule: the schedule the model was trained with.
     """
 
@@ -378,8 +409,9 @@ class DenoiserField(ModelField):
     Args:
         model: called as ``model(xbar, sigma)`` with x̄ of shape ``(batch, ...)`` (the
             variance-exploding state, x₀ + σ·noise, not scaled) and σ a float tensor of shape
-            ``(batch,)``, both in the network's dtype (an ``nn.Module``'s parameters; for other
-            callables, the state's). No schedule or time map
+            ``(batch,)``: x̄ in the network's dtype (an ``nn.Module``'s parameters; for other
+            callables, the state's), σ float64 for a float64 state and float32 otherwise. No
+            schedule or time map
             is involved; choose the σ grid from the noise levels the denoiser was trained on.
 
     The field is undefined at σ = ∞.

@@ -53,10 +53,11 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
     """
     T = require_discrete(
         schedule,
-        f"timesteps={spacing!r} needs a discrete schedule; for a continuous VP schedule pass "
-        "timesteps='uniform' (uniform in t), 'karras', 'logsnr' or an explicit float tensor of σ values",
+        f"the {spacing!r} spacing needs a discrete schedule (it picks entries of its table); for a "
+        "continuous VP schedule build the grid with sigma_grid and timesteps 'uniform' (uniform in t), "
+        "'karras', 'logsnr' or an explicit float tensor of σ values",
     ).T
-    require_int("steps", steps, low=1, high=T)
+    steps = require_int("steps", steps, low=1, high=T)
     if spacing in ("uniform", "leading"):
         ts = np.arange(steps, dtype=np.int64) * (T // steps)
     elif spacing == "quadratic":
@@ -77,7 +78,7 @@ def spaced_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "unifor
 
 def _ramp(sigma_min: float, sigma_max: float, steps: int) -> Tensor:
     """The checked arguments of a σ-spaced grid builder and its ramp 0 … 1 over ``steps`` points."""
-    require_int("steps", steps, low=1)
+    steps = require_int("steps", steps, low=1)
     require_positive("sigma_min", sigma_min)
     require_positive("sigma_max", sigma_max)
     if sigma_min >= sigma_max and steps > 1:
@@ -94,14 +95,17 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     ramp = _ramp(sigma_min, sigma_max, steps)
     if steps == 1:
         return torch.tensor([sigma_max], dtype=torch.float64)
+    lowest = max(abs(math.log(sigma_min)), abs(math.log(sigma_max))) / math.log(sys.float_info.max)
+    too_small = ValueError(
+        f"rho={rho} is too small for σ in [{sigma_min:g}, {sigma_max:g}]: σ^(1/ρ) overflows or "
+        f"underflows; use rho > {lowest:.3g} (7 is EDM's)"
+    )
     try:
         lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     except OverflowError:
-        lowest = max(abs(math.log(sigma_min)), abs(math.log(sigma_max))) / math.log(sys.float_info.max)
-        raise ValueError(
-            f"rho={rho} is too small for σ in [{sigma_min:g}, {sigma_max:g}]: σ^(1/ρ) overflows; "
-            f"use rho > {lowest:.3g} (7 is EDM's)"
-        ) from None
+        raise too_small from None
+    if hi == 0.0:  # both underflowed (σ_max < 1): the grid would hold zeros
+        raise too_small
     sigmas = (hi + ramp * (lo - hi)) ** rho
     # (σ^{1/ρ})^ρ is σ only to round-off (2.8e-14 above σ_max at ρ = 5): the ends are the given σ
     sigmas[0], sigmas[-1] = sigma_max, sigma_min
@@ -177,11 +181,11 @@ def sigma_grid(
 
     Args:
         schedule: the noise schedule.
-        steps: number of network-evaluating steps S; must be ``None`` or equal to the length of
-            an explicit tensor. ``None`` with a spacing name: :data:`DEFAULT_STEPS` (at most T),
-            or for an adaptive solver (``adaptive=True``) the grid [σ_max, σ_min, 0], whose
-            intervals the solver subdivides itself (encoding with zero terminal SNR: from the
-            largest finite σ).
+        steps: number of network-evaluating steps S; with an explicit tensor ``None`` or its
+            number of positive values (a trailing 0 is not a step's start). ``None`` with a
+            spacing name: :data:`DEFAULT_STEPS` (at most T), or for an adaptive solver
+            (``adaptive=True``) the grid [σ_max, σ_min, 0], whose intervals the solver
+            subdivides itself (encoding with zero terminal SNR: from the largest finite σ).
         timesteps: a spacing name (see :func:`spaced_timesteps`, plus ``"karras"`` and
             ``"logsnr"``, see :func:`logsnr_sigmas`; on a continuous schedule ``"uniform"`` is
             S times uniform in t from σ_max's down to σ_min's, as score-SDE samples), a strictly
@@ -314,7 +318,7 @@ def _sampling_grid(schedule: NoiseSchedule, steps: int | None, timesteps: GridSp
     if timesteps == "uniform" and not schedule.discrete:
         # a continuous time range has no table to space: S times uniform in t from its top down
         # to its bottom, score-SDE's discretisation (torch.linspace(T, eps, N) in its samplers)
-        require_int("steps", steps, low=1)
+        steps = require_int("steps", steps, low=1)
         top, bottom = float(schedule.t(schedule.sigma_max)), float(schedule.t(schedule.sigma_min))
         sig = schedule.sigma(torch.linspace(top, bottom, steps, dtype=torch.float64))
         return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
@@ -465,6 +469,8 @@ def optimize(
         chain.append(back[n][chain[-1]])
     starts = [[values[i] for i in reversed(chain)], logsnr_sigmas(sigma_min, sigma_max, steps + 1).tolist()]
     starts += [karras_sigmas(sigma_min, sigma_max, steps + 1, rho).tolist() for rho in (2.0, 3.0, 5.0, 7.0)]
+    if isinstance(init, Tensor):
+        raise TypeError("init is a sequence of grids; pass one grid as init=[grid]")
     for given in init:
         points = check_sigma_grid(given, "init").tolist()
         points = points[:-1] if points[-1] == 0.0 else points
@@ -503,9 +509,9 @@ def optimize(
                         current, logs, improved = value, trial, True
         if not improved:
             break
-    # σ_max and σ_min exactly as given, not through exp(log(·))
-    first = sigma_max if logs[0] == math.log(sigma_max) else math.exp(logs[0])
-    chosen = [first, *(math.exp(v) for v in logs[1:-1]), sigma_min][: len(logs)]
+    # the chosen start's own values where the refinement left them, not through exp(log(·))
+    chosen = [v if logs[i] == math.log(v) else math.exp(logs[i]) for i, v in enumerate(points)]
+    chosen[-1] = sigma_min
     return torch.tensor([*chosen, 0.0], dtype=torch.float64)
 
 
@@ -567,5 +573,10 @@ def load_grid(path: str | Path) -> Tensor:
             f"{path} is not a valid σ grid file: 'dtype' must be one of {', '.join(_GRID_DTYPES)}, "
             f"got {payload.get('dtype')!r}"
         )
-    check_sigma_grid(torch.tensor(values, dtype=torch.float64), "grid")
-    return torch.tensor(values, dtype=dtype)
+    # checked as it is returned: a value the dtype cannot hold becomes inf, or equal to its neighbour
+    exact = torch.tensor(values, dtype=torch.float64)
+    grid = exact.to(dtype)
+    if bool((torch.isinf(grid) & torch.isfinite(exact)).any()):
+        raise ValueError(f"{path} is not a valid σ grid file: its σ values exceed what {name} holds")
+    check_sigma_grid(grid.double(), "grid")
+    return grid

@@ -120,8 +120,11 @@ def write_grid(
 ) -> None:
     """Write uint8 images ``(n, H, W, C)`` as one PNG :func:`grid` that records its layout
     (:data:`GRID_KEY`), so that :func:`load_images` reads n grey images back exactly."""
+    require_int("columns", columns, low=1)
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (n, H, W, C), got shape {images.shape}")
     n, h, w, _ = images.shape
-    columns = max(1, min(columns, n))
+    columns = min(columns, n)
     layout = {"count": n, "columns": columns, "height": h, "width": w, "scale": scale, "pad": pad}
     write_png(path, grid(images, columns, scale=scale, pad=pad), text={GRID_KEY: json.dumps(layout)})
 

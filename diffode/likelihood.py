@@ -43,6 +43,7 @@ from diffode.solvers.base import Solver
 from diffode.solvers.registry import get_solver
 from diffode.validation import (
     check_generator,
+    describe,
     require_finite,
     require_floating,
     require_int,
@@ -63,9 +64,12 @@ _LN2 = math.log(2.0)
 
 
 def mean_and_stderr(values: Tensor) -> tuple[float, float]:
-    """The mean of ``values`` (1-D) and its standard error, std/√n with the n-1 std (0 for n = 1)."""
+    """The mean of ``values`` (1-D) and its standard error, std/√n with the n-1 std (0 for n = 1).
+    ``ValueError`` for no values or non-finite ones."""
     v = values.detach().to("cpu", _F64).reshape(-1)
     n = v.numel()
+    if n == 0 or not bool(torch.isfinite(v).all()):
+        raise ValueError(f"values must be finite and at least one, got {describe(values)}")
     stderr = float(v.std() / math.sqrt(n)) if n > 1 else 0.0
     return float(v.mean()), stderr
 
@@ -270,6 +274,10 @@ def likelihood(
         )
     if x.shape[0] == 0:
         raise ValueError("x holds no samples (batch 0)")
+    if x[0].numel() == 0:
+        raise ValueError(
+            f"x has no dimensions per sample (shape {tuple(x.shape)}); a likelihood needs at least one"
+        )
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(
             f"schedule must be a diffode.Schedule or another NoiseSchedule, got {type(schedule).__name__}"
@@ -431,7 +439,7 @@ def _draw(generator: Generator, batch: int, shape: tuple[int, ...], kind: str, l
     """Random draws of ``kind`` (``"uniform"``, ``"rademacher"``, ``"gaussian"``), float64
     ``(shape[0], batch, *shape[1:])`` on ``like``'s device: from one generator, or per sample
     from ``generator[i]`` (each drawn on its generator's device)."""
-    if isinstance(generator, list):
+    if isinstance(generator, (list, tuple)):
         return torch.stack([_draw_one(g, shape, kind).to(like.device) for g in generator], dim=1)
     return _draw_one(generator, (shape[0], batch, *shape[1:]), kind).to(like.device)
 

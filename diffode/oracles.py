@@ -21,7 +21,7 @@ from torch import Tensor
 
 from diffode.field import Model, Sigma
 from diffode.schedule import Schedule
-from diffode.validation import describe, require_finite, require_int
+from diffode.validation import describe, require_finite, require_int, require_nonnegative, require_positive
 
 _F64 = torch.float64
 
@@ -30,10 +30,18 @@ SIGMA_LIMIT = 1e150
 """The largest σ (and data standard deviation) an oracle takes: squares stay finite in float64."""
 
 
+def _numbers(name: str, value: object) -> Tensor:
+    """``value`` (a number or a tensor of them) as a float64 tensor; bools are refused, which
+    ``torch.as_tensor`` would read as 0 and 1."""
+    if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must hold numbers, got {describe(value)}")
+    return torch.as_tensor(value, dtype=_F64)
+
+
 def _sigma(sigma: Sigma, x: Tensor, name: str = "sigma") -> Tensor:
     """σ as float64 on x's device, checked: finite, in [0, :data:`SIGMA_LIMIT`] (the exact
     formulas square it)."""
-    s = torch.as_tensor(sigma, dtype=_F64, device=x.device)
+    s = _numbers(name, sigma).to(x.device)
     if not bool(((s >= 0) & (s <= SIGMA_LIMIT)).all()):  # False for NaN
         raise ValueError(
             f"{name} must be finite and in [0, {SIGMA_LIMIT:g}] for an oracle, got {describe(s)}"
@@ -57,6 +65,15 @@ def _check_stds(stds: Tensor, name: str) -> None:
 
 class Oracle(ABC):
     """A data distribution with an exact optimal ε. ``event_shape`` is the shape of one sample."""
+
+    def _check_state(self, x: Tensor, name: str = "x") -> None:
+        """``x`` must be a batch of samples, shape ``(batch, *event_shape)``: broadcasting another
+        shape against the means would give numbers for some other distribution."""
+        if tuple(x.shape[1:]) != tuple(self.event_shape):
+            raise ValueError(
+                f"{name} must have shape (batch, {', '.join(map(str, self.event_shape))}) for this oracle, "
+                f"got {tuple(x.shape)}"
+            )
 
     event_shape: torch.Size
 
@@ -93,17 +110,22 @@ class Gaussian(Oracle):
     """Data N(μ, c² I): ``mean`` has the shape of one sample, ``std`` = c > 0 is a scalar."""
 
     def __init__(self, mean: Tensor | float, std: float) -> None:
-        self.mean = torch.as_tensor(mean, dtype=_F64)
+        self.mean = _numbers("mean", mean)
+        # a scalar mean broadcasts over samples of any shape
+        self._any_shape = self.mean.ndim == 0
         if self.mean.ndim == 0:
             self.mean = self.mean.reshape(1)
         require_finite("mean", self.mean)
-        if isinstance(std, bool) or not isinstance(std, (int, float)):
-            raise TypeError(f"std must be a number, got {type(std).__name__}")
-        _check_stds(torch.tensor(float(std), dtype=_F64), "std")
-        self.std = float(std)
+        self.std = require_positive("std", std)
+        _check_stds(torch.tensor(self.std, dtype=_F64), "std")
         self.event_shape = self.mean.shape
 
+    def _check_state(self, x: Tensor, name: str = "x") -> None:
+        if not self._any_shape:
+            super()._check_state(x, name)
+
     def eps(self, sigma: Sigma, xbar: Tensor) -> Tensor:
+        self._check_state(xbar, "xbar")
         s = _sigma_like(sigma, xbar)
         mu = self.mean.to(xbar.device)
         out = s * (xbar.to(_F64) - mu) / (self.std**2 + s * s)
@@ -111,6 +133,7 @@ class Gaussian(Oracle):
 
     def flow(self, xbar: Tensor, sigma_from: Sigma, sigma_to: Sigma) -> Tensor:
         """The exact ODE solution: x̄ at σ = ``sigma_to`` from x̄ at ``sigma_from`` (dtype of ``xbar``)."""
+        self._check_state(xbar, "xbar")
         s0, s1 = _sigma_like(sigma_from, xbar, "sigma_from"), _sigma_like(sigma_to, xbar, "sigma_to")
         mu = self.mean.to(xbar.device)
         ratio = torch.sqrt((self.std**2 + s1 * s1) / (self.std**2 + s0 * s0))
@@ -121,6 +144,7 @@ class Gaussian(Oracle):
         return self.mean + self.std * z
 
     def log_prob(self, x0: Tensor, sigma: Sigma = 0.0) -> Tensor:
+        self._check_state(x0, "x0")
         s = _sigma(sigma, x0)
         var = self.std**2 + s * s  # a scalar, or one per sample
         # a scalar mean broadcasts over the sample: the dimension is the data's, not the mean's
@@ -132,9 +156,9 @@ class GaussianMixture(Oracle):
     """Data Σ_k π_k N(μ_k, c_k² I): ``weights`` (K,), ``means`` (K, *event_shape), ``stds`` (K,)."""
 
     def __init__(self, weights: Tensor, means: Tensor, stds: Tensor) -> None:
-        self.weights = torch.as_tensor(weights, dtype=_F64)
-        self.means = torch.as_tensor(means, dtype=_F64)
-        self.stds = torch.as_tensor(stds, dtype=_F64)
+        self.weights = _numbers("weights", weights)
+        self.means = _numbers("means", means)
+        self.stds = _numbers("stds", stds)
         k = self.weights.numel()
         if self.weights.ndim != 1 or not bool(((self.weights > 0) & torch.isfinite(self.weights)).all()):
             raise ValueError(
@@ -152,14 +176,16 @@ class GaussianMixture(Oracle):
     @classmethod
     def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.15) -> GaussianMixture:
         """K equal-weight 2-D components on a circle, the usual toy benchmark."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer (components), got {k!r}")
+        k = require_int("k", k, low=1)
+        radius = require_nonnegative("radius", radius)
+        std = require_positive("std", std)
         angles = torch.arange(k, dtype=_F64) * (2 * math.pi / k)
         means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
         return cls(torch.ones(k, dtype=_F64), means, torch.full((k,), std, dtype=_F64))
 
     def _component_terms(self, sigma: Sigma, xbar: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(x̄ - μ_k, c_k² + σ², log posterior weights), shapes (B,K,D), (B,K,1), (B,K)."""
+        self._check_state(xbar)
         s = _sigma(sigma, xbar).reshape(-1, 1)  # (B or 1, 1)
         flat = xbar.to(_F64).reshape(xbar.shape[0], 1, -1)  # (B, 1, D)
         mu = self.means.to(xbar.device).reshape(1, self.means.shape[0], -1)  # (1, K, D)

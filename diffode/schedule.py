@@ -122,8 +122,21 @@ class Schedule(NoiseSchedule):
                 f"alphas_cumprod must be strictly decreasing in t, got {describe(ac)}; "
                 "check that the betas are all in (0, 1)"
             )
+        sigmas = torch.sqrt((1 - ac) / ac)
+        # t(σ) inverts the table: neighbouring ᾱ one rounding apart can give equal σ, and a
+        # denormal last ᾱ an infinite one that is not meant as zero terminal SNR
+        good = sigmas[1:] > sigmas[:-1]
+        if ac[-1] != 0:
+            good &= torch.isfinite(sigmas[1:])
+        if not bool(good.all()):
+            t = int(torch.nonzero(~good)[0, 0])
+            raise ValueError(
+                f"alphas_cumprod gives σ = √((1-ᾱ)/ᾱ) that is not finite and strictly increasing in t "
+                f"(at t = {t}, {t + 1}: ᾱ = {float(ac[t])!r}, {float(ac[t + 1])!r}); use ᾱ values that "
+                "differ by more than round-off, and exactly 0 for a zero-terminal-SNR last entry"
+            )
         self.alphas_cumprod = ac
-        self.sigmas = torch.sqrt((1 - ac) / ac)
+        self.sigmas = sigmas
         self._log_sigmas = torch.log(self.sigmas)
         self.T = int(ac.numel())
 
@@ -146,7 +159,14 @@ class Schedule(NoiseSchedule):
             )
         if torch.isnan(b).any() or (b <= 0).any() or (b[:-1] >= 1).any() or b[-1] > 1:
             raise ValueError(f"betas must each lie in (0, 1), got {describe(b)}")
-        return cls(torch.cumprod(1 - b, dim=0))
+        ac = torch.cumprod(1 - b, dim=0)
+        vanished = torch.nonzero(ac[:-1] == 0)
+        if vanished.numel():
+            raise ValueError(
+                f"betas drive ᾱ_t = Π(1 - β) to 0 (float64 underflow) at t = {int(vanished[0, 0])} of "
+                f"{b.numel()}; use smaller betas or fewer steps"
+            )
+        return cls(ac)
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Schedule:

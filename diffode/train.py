@@ -110,19 +110,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        require_int("steps", self.steps, low=1)
-        require_int("batch_size", self.batch_size, low=1)
-        require_positive("lr", self.lr)
-        require_nonnegative("weight_decay", self.weight_decay)
-        if not 0 <= self.ema_decay < 1:
+        # the checked values are kept as Python numbers (NumPy's from a sweep included): the
+        # config is saved as JSON in every checkpoint
+        self.steps = require_int("steps", self.steps, low=1)
+        self.batch_size = require_int("batch_size", self.batch_size, low=1)
+        self.lr = require_positive("lr", self.lr)
+        self.weight_decay = require_nonnegative("weight_decay", self.weight_decay)
+        self.ema_decay = require_nonnegative("ema_decay", self.ema_decay)
+        if not self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        require_int("warmup", self.warmup, low=0)
+        self.warmup = require_int("warmup", self.warmup, low=0)
         # the run's test split and test loss use seed + 1, which must be a seed too
-        require_int("seed", self.seed, low=0, high=SEED_LIMIT - 2)
-        require_int("n_points", self.n_points, low=1)
-        require_int("checkpoint_every", self.checkpoint_every, low=0)
+        self.seed = require_int("seed", self.seed, low=0, high=SEED_LIMIT - 2)
+        self.n_points = require_int("n_points", self.n_points, low=1)
+        self.checkpoint_every = require_int("checkpoint_every", self.checkpoint_every, low=0)
         require_bool("conditional", self.conditional)
-        if not 0 <= require_nonnegative("label_dropout", self.label_dropout) < 1:
+        self.label_dropout = require_nonnegative("label_dropout", self.label_dropout)
+        if not self.label_dropout < 1:
             raise ValueError(f"label_dropout must lie in [0, 1), got {self.label_dropout}")
         if not self.architecture:
             kind = "image" if self.dataset == "digits" else "points"
@@ -145,6 +149,16 @@ class TrainConfig:
                 f"model num_classes={self.model['num_classes']!r} makes a conditional network; pass "
                 "conditional=True (--conditional) to train it on labels"
             )
+        # a nested value JSON cannot hold (a NumPy number in model options) would otherwise fail
+        # at the first save, after the training work
+        for name in ("schedule", "model"):
+            try:
+                json.dumps(getattr(self, name))
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{name} must be built from Python numbers, strings, lists and dicts (it is saved "
+                    f"as JSON), got {getattr(self, name)!r}; convert NumPy values with .item()"
+                ) from None
 
 
 @dataclass
@@ -296,6 +310,12 @@ def train(
             ``overwrite``); ``resume`` without a checkpoint to continue, or with a config that
             differs from the checkpointed run's. Nothing is created in ``out`` then.
     """
+    require_int("log_every", log_every, low=1)
+    require_bool("resume", resume)
+    if resume and out is None:
+        raise ValueError(
+            "resume=True continues the run checkpointed in out, but out is None; pass the run's folder"
+        )
     # the network and the schedule first (they are cheap): a config they refuse leaves no output
     # folder behind
     with torch.random.fork_rng(devices=[]):
@@ -518,6 +538,7 @@ def train_classifier(
     require_int("steps", steps, low=1)
     require_int("batch_size", batch_size, low=1)
     require_positive("lr", lr)
+    require_int("seed", seed, low=0, high=SEED_LIMIT - 1)
     folder = (
         prepare_run_folder(out, resume=False, overwrite=overwrite, resumable=False)
         if out is not None

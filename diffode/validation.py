@@ -7,6 +7,7 @@ argument, the offending value and the fix.
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 from typing import Any
@@ -38,13 +39,24 @@ def require_bool(name: str, value: Any) -> bool:
     raise TypeError(f"{name} must be True or False, got {describe(value)}")
 
 
+def _as_int(value: Any) -> int | None:
+    """``value`` as a Python int if it is one of any integer type (NumPy's, a 0-d integer
+    tensor), ``None`` otherwise: bools (Python's, NumPy's or a bool tensor) and tensors with
+    dimensions are not integers, though ``operator.index`` reads them as such."""
+    if isinstance(value, (bool, np.bool_)) or (
+        isinstance(value, Tensor) and (value.dtype == torch.bool or value.ndim)
+    ):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def require_choice_int(name: str, value: Any, choices: tuple[int, ...]) -> int:
     """``value`` as a Python int (any integer type but bool) that is one of ``choices``, else
     ``ValueError`` listing them."""
-    try:
-        number = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        number = None
+    number = _as_int(value)
     if number is None or number not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {describe(value)}")
     return number
@@ -76,12 +88,10 @@ def require_finite(name: str, value: Tensor) -> Tensor:
 
 def require_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
     """``value`` as a Python int: any integer type (NumPy's, a 0-d integer tensor) but bool."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {describe(value)}") from None
+    number = _as_int(value)
+    if number is None:
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    value = number
     if low is not None and value < low:
         raise ValueError(f"{name} must be at least {low}, got {value}")
     if high is not None and value > high:
@@ -114,21 +124,27 @@ def require_floating_dtype(name: str, value: Any) -> torch.dtype:
     return value
 
 
-def require_nonnegative(name: str, value: Any) -> float:
-    # numbers.Real: Python's and NumPy's integers and floats (np.float32 from a sweep), not bool
+def _real(name: str, value: Any) -> float:
+    """``value`` as a float: numbers.Real, i.e. Python's and NumPy's integers and floats
+    (np.float32 from a sweep), not bool; an integer too large for a float is infinite."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {describe(value)}")
-    number = float(value)
-    if not number >= 0 or number == float("inf"):
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def require_nonnegative(name: str, value: Any) -> float:
+    number = _real(name, value)
+    if not number >= 0 or number == math.inf:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return number
 
 
 def require_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {describe(value)}")
-    number = float(value)
-    if not number > 0 or number == float("inf"):
+    number = _real(name, value)
+    if not number > 0 or number == math.inf:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return number
 
@@ -140,6 +156,8 @@ def check_sigma_grid(sigmas: Any, name: str = "sigmas") -> Tensor:
     decreasing grid may start at +inf (zero-terminal-SNR schedules).
     """
     if isinstance(sigmas, (list, tuple)):
+        if any(isinstance(s, (bool, np.bool_)) for s in sigmas):
+            raise TypeError(f"{name} must hold numbers, got {sigmas!r}")
         sigmas = torch.tensor(sigmas, dtype=torch.float64)
     grid = require_floating(name, sigmas)
     if grid.requires_grad:

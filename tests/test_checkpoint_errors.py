@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from diffode.checkpoint import load_checkpoint, save_checkpoint
+from diffode.checkpoint import load_checkpoint, load_tensors, save_checkpoint, save_tensors
 from diffode.models import MLP
 
 
@@ -21,6 +21,26 @@ def _edit(folder, change):
     config = json.loads((folder / "config.json").read_text())
     change(config)
     (folder / "config.json").write_text(json.dumps(config))
+
+
+def _unpair(folder):
+    """Rewrite the weights without the entry naming their config, as files written before it."""
+    save_tensors(folder / "model.safetensors", load_tensors(folder / "model.safetensors"))
+
+
+def test_weights_and_a_config_written_apart_are_refused(folder):
+    # an --overwrite run killed between the two files: its new weights beside the old config
+    old_config = (folder / "config.json").read_bytes()
+    save_checkpoint(folder, MLP(hidden=8, depth=2, emb_dim=8), {"schedule": {"name": "cosine"}})
+    (folder / "config.json").write_bytes(old_config)
+    with pytest.raises(ValueError, match="written with a different config.json than the one beside it"):
+        load_checkpoint(folder)
+    # an edited config is refused alike; weights without the entry are taken as they are
+    _edit(folder, lambda c: c.update(note="edited"))
+    with pytest.raises(ValueError, match="restore the config written with these weights"):
+        load_checkpoint(folder)
+    _unpair(folder)
+    assert load_checkpoint(folder).config["note"] == "edited"
 
 
 @pytest.mark.parametrize("key", ["architecture", "model", "format_version"])
@@ -60,6 +80,7 @@ def test_a_failed_save_leaves_the_old_checkpoint_whole(folder):
 
 
 def test_weights_that_do_not_fit_report_the_whole_mismatch(folder):
+    _unpair(folder)
     _edit(folder, lambda c: c["model"].update(hidden=16, depth=3))
     with pytest.raises(ValueError, match="model.safetensors do not fit the architecture in") as info:
         load_checkpoint(folder)
@@ -84,6 +105,7 @@ def test_a_config_that_is_not_an_object_names_the_file(folder):
 
 def test_prediction_in_a_diffode_config_is_honoured_or_refused(folder):
     assert load_checkpoint(folder).prediction == "epsilon"
+    _unpair(folder)
     _edit(folder, lambda c: c.update(prediction="v_prediction"))
     assert load_checkpoint(folder).prediction == "v_prediction"
     _edit(folder, lambda c: c.update(prediction="x0"))

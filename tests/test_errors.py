@@ -22,9 +22,19 @@ def test_steps_take_any_integer_type_but_bool(linear):
     noise = torch.randn(2, 2, generator=torch.Generator().manual_seed(0))
     expected = sample(wavy_model(), linear, noise, steps=5)
     assert torch.equal(sample(wavy_model(), linear, noise, steps=np.int64(5)), expected)
-    for bad in (True, 5.0, np.float64(5)):
+    assert torch.equal(sample(wavy_model(), linear, noise, steps=torch.tensor(5)), expected)
+    # operator.index reads a bool tensor and a one-element 1-D tensor as integers
+    for bad in (True, 5.0, np.float64(5), np.bool_(True), torch.tensor(True), torch.tensor([5])):
         with pytest.raises(TypeError, match="steps must be an int, got"):
             sample(wavy_model(), linear, noise, steps=bad)
+
+
+def test_numbers_too_large_for_a_float_are_out_of_range():
+    from diffode.validation import require_nonnegative, require_positive
+
+    for check in (require_positive, require_nonnegative):
+        with pytest.raises(ValueError, match="lr must be a finite number"):
+            check("lr", 10**400)
 
 
 def test_non_finite_latents_are_not_interpolated():
@@ -124,6 +134,11 @@ def test_non_finite_model_output(linear):
 def test_bad_sigma_grid(linear, grid, match):
     with pytest.raises(ValueError, match=match):
         solve(EpsField(wavy_model(), linear), torch.randn(2, 2), torch.tensor(grid, dtype=torch.float64))
+
+
+def test_a_sigma_grid_of_bools_is_refused(linear):
+    with pytest.raises(TypeError, match="sigmas must hold numbers"):
+        solve(EpsField(wavy_model(), linear), torch.randn(2, 2), [True, False])
 
 
 def test_sigma_grid_must_be_float(linear):

@@ -1,10 +1,11 @@
+import json
 import math
 
 import pytest
 import torch
 
 from diffode import EpsField, Schedule, karras_sigmas, oracles, sample, sigma_grid, solve, spaced_timesteps
-from diffode.grids import load_grid, logsnr_sigmas, optimize, save_grid
+from diffode.grids import GRID_FORMAT, load_grid, logsnr_sigmas, optimize, save_grid
 from tests.helpers import reference_quad, reference_uniform
 
 
@@ -378,3 +379,24 @@ def test_encoding_a_grid_through_infinity_says_how_to_avoid_it():
     ztsnr = Schedule.from_betas(torch.tensor([0.1, 0.2, 0.3, 1.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="'uniform' .or 'leading'. with fewer steps than the schedule's T"):
         sigma_grid(ztsnr, 4, "uniform", direction="encode")
+
+
+def test_grid_builders_refuse_what_they_cannot_represent(tmp_path, linear):
+    # both σ^(1/ρ) underflowed to 0: the grid held zeros inside
+    with pytest.raises(ValueError, match="rho=0.0001 is too small .* overflows or underflows"):
+        karras_sigmas(1e-3, 0.5, 5, rho=1e-4)
+    # a file whose values its dtype cannot hold came back with inf or repeated values
+    for values, dtype in (([70000.0, 1.0, 0.0], "float16"), ([1.0001, 1.0, 0.0], "bfloat16")):
+        path = tmp_path / f"{dtype}.json"
+        path.write_text(json.dumps({"format": GRID_FORMAT, "sigmas": values, "dtype": dtype}))
+        with pytest.raises(ValueError, match="grid"):
+            load_grid(path)
+    # one grid where optimize takes a sequence of them
+    _, field, pilot = mixture_problem(linear)
+    with pytest.raises(TypeError, match=r"pass one grid as init=\[grid\]"):
+        optimize(
+            field, pilot[:2], linear.sigma_max, linear.sigma_min, 4, init=sigma_grid(linear, 3, "karras")
+        )
+    # the spacing names the grid builder a continuous schedule needs
+    with pytest.raises(ValueError, match="the 'uniform' spacing needs a discrete schedule .* sigma_grid"):
+        spaced_timesteps(Schedule.vp(), 10, "uniform")

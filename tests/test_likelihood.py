@@ -123,15 +123,19 @@ def test_every_parameterisation_gives_the_same_nats(prediction):
     assert ((result.nats - reference.nats).abs() <= bound).all()
 
 
-def test_hutchinson_is_unbiased_within_its_standard_error():
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased_within_its_standard_error(probe):
     """One point, 64 independent probe sets: the mean of the estimates is within 4 standard
     errors of the exact-divergence value (a false alarm once in 16,000 seeds)."""
     oracle = oracles.GaussianMixture.ring()
     point = torch.tensor([[1.2, 1.6]], dtype=F64)  # between two components: an off-diagonal Jacobian
     x = point.expand(64, 2)
     exact = likelihood(oracle.model(LINEAR), LINEAR, point)
-    generators = [torch.Generator().manual_seed(i) for i in range(64)]
-    estimate = likelihood(oracle.model(LINEAR), LINEAR, x, divergence="hutchinson", generator=generators)
+    # a tuple of generators serves as a list does
+    generators = tuple(torch.Generator().manual_seed(i) for i in range(64))
+    estimate = likelihood(
+        oracle.model(LINEAR), LINEAR, x, divergence="hutchinson", probe=probe, generator=generators
+    )
     mean, stderr = mean_and_stderr(estimate.nats)
     assert stderr > 0  # the probes do vary the estimate
     assert abs(mean - float(exact.nats[0])) <= 4 * stderr
@@ -367,6 +371,17 @@ def test_bad_inputs_name_the_fix():
         likelihood(model, "linear", torch.zeros(2, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="zero terminal SNR"):
         likelihood(model, ZTSNR, torch.zeros(2, 2), prediction="v_prediction")
+    # samples without dimensions gave NaN (Hutchinson) or a ZeroDivisionError (exact)
+    for divergence in ("exact", "hutchinson"):
+        with pytest.raises(ValueError, match=r"no dimensions per sample \(shape \(2, 0\)\)"):
+            likelihood(model, LINEAR, torch.zeros(2, 0), divergence=divergence)
+
+
+def test_mean_and_stderr_refuses_what_has_no_mean():
+    assert mean_and_stderr(torch.tensor([1.0, 3.0])) == (2.0, 1.0)
+    for values in (torch.tensor([]), torch.tensor([1.0, math.nan]), torch.tensor([math.inf])):
+        with pytest.raises(ValueError, match="values must be finite and at least one"):
+            mean_and_stderr(values)
 
 
 def test_cli_prints_mean_bpd_with_its_standard_error(tmp_path, capsys):

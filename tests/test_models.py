@@ -36,7 +36,7 @@ def test_sinusoidal_embedding_rejects_odd_dim():
 )
 def test_eps_networks_keep_shape_and_are_per_sample(model, x):
     torch.manual_seed(0)
-    for p in model.parameters():  # leave the zero-initialised output layer so outputs are non-trivial
+    for p in model.parameters():  # every layer, the zero-initialised output one too: non-trivial outputs
         torch.nn.init.normal_(p, std=0.2)
     t = torch.tensor([0.0, 499.5, 999.0, 3.25, 10.0])[: x.shape[0]]
     out = model(x, t)

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -448,3 +449,14 @@ def test_fuzzed_arguments_exit_0_or_2_in_one_line(inputs, command, capsys):
             assert err.count("\n") == 1 and err.startswith("diffode: error:"), (argv, err)
 
     check()
+
+
+def test_a_grid_of_images_checks_its_layout():
+    from diffode.images import write_grid
+
+    images = np.zeros((3, 8, 8, 1), dtype=np.uint8)
+    for columns, error in ((0, ValueError), (-3, ValueError), (2.0, TypeError)):
+        with pytest.raises(error, match="columns must be"):
+            write_grid(BytesIO(), images, columns)
+    with pytest.raises(ValueError, match=r"images must have shape \(n, H, W, C\)"):
+        write_grid(BytesIO(), images[..., 0], 2)

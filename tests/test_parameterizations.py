@@ -397,6 +397,42 @@ def test_field_arguments_are_checked(linear):
         VField(wavy_model(), "linear")  # type: ignore[arg-type]
 
 
+def test_a_field_is_not_read_at_sigma_zero_or_infinity(linear):
+    # a torchdiffeq rk4 step ending at σ = 0 evaluated there: X0Field and DenoiserField divided by
+    # σ = 0 (inf), the ε-fields called the network at t(0); at σ = ∞ x̂₀ was NaN
+    fields = [EpsField(wavy_model(), linear), X0Field(wavy_model(), linear), DenoiserField(wavy_model())]
+    x = torch.ones(2, 2)
+    for field in fields:
+        for sigma in (0.0, torch.tensor(0.0), math.inf):
+            with pytest.raises(ValueError, match="the field cannot be read at sigma"):
+                field(sigma, x)
+            with pytest.raises(ValueError, match="the field cannot be read at sigma"):
+                field.denoised(sigma, x)
+        # a per-sample σ must have one value per sample
+        with pytest.raises(ValueError, match=r"one value per sample: shape \(2,\) .* got shape \(3,\)"):
+            field(torch.ones(3, dtype=torch.float64), x)
+
+
+def test_the_networks_dtype_follows_loaded_parameters(linear):
+    # load_state_dict(assign=True) puts new parameter objects in place: the field kept the old
+    # one's dtype, cast a float64 state to float32, and the float64 network failed
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(2, 2)
+
+        def forward(self, x, t):
+            return self.inner(x)
+
+    model = Net()
+    field = EpsField(model, linear)
+    assert field.network_dtype == torch.float32
+    model.load_state_dict({k: v.double() for k, v in model.state_dict().items()}, assign=True)
+    assert field.network_dtype == torch.float64
+    x = torch.ones(2, 2, dtype=torch.float64)
+    assert field(0.5, x).dtype == torch.float64
+
+
 def test_a_field_must_agree_with_prediction_and_schedule(linear):
     field = VField(wavy_model(), linear)
     with pytest.raises(ValueError, match="prediction='sample' contradicts the VField"):

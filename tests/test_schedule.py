@@ -135,6 +135,18 @@ def test_bad_alphas_cumprod():
         Schedule.from_alphas_cumprod(torch.tensor([1.0, 0.5]))
     with pytest.raises(ValueError, match="at least 2 entries"):
         Schedule.from_alphas_cumprod(torch.tensor([0.5]))
+    # a denormal last ᾱ is not zero terminal SNR: its σ is infinite
+    with pytest.raises(ValueError, match=r"not finite and strictly increasing in t \(at t = 1, 2"):
+        Schedule.from_alphas_cumprod(torch.tensor([0.9, 0.5, 1e-310], dtype=torch.float64))
+    assert math.isinf(
+        Schedule.from_alphas_cumprod(torch.tensor([0.9, 0.5, 0.0], dtype=torch.float64)).sigma_max
+    )
+
+
+def test_betas_whose_product_underflows_name_the_step():
+    # the message blamed alphas_cumprod, which the caller never passed
+    with pytest.raises(ValueError, match=r"betas drive ᾱ_t = Π\(1 - β\) to 0 .* at t = 842 of 2000"):
+        Schedule.linear(T=2000, beta_start=0.5, beta_end=0.9)
 
 
 def test_sigma_rejects_t_outside_range(linear):

@@ -93,7 +93,11 @@ def test_random_networks_are_seeded_and_lipschitz(net, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(3, *net.event_shape, generator=g, dtype=F64)
     t = torch.full((3,), 500.0, dtype=F64)
-    assert torch.equal(net(x, t), net(x, t))
+    # the seed fixes the weights: a network built again from it computes the same function,
+    # one from another seed another function
+    twin, other = (RandomEpsNet(net.event_shape, hidden=net.w1.shape[0], seed=s) for s in (seed, seed + 1))
+    assert torch.equal(twin(x, t), RandomEpsNet(net.event_shape, hidden=net.w1.shape[0], seed=seed)(x, t))
+    assert not torch.equal(twin(x, t), other(x, t))
     jac = torch.autograd.functional.jacobian(lambda v: net(v[None], t[:1])[0], x[0])
     dims = math.prod(net.event_shape)
     assert float(torch.linalg.matrix_norm(jac.reshape(dims, dims), 2)) <= net.lipschitz * (1 + 1e-12)

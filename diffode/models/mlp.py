@@ -28,8 +28,9 @@ class MLP(nn.Module):
         dim = size_argument("dim", dim)
         hidden = size_argument("hidden", hidden)
         depth = size_argument("depth", depth)
-        self.dim, self.hidden, self.depth, self.emb_dim = dim, hidden, depth, emb_dim
+        self.dim, self.hidden, self.depth = dim, hidden, depth
         self.time = TimeEmbedding(emb_dim)
+        self.emb_dim = self.time.dim
         self.inp = nn.Linear(dim, hidden)
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(depth))
         self.embs = nn.ModuleList(nn.Linear(emb_dim, hidden) for _ in range(depth))

@@ -88,14 +88,11 @@ class UNet(nn.Module):
                 f"image_size={image_size} must be divisible by 2^(len(channels)-1) = {factor}; "
                 "use fewer levels in channels"
             )
-        self.in_channels, self.channels, self.emb_dim, self.image_size = (
-            in_channels,
-            chans,
-            emb_dim,
-            image_size,
-        )
+        self.in_channels, self.channels, self.image_size = in_channels, chans, image_size
         self.num_classes = size_argument("num_classes", num_classes, 0, "an integer >= 0 (0: unconditional)")
         self.time = TimeEmbedding(emb_dim)
+        # the validated width, a Python int: the config must serialise to JSON
+        self.emb_dim = self.time.dim
         self.stem = nn.Conv2d(in_channels, chans[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
