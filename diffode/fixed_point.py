@@ -219,6 +219,11 @@ def solve_fixed_point(
     require_int("memory", memory, low=0)
     require_int("patience", patience, low=1)
     shape, batch = target.shape, target.shape[0]
+    if target.numel() == 0:
+        raise ValueError(
+            f"target holds no values (shape {tuple(shape)}); solve for at least one sample with at least "
+            "one element"
+        )
     gains = torch.as_tensor(gain, dtype=torch.float64, device=target.device).expand(batch)
     if not bool((torch.isfinite(gains) & (gains > 0)).all()):
         raise ValueError(
@@ -262,10 +267,13 @@ def solve_fixed_point(
 
     def measure_floor(rows: Tensor) -> None:
         """The round-off floor of the map at the best iterates of ``rows``: the change of
-        ``forward`` when y moves by one ulp per element."""
+        ``forward`` when y moves by one ulp per element, and at least one unit of the iterate's
+        magnitude (a strongly contracting map absorbs the nudge and would read a floor of 0,
+        though computing it rounds at that magnitude)."""
         y_r = y_best[rows]
         g_nudged, _, _ = evaluate(y_r + signs * nudge * y_r.abs(), rows)
-        floor[rows] = (g_nudged - g_best[rows]).abs().amax(1).to(torch.float64) / scale[rows]
+        change = (g_nudged - g_best[rows]).abs().amax(1).to(torch.float64)
+        floor[rows] = torch.maximum(change, nudge * y_r.abs().amax(1).to(torch.float64)) / scale[rows]
         measured[rows] = True
 
     stale = torch.zeros(batch, dtype=torch.int64, device=target.device)

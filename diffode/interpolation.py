@@ -78,21 +78,21 @@ def interpolate(
     ) == 0
     a = _weights(weights, extrapolate)
     batch = z0.shape[0]
-    a_wb = a.to(z0.device)[:, None].expand(-1, batch)  # (W, B)
+    # angles, coefficients and the combination in float64 (MPS has none: float32): near θ = π
+    # the coefficients grow like 1/sin θ and the result is their difference, so rounding them to
+    # the latents' dtype loses its digits (float16 overflowed, and inf - inf gave NaN)
+    work = torch.float32 if z0.device.type == "mps" else torch.float64
+    a_wb = a.to(work).to(z0.device)[:, None].expand(-1, batch)  # (W, B)
     c0, c1 = 1.0 - a_wb, a_wb
     if method == "slerp":
-        theta = _angles(z0, z1).expand_as(a_wb)
+        theta = _angles(z0, z1, work).expand_as(a_wb)
         parallel = theta < _PARALLEL
         safe = torch.where(parallel, torch.ones_like(theta), theta)
         c0 = torch.where(parallel, c0, torch.sin((1.0 - a_wb) * safe) / torch.sin(safe))
         c1 = torch.where(parallel, c1, torch.sin(a_wb * safe) / torch.sin(safe))
     shape = (a.numel(), batch, *([1] * (z0.ndim - 1)))
-    # combined in float64 (MPS has none: float32), as the coefficients are computed: near θ = π
-    # they grow like 1/sin θ and the result is their difference, so rounding them to the latents'
-    # dtype loses its digits (float16 overflowed, and inf - inf gave NaN)
-    work = torch.float32 if z0.device.type == "mps" else torch.float64
-    c0 = c0.to(work).reshape(shape)
-    c1 = c1.to(work).reshape(shape)
+    c0 = c0.reshape(shape)
+    c1 = c1.reshape(shape)
     out = (c0 * z0.to(work) + c1 * z1.to(work)).to(z0.dtype)
     return out[0] if scalar else out
 
@@ -127,8 +127,8 @@ def _weights(weights: float | Sequence[float] | Tensor, extrapolate: bool) -> Te
     return a
 
 
-def _angles(z0: Tensor, z1: Tensor) -> Tensor:
-    """Per-sample angle θ ∈ [0, π] between z0[b] and z1[b], float64 of shape (batch,).
+def _angles(z0: Tensor, z1: Tensor, work: torch.dtype) -> Tensor:
+    """Per-sample angle θ ∈ [0, π] between z0[b] and z1[b], dtype ``work`` of shape (batch,).
 
     θ = 2·atan2(‖û0 - û1‖, ‖û0 + û1‖) for the unit vectors û (Kahan), accurate near 0 and π
     where arccos of the cosine loses half the digits. Zero vectors give θ = 0 (handled as
@@ -136,8 +136,8 @@ def _angles(z0: Tensor, z1: Tensor) -> Tensor:
     """
     # the width is given, not -1, so that an empty batch reshapes too
     width = math.prod(z0.shape[1:])
-    flat0 = z0.reshape(z0.shape[0], width).to(torch.float64)
-    flat1 = z1.reshape(z1.shape[0], width).to(torch.float64)
+    flat0 = z0.reshape(z0.shape[0], width).to(work)
+    flat1 = z1.reshape(z1.shape[0], width).to(work)
     n0 = flat0.norm(dim=1, keepdim=True)
     n1 = flat1.norm(dim=1, keepdim=True)
     zero = (n0[:, 0] == 0) | (n1[:, 0] == 0)

@@ -1,5 +1,6 @@
 """Deterministic DDIM is Euler's method on the σ-space ODE (reference §4), and the η family."""
 
+import itertools
 import math
 
 import pytest
@@ -128,6 +129,39 @@ def test_ddpm_ancestral_reproduces_gaussian_data(linear):
     se_mean, se_var = c / math.sqrt(n), c**2 * math.sqrt(2 / (n - 1))
     assert (x.mean(0) - mu).abs().max() <= 4 * se_mean
     assert (x.var(0) - c**2).abs().max() <= 4 * se_var
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_eta_sets_the_spread_of_samples_from_one_noise(linear, eta):
+    # Every η reproduces the data's marginals, so those cannot tell η apart. From one fixed noise
+    # the spread can: on Gaussian data N(μ, c²) each DDIM step is affine in x,
+    # x_{t-1} - √ᾱ_{t-1} μ = A_t (x_t - √ᾱ_t μ) + σ_t z with
+    # A_t = (c² √(ᾱ_t ᾱ_{t-1}) + √(1 - ᾱ_{t-1} - σ_t²) √(1 - ᾱ_t)) / (c² ᾱ_t + 1 - ᾱ_t),
+    # σ_t = η √((1 - ᾱ_{t-1})/(1 - ᾱ_t)) √(1 - ᾱ_t/ᾱ_{t-1}), and the last step is x̂₀ (σ = 0):
+    # the variance V obeys V ← A² V + σ², from V = 0.
+    mu, c, n, steps = torch.tensor([0.5, -0.3]), 0.4, 20000, 50
+    oracle = oracles.Gaussian(mu, c)
+    ts = diffode.spaced_timesteps(linear, steps)
+    ab = [float(linear.alphas_cumprod[int(t)]) for t in ts]
+    variance = 0.0
+    for now, below in itertools.pairwise(ab):
+        sigma = eta * math.sqrt((1 - below) / (1 - now) * (1 - now / below))
+        gain = (c**2 * math.sqrt(now * below) + math.sqrt(1 - below - sigma**2) * math.sqrt(1 - now)) / (
+            c**2 * now + 1 - now
+        )
+        variance = gain**2 * variance + sigma**2
+    variance *= (c**2 * math.sqrt(ab[-1]) / (c**2 * ab[-1] + 1 - ab[-1])) ** 2
+    noise = torch.randn(1, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64).expand(n, 2)
+    x = sample(
+        oracle.model(linear),
+        linear,
+        noise,
+        steps=steps,
+        solver=DDIM(eta),
+        generator=torch.Generator().manual_seed(1),
+    )
+    se_var = variance * math.sqrt(2 / (n - 1))
+    assert (x.var(0) - variance).abs().max() <= 4 * se_var, (x.var(0), variance)
 
 
 @pytest.mark.parametrize("solver", [DDIM(0.5), DDIM(sigma_hat=True), DDIM(1.0)])

@@ -231,6 +231,23 @@ def test_the_gain_is_the_first_step_of_the_fixed_point_iteration_and_is_measured
         solve_fixed_point(forward, target, target, tol=1e-14, max_iter=0)
     with pytest.raises(ValueError, match="memory"):
         solve_fixed_point(forward, target, target, tol=1e-14, max_iter=3, memory=-1)
+    for empty in (torch.zeros(0, 2, dtype=F64), torch.zeros(2, 0, dtype=F64)):
+        with pytest.raises(ValueError, match="target holds no values"):
+            solve_fixed_point(forward, empty, empty, tol=1e-14, max_iter=3)
+
+
+def test_a_contracting_maps_round_off_floor_is_not_zero():
+    # forward(y) = 1e-9 y absorbs a one-ulp nudge of y: the floor read 0, and a sample at its
+    # real floor was reported as missing it by "4 times the round-off floor 0"
+    target = torch.tensor([[1.0, -2.0]], dtype=F64)
+
+    def forward(y, rows):
+        return 1e-9 * y, None
+
+    found = solve_fixed_point(forward, target, target, tol=1e-300, max_iter=4, memory=0, accept=1e-300)
+    # at least one unit of round-off of the iterate's magnitude, relative to the scale
+    iterate = float(found.y.abs().max())
+    assert float(found.floor[0]) >= torch.finfo(F64).eps * iterate / float(found.scale[0]) > 0
 
 
 def test_the_leap_is_the_next_anderson_step_for_no_evaluation():
@@ -517,22 +534,25 @@ def test_a_fixed_point_iteration_that_does_not_converge_is_reported():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_bdia_encodings_of_low_precision_data_decode(dtype):
-    # sample integrates float16/bfloat16 data in float32; the companion must follow it there.
-    # Latents and companion come back rounded to the data's dtype, and decoding from a rounded
-    # pair excites the two-step method's parasitic mode, which coordinates scaled by the data's
-    # std keep from growing (in x-space, the published "bdia", this bfloat16 round trip is 2 units off)
+@pytest.mark.parametrize("solver", ["bdia", "bdia-edm"])
+def test_bdia_encodings_of_low_precision_data_decode(dtype, solver):
+    # sample integrates float16/bfloat16 data in float32, and the Encoding keeps latents and
+    # companion there: rounded to the data's dtype, the pair started decoding off the encoded
+    # trajectory and the two-step method's parasitic mode grew that (bfloat16, 50 steps: 8.5 units)
     oracle = oracles.Gaussian(torch.zeros(4, dtype=torch.float64), 0.5)
     x0 = (0.5 * torch.randn(3, 4, generator=torch.Generator().manual_seed(0))).to(dtype)
-    solver = BDIA(sigma_data=oracle.std)
-    info = encode(
-        oracle.model(SCHEDULE), SCHEDULE, x0, steps=20, solver=solver, method="exact", return_info=True
-    )
-    assert info.companion is not None and info.companion.dtype == dtype
-    back = decode(oracle.model(SCHEDULE), SCHEDULE, info)
-    # the float32 round trip errs far below the data's resolution: back within one unit of it
-    assert back.dtype == dtype
-    torch.testing.assert_close(back.float(), x0.float(), rtol=0, atol=torch.finfo(dtype).eps)
+    for steps in (10, 50):
+        info = encode(
+            oracle.model(SCHEDULE), SCHEDULE, x0, steps=steps, solver=solver, method="exact", return_info=True
+        )
+        assert info.dtype == dtype and info.latents.dtype == torch.float32
+        assert info.companion is not None and info.companion.dtype == torch.float32
+        back = decode(oracle.model(SCHEDULE), SCHEDULE, info)
+        # the float32 round trip errs far below the data's resolution: back within one unit of it
+        assert back.dtype == dtype
+        torch.testing.assert_close(back.float(), x0.float(), rtol=0, atol=torch.finfo(dtype).eps)
+    # without the Encoding, the latents come back in the data's dtype
+    assert encode(oracle.model(SCHEDULE), SCHEDULE, x0, steps=10).dtype == dtype
 
 
 def test_exact_inversion_refuses_multistep_and_adaptive_solvers():

@@ -141,7 +141,7 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
     # a trailing grid starts above σ_min, and more steps lower its first σ: they are offered
     with pytest.raises(InversionError) as caught:
         encode(model, schedule, held_out, steps=10, timesteps="trailing", method="exact", max_iter=2)
-    assert caught.value.sigma == 0.0 and "more steps (steps=; CLI --steps)" in str(caught.value)
+    assert caught.value.sigma == 0.0 and "a finer grid (more steps=, CLI --steps" in str(caught.value)
 
 
 def test_an_explicit_tolerance_is_what_is_asked(held_out):

@@ -264,8 +264,13 @@ def test_stages_at_c_equal_one_hit_the_grid_point_exactly():
             dict(a=((0, 0), (1, 0)), b=(0.5, 0.5), c=(0, 0.9), order=1),
             "row 1 of a sums to 1.0 but c\\[1\\] = 0.9",
         ),
-        (dict(a=((0, 0), (1, 0)), b=(0.5, 0.6), c=(0, 1), order=1), "sum\\(b\\) = 1"),
-        (dict(a=((0, 0), (1, 0)), b=(1, 0), c=(0, 1), order=2), "claims order 2 .* b·c = 1/2"),
+        (dict(a=((0, 0), (1, 0)), b=(0.5, 0.6), c=(0, 1), order=1), "b·Φ\\(τ\\) = 1/1 gives 1.1"),
+        (dict(a=((0, 0), (1, 0)), b=(1, 0), c=(0, 1), order=2), "claims order 2 .* b·Φ\\(\\[τ\\]\\) = 1/2"),
+        # orders above 4 are checked too (RK4's coefficients do not make a fifth-order method)
+        (
+            dict(a=RK4_TABLEAU.a, b=RK4_TABLEAU.b, c=RK4_TABLEAU.c, order=6),
+            "claims order 6 .* b·Φ\\(\\[τ, τ, τ, τ\\]\\) = 1/5",
+        ),
         (dict(a=((0, 0), (1, 0)), b=(0.5, 0.5), c=(0, 1), order=0), "order must be an int >= 1, got 0"),
         (dict(a=((0, 0), (math.inf, 0)), b=(0.5, 0.5), c=(0, math.inf), order=1), "must be finite"),
         (dict(a=((0, 0), ("x", 0)), b=(0.5, 0.5), c=(0, 1), order=1), "must hold real numbers"),
@@ -766,6 +771,13 @@ def test_unipc_bh1_refuses_steps_where_its_simplified_weight_overshoots(order):
         assert torch.isfinite(
             sample(model, SCHEDULE, noise, steps=10, timesteps=spacing, solver=solver)
         ).all()
+
+
+def test_orders_of_any_integer_type_are_kept_as_ints():
+    # UniPC and IPNDM kept the given object: a tensor order made .order a tensor
+    for order in (np.int64(2), torch.tensor(2)):
+        for solver in (UniPC(order), IPNDM(order), AdamsBashforth(order), DEIS(order), DPMSolverPP(order)):
+            assert type(solver.order) is int, solver
 
 
 def test_names_and_reprs():

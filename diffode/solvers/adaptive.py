@@ -157,8 +157,12 @@ class EmbeddedRungeKutta(Solver):
             end = torch.where(
                 h[idx] >= (s1 - start).abs(), torch.full_like(start, s1), start + direction * h[idx]
             )
+            # with a graph, the attempt reads its own copies of the state and first stage, whose
+            # gradients a rejection can cut off (see below)
+            track = torch.is_grad_enabled() and (xa.requires_grad or ka.requires_grad)
+            x_in, k_in = (xa.clone(), ka.clone()) if track else (xa, ka)
             attempt = rk_stages(
-                f_rows, self.tableau, start, end, xa, ka, sigma_of=grouping.sigma, estimate_error=True
+                f_rows, self.tableau, start, end, x_in, k_in, sigma_of=grouping.sigma, estimate_error=True
             )
             assert attempt.error is not None
             ratio = self.controller.error_ratio(grouping, attempt.error, xa, attempt.x)
@@ -172,6 +176,17 @@ class EmbeddedRungeKutta(Solver):
                     "or the tolerances are below the state's floating-point precision"
                 )
             keep = accept.to(xa.device).reshape(-1, *([1] * (xa.ndim - 1)))
+            if attempt.x.requires_grad:
+                # A rejected attempt must stay out of the gradient: its stages may have gone where
+                # the field's derivative is not finite, and 0 · NaN is NaN. Whole rejections are
+                # left out of the graph (this reads accept on the host, with a graph only), and the
+                # rejected rows of a mixed attempt pass no gradient to the state they started from;
+                # parameters shared by those rows' network call still see them.
+                if not bool(accept.any()):
+                    continue
+                if track:
+                    for node in (x_in, k_in):
+                        node.register_hook(lambda g, keep=keep: torch.where(keep, g, torch.zeros_like(g)))
             x = _put(x, rows, torch.where(keep, attempt.x, xa))
             # FSAL: an accepted step's last stage is f at its end point and new state
             k1 = _put(k1, rows, torch.where(keep, attempt.k[-1], ka))

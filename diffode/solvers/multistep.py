@@ -192,7 +192,7 @@ class IPNDM(Solver):
     SUPPORTED_ORDERS = (1, 2, 3, 4)
 
     def __init__(self, order: int = 4) -> None:
-        self.max_order = check_order("IPNDM", order, self.SUPPORTED_ORDERS)
+        self.max_order = order = check_order("IPNDM", order, self.SUPPORTED_ORDERS)
         self.order = min(order, 2)
         self.name = "ipndm" if order == 4 else f"ipndm-{order}"
         # the uniform-grid Adams–Bashforth constants, newest evaluation first

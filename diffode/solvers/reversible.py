@@ -259,7 +259,8 @@ class InverseOf(Solver):
             :func:`~diffode.fixed_point.default_tolerance` of the coarser of the state's dtype
             and the network's and the unevaluated last step above, or the measured round-off
             floor where that is higher.
-        max_iter: fixed-point iterations allowed per step and sample.
+        max_iter: fixed-point iterations allowed per step and sample (on the step into σ = 0,
+            per attempt: the second attempt for stalled samples gets as many again).
         memory: Anderson history length (0: plain damped iteration); ``None``:
             :data:`~diffode.fixed_point.STEP_MEMORY`, and on the step into σ = 0, the nearly
             singular one, a second attempt for the samples that stall
@@ -338,6 +339,9 @@ class InverseOf(Solver):
         lowest = schedule is not None and s1 <= schedule.sigma_min * (1 + 1e-9)
         self._finish(state, 0.0, s1, criteria, found, before=0, more_steps=not lowest)
         state.carry = None if found.aux is None else (s1, found.aux)
+        # this step's map is x̂₀ itself, so its secant is the denoiser's slope at σ₁: the next
+        # step's gain
+        state.slope_d = torch.where(found.secant.isnan(), 1.0, found.secant.clamp(0.0, 1.0))
         return found.y, state
 
     def step(
@@ -453,7 +457,12 @@ class InverseOf(Solver):
             accept = f"accept this residual on every step of every sample (tol={meets:g}; CLI --tol), "
         else:
             accept = ""
-        steps = "more steps (steps=; CLI --steps), " if more_steps else ""
+        steps = (
+            "a finer grid (more steps=, CLI --steps, or more values in an explicit grid; "
+            "timesteps='logsnr' keeps every step's σ ratio moderate), "
+            if more_steps
+            else ""
+        )
         # a sample stopped by the iteration limit may go on converging; one that stopped
         # improving before it (stagnation) does not, however many iterations it is allowed
         iterations = int(found.iterations[worst])

@@ -34,6 +34,27 @@ from diffode.validation import require_bool
 _TOL = 1e-12
 
 
+_Tree = tuple[Any, ...]
+"""A rooted tree: the sorted tuple of its subtrees (a leaf is ``()``)."""
+
+
+def _rooted_trees(vertices: int) -> list[_Tree]:
+    """The rooted trees with ``vertices`` vertices (1, 1, 2, 4, 9, 20, ... of them), which index
+    the order conditions of Runge–Kutta methods."""
+    trees: list[_Tree] = [()]
+    for _ in range(vertices - 1):
+        trees = sorted({grown for tree in trees for grown in _with_a_leaf(tree)})
+    return trees
+
+
+def _with_a_leaf(tree: _Tree) -> set[_Tree]:
+    """Every tree made from ``tree`` by one more leaf."""
+    grown = {tuple(sorted((*tree, ())))}
+    for i, child in enumerate(tree):
+        grown |= {tuple(sorted((*tree[:i], g, *tree[i + 1 :]))) for g in _with_a_leaf(child)}
+    return grown
+
+
 def _dot(u: Sequence[float], v: Sequence[float]) -> float:
     return math.fsum(p * q for p, q in zip(u, v, strict=True))
 
@@ -151,22 +172,31 @@ class ButcherTableau:
             )
 
     def _order_conditions(self) -> dict[str, tuple[float, float]]:
-        """The order conditions up to ``min(order, 4)`` as {tree: (value, required value)}."""
-        a, b, c = self.a, self.b, self.c
-        c2 = [v * v for v in c]
-        ac = _matvec(a, c)
-        conditions = {"sum(b) = 1": (math.fsum(b), 1.0)}
-        if self.order >= 2:
-            conditions["b·c = 1/2"] = (_dot(b, c), 1 / 2)
-        if self.order >= 3:
-            conditions["b·c² = 1/3"] = (_dot(b, c2), 1 / 3)
-            conditions["b·(a c) = 1/6"] = (_dot(b, ac), 1 / 6)
-        if self.order >= 4:
-            conditions["b·c³ = 1/4"] = (_dot(b, [v * w for v, w in zip(c2, c, strict=True)]), 1 / 4)
-            conditions["b·(c ∘ a c) = 1/8"] = (_dot(b, [v * w for v, w in zip(c, ac, strict=True)]), 1 / 8)
-            conditions["b·(a c²) = 1/12"] = (_dot(b, _matvec(a, c2)), 1 / 12)
-            conditions["b·(a a c) = 1/24"] = (_dot(b, _matvec(a, ac)), 1 / 24)
-        return conditions
+        """Butcher's order conditions up to ``order``, b · Φ(t) = 1/γ(t) for every rooted tree t
+        with at most ``order`` vertices, as {tree: (value, required value)}; a tree is written
+        with τ for a leaf and [children] for a vertex (τ: sum(b) = 1, [τ]: b·c = 1/2, ...)."""
+        a, b = self.a, self.b
+
+        def phi(tree: _Tree) -> list[float]:
+            out = [1.0] * len(b)
+            for child in tree:
+                out = [u * v for u, v in zip(out, _matvec(a, phi(child)), strict=True)]
+            return out
+
+        def size(tree: _Tree) -> int:
+            return 1 + sum(size(child) for child in tree)
+
+        def density(tree: _Tree) -> int:
+            return size(tree) * math.prod(density(child) for child in tree)
+
+        def written(tree: _Tree) -> str:
+            return "[" + ", ".join(written(child) for child in tree) + "]" if tree else "τ"
+
+        return {
+            f"b·Φ({written(tree)}) = 1/{density(tree)}": (_dot(b, phi(tree)), 1 / density(tree))
+            for vertices in range(1, self.order + 1)
+            for tree in _rooted_trees(vertices)
+        }
 
     @property
     def stages(self) -> int:

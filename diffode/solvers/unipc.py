@@ -117,7 +117,7 @@ class UniPC(Solver):
     SUPPORTED_ORDERS = (1, 2, 3)
 
     def __init__(self, order: int = 2, variant: Variant = "bh2") -> None:
-        check_order("UniPC", order, self.SUPPORTED_ORDERS)
+        order = check_order("UniPC", order, self.SUPPORTED_ORDERS)
         if variant not in ("bh1", "bh2"):
             raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
         self.predictor_order = order
