@@ -93,6 +93,11 @@ class EmbeddedRungeKutta(Solver):
 
     ``Solution.stats`` reports ``accepted`` and ``rejected`` steps (summed over samples when
     ``per_sample=True``).
+
+    Gradients: a rejected attempt contributes nothing to them (its stages may have gone where the
+    field's derivative is not finite). With ``per_sample=True`` an attempt accepted for some rows
+    and rejected for others is one network call: the rejected rows pass no gradient to the state,
+    but the network's parameters are differentiated through that whole call.
     """
 
     tableau: ClassVar[ButcherTableau]
