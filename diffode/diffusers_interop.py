@@ -27,12 +27,18 @@ What diffode takes from a scheduler config, and what it leaves:
 - Only schedules of β (DDPM-family schedulers) are read: a config with none of
   ``trained_betas``, ``beta_schedule``, ``beta_start`` and ``beta_end`` (flow matching, EDM,
   VE schedulers) raises ``ValueError`` instead of being read as diffusers' default linear β.
+  ``timestep_type="continuous"`` (the network reads a function of σ as its time) is refused.
+- With ``rescale_betas_zero_snr``, diffode's last ᾱ is the training table's 0 (σ = ∞);
+  diffusers' Euler-family schedulers sample from 2⁻²⁴ instead.
+- :func:`load_diffusers` instantiates ``UNet2DModel`` and ``UNet2DConditionModel`` only, from
+  ``diffusion_pytorch_model.safetensors``, and refuses a config that does not fit its weights
+  (keys missing, unexpected or of another shape) and networks whose output has another shape
+  than their input (inpainting, upscaling, learned variance).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +54,8 @@ from diffode.schedule import Schedule
 
 DIFFUSERS_PREDICTIONS = ("epsilon", "sample", "v_prediction")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+NETWORK_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+"""The diffusers network classes :func:`load_diffusers` instantiates (called as ``unet(x, t, ...)``)."""
 
 
 def _import_diffusers() -> Any:
@@ -148,13 +156,23 @@ def schedule_from_diffusers_config(config: Mapping[str, Any]) -> tuple[Schedule,
             f"prediction_type must be one of {', '.join(map(repr, DIFFUSERS_PREDICTIONS))}, "
             f"got {prediction!r}"
         )
-    if not any(key in config for key in ("trained_betas", "beta_schedule", "beta_start", "beta_end")):
+    if not any(
+        config.get(key) is not None for key in ("trained_betas", "beta_schedule", "beta_start", "beta_end")
+    ):
         name = config.get("_class_name", "the scheduler")
         raise ValueError(
             f"{name}'s config has no β schedule (trained_betas, beta_schedule, beta_start, beta_end): "
             "diffode samples models trained on a DDPM β schedule (DDIM-, DDPM-, Euler-, DPM-Solver-"
             "style schedulers), not flow-matching, EDM or VE models"
         )
+    timestep_type = config.get("timestep_type", "discrete")
+    if timestep_type != "discrete":
+        # the network then reads a function of σ as its time (Euler's 0.25 log σ), not t in 0 … T-1
+        raise ValueError(
+            f"timestep_type={timestep_type!r}: the network reads its time as a function of σ, which "
+            "diffode does not feed it; only timestep_type='discrete' (training steps 0 … T-1) is read"
+        )
+    _check_config_types(config)
     beta_schedule = config.get("beta_schedule", "linear")
     if config.get("trained_betas") is None and beta_schedule not in BETA_SCHEDULES:
         raise ValueError(
@@ -173,6 +191,34 @@ def schedule_from_diffusers_config(config: Mapping[str, Any]) -> tuple[Schedule,
     kwargs = {k: config[k] for k in keys if k in config}
     table = diffusers.DDIMScheduler(**kwargs).alphas_cumprod
     return Schedule.from_alphas_cumprod(table.to(torch.float64)), prediction
+
+
+def _check_config_types(config: Mapping[str, Any]) -> None:
+    """The β-schedule keys of a scheduler config, typed as diffusers expects them: ``ValueError``
+    naming the key otherwise (torch's own message names none, and a string such as ``"no"`` is
+    a true ``rescale_betas_zero_snr``)."""
+    checks: dict[str, tuple[Any, str]] = {
+        "num_train_timesteps": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 2,
+            "an integer >= 2",
+        ),
+        "beta_start": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+        "beta_end": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+        "rescale_betas_zero_snr": (lambda v: isinstance(v, bool), "true or false"),
+        "trained_betas": (
+            lambda v: (
+                v is None
+                or (
+                    isinstance(v, (list, tuple))
+                    and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in v)
+                )
+            ),
+            "a list of numbers (or null)",
+        ),
+    }
+    for key, (valid, expected) in checks.items():
+        if key in config and not valid(config[key]):
+            raise ValueError(f"scheduler config key {key!r} must be {expected}, got {config[key]!r}")
 
 
 def _sample_shape(unet: Any) -> tuple[int, ...] | None:
@@ -260,16 +306,51 @@ def load_diffusers(path: str | Path) -> DiffusersModel:
         schedule, prediction = schedule_from_diffusers_config(scheduler_config)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{scheduler_file}: {err}") from None
-    diffusers = _import_diffusers()
-    model_class: Any = getattr(diffusers, class_name, None)
-    is_model = inspect.isclass(model_class) and issubclass(model_class, diffusers.ModelMixin)
-    if not is_model:
-        raise ValueError(f"{config_file} names {class_name!r}, which is not a diffusers model class")
+    if class_name not in NETWORK_CLASSES:
+        raise ValueError(
+            f"{config_file} names {class_name!r}; diffode samples the diffusers networks "
+            f"{' and '.join(NETWORK_CLASSES)} (called as unet(x, t, ...))"
+        )
+    weights = sorted(p.name for p in unet_dir.glob("*.safetensors"))
+    pickled = sorted(p.name for pattern in ("*.bin", "*.pt", "*.ckpt") for p in unet_dir.glob(pattern))
+    if "diffusion_pytorch_model.safetensors" not in weights and (pickled or weights):
+        found = ", ".join(pickled + weights)
+        raise ValueError(
+            f"{unet_dir} holds {found} but no diffusion_pytorch_model.safetensors: diffode never "
+            "unpickles weights (.bin, .pt, .ckpt) and reads no variant files; re-save the network with "
+            "unet.save_pretrained(path, safe_serialization=True)"
+        )
+    model_class = getattr(_import_diffusers(), class_name)
     try:
         with quiet_diffusers():
-            unet = model_class.from_pretrained(
-                unet_dir, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False
+            unet, info = model_class.from_pretrained(
+                unet_dir,
+                local_files_only=True,
+                use_safetensors=True,
+                low_cpu_mem_usage=False,
+                output_loading_info=True,
             )
-    except OSError as err:
+    except (OSError, RuntimeError, ValueError) as err:
         raise ValueError(f"could not load the network from {unet_dir}: {err}") from err
-    return DiffusersModel(UNetAdapter(unet), schedule, prediction, _sample_shape(unet))
+    # diffusers fills weights missing from the file with fresh (even uninitialised) values and
+    # drops unused ones, with its warning silenced above: a config that does not fit its weights
+    problems = {
+        k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+    }
+    if problems:
+        listed = "; ".join(
+            f"{k.replace('_', ' ')}: {', '.join(map(str, v[:5]))}" for k, v in problems.items()
+        )
+        raise ValueError(
+            f"the weights in {unet_dir} do not fit its config.json ({listed}); the config must be the "
+            "one saved with these weights"
+        )
+    shape = _sample_shape(unet)
+    channels_out = getattr(unet.config, "out_channels", None)
+    if shape is not None and channels_out is not None and channels_out != shape[0]:
+        raise ValueError(
+            f"{config_file}: in_channels={shape[0]} but out_channels={channels_out}; diffode samples "
+            "networks whose prediction has the input's shape (not inpainting, upscaling or "
+            "learned-variance networks)"
+        )
+    return DiffusersModel(UNetAdapter(unet), schedule, prediction, shape)

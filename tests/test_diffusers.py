@@ -193,16 +193,49 @@ def test_missing_weights_and_unknown_class(unet, tmp_path):
         diffode.load_diffusers(tmp_path)
     unet.save_pretrained(tmp_path / "unet", safe_serialization=False)  # pickled weights only
     assert not list((tmp_path / "unet").glob("*.safetensors"))
-    with pytest.raises(ValueError, match="could not load the network from .*unet"):
+    with pytest.raises(ValueError, match=r"holds diffusion_pytorch_model.bin .* never unpickles weights"):
         diffode.load_diffusers(tmp_path)
-    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "os"}))
-    with pytest.raises(ValueError, match="names 'os', which is not a diffusers model class"):
+    # only the networks diffode calls as unet(x, t, ...): any other model class (a VAE) was
+    # accepted and called with t as its generator
+    for name in ("os", "AutoencoderKL", "ModelMixin"):
+        (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": name}))
+        with pytest.raises(
+            ValueError, match=f"names '{name}'; diffode samples the diffusers networks UNet2DModel"
+        ):
+            diffode.load_diffusers(tmp_path)
+
+
+def test_a_config_that_does_not_fit_its_weights_is_refused(unet, tmp_path):
+    # a class embedding the weights lack was filled with uninitialised memory, silently
+    make_scheduler().save_pretrained(tmp_path / "scheduler")
+    unet.save_pretrained(tmp_path / "unet")
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "num_class_embeds": 10}))
+    with pytest.raises(ValueError, match="do not fit its config.json .*missing keys: class_embedding"):
+        diffode.load_diffusers(tmp_path)
+    # a shape that does not fit was a RuntimeError
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [16, 32]}))
+    with pytest.raises(ValueError, match="could not load the network from|do not fit its config.json"):
         diffode.load_diffusers(tmp_path)
 
 
 @pytest.mark.parametrize(
     "config, match",
     [
+        # the network reads 0.25 log σ as its time then, not t in 0 … T-1
+        ({"beta_schedule": "linear", "timestep_type": "continuous"}, "timestep_type='continuous'"),
+        (
+            {"beta_schedule": "linear", "num_train_timesteps": "1000"},
+            "'num_train_timesteps' must be an integer >= 2, got '1000'",
+        ),
+        ({"beta_start": "x"}, "'beta_start' must be a number"),
+        # a true string: zero terminal SNR was applied
+        (
+            {"beta_schedule": "linear", "rescale_betas_zero_snr": "no"},
+            "'rescale_betas_zero_snr' must be true or false",
+        ),
+        # the key without a value was taken as a β schedule, and read as the default linear one
+        ({"trained_betas": None}, "has no β schedule"),
         (
             {"prediction_type": "flow"},
             "prediction_type must be one of 'epsilon', 'sample', 'v_prediction', got 'flow'",
