@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from docs_block import write_block
+from docs_block import save_figure, write_block
 from torch import Tensor
 
 from diffode.data import digits
@@ -86,7 +86,7 @@ def figure(samples: dict[float, np.ndarray], labels: Tensor, shown: int, path: P
                 ax.set_ylabel(str(c), rotation=0, labelpad=10, fontsize=12)
     fig.suptitle("digits-cond, 20 DDIM steps: rows = requested class, columns = guidance weight w")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from docs_block import write_block
+from docs_block import save_figure, write_block, write_bytes
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -578,8 +578,9 @@ def overhead_table(repeat: int) -> tuple[str, list[dict[str, object]]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def plot(problem: str, ours: list[Cell], theirs: list[Cell]) -> str:
-    """Log-log distance against NFE: each diffode family on its best grid, each peer."""
+def plot(problem: str, ours: list[Cell], theirs: list[Cell], write: bool) -> str:
+    """Log-log distance against NFE: each diffode family on its best grid, each peer; the file's
+    name (written under docs/ when ``write``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -603,7 +604,8 @@ def plot(problem: str, ours: list[Cell], theirs: list[Cell]) -> str:
     ax.grid(True, which="both", alpha=0.3)
     name = f"benchmarks_{problem}.png"
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / name, dpi=110)
+    if write:
+        save_figure(fig, ROOT / "docs" / name, dpi=110)
     plt.close(fig)
     return name
 
@@ -638,7 +640,7 @@ def distance_part(args: argparse.Namespace) -> str:
         summary.append(targets_table(problem.name, ours, theirs)[0])
         if problem.name == "digits":
             best_digits, fitted = [best(ours, n) for n in NFES], problem.fitted
-        picture = plot(problem.name, ours, theirs)
+        picture = plot(problem.name, ours, theirs, write=not args.no_write)
         parts.append(
             f"#### {problem.name}: distance to the converged solution\n\n"
             f"{len(problem.noise)} samples, float64. Cells: RMS distance in x (NFE used).\n\n"
@@ -653,7 +655,9 @@ def distance_part(args: argparse.Namespace) -> str:
         "best": [[c.who, c.grid, c.target] for c in best_digits],
         "grids": [[solver, nfe, grid.tolist()] for (solver, nfe), grid in fitted.items()],
     }
-    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    # the FD part reads these: a --no-write trial must not replace them
+    if not args.no_write:
+        write_bytes(RESULTS, (json.dumps(results, indent=1) + "\n").encode())
     return "#### Targets: best configuration against best peer\n\n" + "\n\n".join([*summary, *parts])
 
 
