@@ -43,7 +43,8 @@ FEATURES = "features.safetensors"
 """A classifier checkpoint's real-data feature statistics (``diffode train-classifier``)."""
 _STATE_KEY = "diffode_training_state"
 _CONFIG_KEY = "diffode_config_sha256"
-"""The weights file's header entry holding the SHA-256 of the ``config.json`` written with it."""
+"""The weights file's header entry holding the SHA-256 of the content of the ``config.json``
+written with them (:func:`_config_digest`)."""
 _SCHEDULES = {"linear": Schedule.linear, "scaled_linear": Schedule.scaled_linear, "cosine": Schedule.cosine}
 # a JSON header larger than this is not a checkpoint of ours (guards against reading a huge
 # length field out of a file in some other format)
@@ -147,6 +148,12 @@ def check_fields(
         _field(info, key, kind, Path(where))
 
 
+def _config_digest(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a config's content, whatever its file's layout (indentation, key order, line
+    endings: git may rewrite those on checkout)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save_checkpoint(folder: str | os.PathLike[str], model: nn.Module, info: dict[str, Any]) -> Path:
     """Write ``model`` (a built-in architecture) to ``folder``; returns the folder.
 
@@ -176,7 +183,7 @@ def save_checkpoint(folder: str | os.PathLike[str], model: nn.Module, info: dict
     data = text.encode()
     # the two files are replaced one after the other: the weights name the config they belong
     # to, so a run killed in between (or an edited config) is refused on loading
-    save_tensors(folder / WEIGHTS, dict(model.state_dict()), {_CONFIG_KEY: hashlib.sha256(data).hexdigest()})
+    save_tensors(folder / WEIGHTS, dict(model.state_dict()), {_CONFIG_KEY: _config_digest(json.loads(text))})
     with atomic_write(folder / CONFIG) as fh:
         fh.write(data)
     return folder
@@ -250,7 +257,7 @@ def load_checkpoint(
     with safe_open(weights, framework="pt") as fh:
         paired = (fh.metadata() or {}).get(_CONFIG_KEY)
     # weights written before the pairing entry existed carry none and are taken as they are
-    if paired is not None and paired != hashlib.sha256(where.read_bytes()).hexdigest():
+    if paired is not None and paired != _config_digest(config):
         raise ValueError(
             f"{weights} was written with a different {CONFIG} than the one beside it (a run killed "
             f"while overwriting the folder, or an edited {CONFIG}); restore the config written with "

@@ -313,7 +313,11 @@ def load_diffusers(path: str | Path) -> DiffusersModel:
         )
     weights = sorted(p.name for p in unet_dir.glob("*.safetensors"))
     pickled = sorted(p.name for pattern in ("*.bin", "*.pt", "*.ckpt") for p in unet_dir.glob(pattern))
-    if "diffusion_pytorch_model.safetensors" not in weights and (pickled or weights):
+    # one file, or shards listed by their index (save_pretrained shards large networks)
+    readable = (unet_dir / "diffusion_pytorch_model.safetensors").is_file() or (
+        unet_dir / "diffusion_pytorch_model.safetensors.index.json"
+    ).is_file()
+    if not readable and (pickled or weights):
         found = ", ".join(pickled + weights)
         raise ValueError(
             f"{unet_dir} holds {found} but no diffusion_pytorch_model.safetensors: diffode never "

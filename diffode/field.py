@@ -260,8 +260,10 @@ class ModelField(torch.nn.Module, ABC):
         training range (x̂₀ is x̄ itself there), and at σ = ∞ x̄ is infinite (read the field with
         :meth:`predict_x` from x instead). A ``(batch,)`` σ is not checked, which would
         synchronise with the device."""
+        scale: Sigma = sigma
         if not (isinstance(sigma, Tensor) and sigma.ndim > 0):
-            value = _scalar(sigma)
+            # read once (a 0-d device tensor syncs): the coefficients take the number
+            scale = value = _scalar(sigma)
             if value == 0.0 or math.isinf(value):
                 raise ValueError(
                     f"the field cannot be read at sigma = {value:g}: "
@@ -271,7 +273,7 @@ class ModelField(torch.nn.Module, ABC):
                         else "x̄ is infinite there; use predict_x with the x-space noise"
                     )
                 )
-        alpha, s = signal_and_noise(sigma, xbar)
+        alpha, s = signal_and_noise(scale, xbar)
         return self._predict(sigma, xbar * alpha, alpha, s)
 
     def rows(self, index: Tensor) -> ModelField:

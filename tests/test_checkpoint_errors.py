@@ -43,6 +43,13 @@ def test_weights_and_a_config_written_apart_are_refused(folder):
     assert load_checkpoint(folder).config["note"] == "edited"
 
 
+def test_a_config_rewritten_without_changing_its_content_still_loads(folder):
+    # git's autocrlf rewrites line endings on checkout; the pairing is on the content
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_bytes(text.replace("\n", "\r\n").encode())
+    assert load_checkpoint(folder).config["format"] == "diffode-checkpoint"
+
+
 @pytest.mark.parametrize("key", ["architecture", "model", "format_version"])
 def test_a_missing_field_is_named_with_its_file(folder, key):
     _edit(folder, lambda c: c.pop(key))

@@ -205,6 +205,17 @@ def test_missing_weights_and_unknown_class(unet, tmp_path):
             diffode.load_diffusers(tmp_path)
 
 
+def test_sharded_weights_load(unet, tmp_path):
+    # save_pretrained shards a large network into numbered files with an index
+    make_scheduler().save_pretrained(tmp_path / "scheduler")
+    unet.save_pretrained(tmp_path / "unet", max_shard_size="20KB")
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert not (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = diffode.load_diffusers(tmp_path)
+    x, t = torch.randn(2, *loaded.sample_shape), torch.tensor([3.0, 500.0])
+    torch.testing.assert_close(loaded.model(x, t), unet(x, t).sample)
+
+
 def test_a_config_that_does_not_fit_its_weights_is_refused(unet, tmp_path):
     # a class embedding the weights lack was filled with uninitialised memory, silently
     make_scheduler().save_pretrained(tmp_path / "scheduler")
