@@ -361,6 +361,22 @@ def test_bdia_step_forms_its_difference_in_the_configured_coordinates(sigma_data
     torch.testing.assert_close(out, expected, rtol=1e-15, atol=1e-15)
 
 
+def test_bdia_rounds_a_float32_step_once():
+    # the combination is formed in float64 and rounded to the state's dtype once: its roundings
+    # are what the parasitic mode grows while decoding
+    def f(s, x):
+        return torch.tanh(1.7 * x) * s
+
+    x_up, x_mid = torch.randn(2, 64, 3, generator=torch.Generator().manual_seed(5))
+    s_up, s_mid, s_down = 2.2, 1.5, 0.9
+    out, _ = BDIA().step(f, s_mid, s_down, x_mid, (s_up, x_up))
+    slope = f(s_mid, x_mid).double()
+    wide = x_mid.double()
+    ratio = math.hypot(1, s_down) / math.hypot(1, s_up)
+    expected = wide + (s_down - s_mid) * slope + ratio * (x_up.double() - (wide + (s_up - s_mid) * slope))
+    assert out.dtype == torch.float32 and torch.equal(out, expected.float())
+
+
 def test_bdia_latents_are_standard_normal_for_gaussian_data():
     # the two-step difference is formed in x̄/√(σ_data² + σ²), where Gaussian data of std σ_data
     # follow a constant flow: encoding does not amplify the method's parasitic mode into the latents
