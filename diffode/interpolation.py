@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from diffode.validation import describe, require_finite, require_floating
+from diffode.validation import describe, require_finite, require_floating, wide_float
 
 INTERPOLATIONS = ("slerp", "lerp")
 
@@ -81,7 +81,7 @@ def interpolate(
     # angles, coefficients and the combination in float64 (MPS has none: float32): near θ = π
     # the coefficients grow like 1/sin θ and the result is their difference, so rounding them to
     # the latents' dtype loses its digits (float16 overflowed, and inf - inf gave NaN)
-    work = torch.float32 if z0.device.type == "mps" else torch.float64
+    work = wide_float(z0.device)
     a_wb = a.to(work).to(z0.device)[:, None].expand(-1, batch)  # (W, B)
     c0, c1 = 1.0 - a_wb, a_wb
     if method == "slerp":

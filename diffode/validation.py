@@ -99,6 +99,12 @@ def require_int(name: str, value: Any, *, low: int | None = None, high: int | No
     return value
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """The widest floating dtype ``device`` computes in: float64, or float32 on MPS (which has
+    no float64); for sums whose rounding the result would otherwise inherit."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def require_device(name: str, value: Any) -> torch.device:
     """``value`` (a device or its name: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...) as a
     ``torch.device``; ``ValueError`` when it is not a device, not available here, or holds no
