@@ -202,7 +202,8 @@ def jacobian_table(batch: int) -> str:
 STOPPING_RULES = (
     ("2 units", 2.0, False),
     ("the floor", 0.25, False),
-    ("2 units + leap (default)", 2.0, True),
+    ("2 units + leap", 2.0, True),
+    ("8 units + leap (default)", 8.0, True),
 )
 """The stopping rules the diagnostics compare: (name, tolerance in units of round-off, whether a
 sample that reaches it takes the unevaluated Anderson step, ``fixed_point.LEAP``). The floor is

@@ -87,12 +87,15 @@ def test_the_step_after_zero_takes_its_predictor_from_the_step_into_zero(held_ou
     assert sum(rows for _, rows in seen) == sum(step.evaluations for step in steps)
 
 
-def test_exact_euler_cost_in_float32(held_out):
-    # a regression bound: measured 4.41 evaluations per image and step here, 4.22 on 64 held-out
-    # images (7.2 and 7.0 before the stopping rule's unevaluated last step; issue 10 asked for
-    # <= 4; docs/encoding.md gives the trade against accuracy)
-    _, info = round_trip(held_out, steps=50, solver="euler")
-    assert info.evaluations_per_step <= 4.6
+def test_exact_euler_costs_at_most_4_evaluations_per_step_in_float32():
+    # issue 10's target, on 16 held-out digits at 50 steps: measured 3.89 evaluations per image
+    # and step (3.86 on 64; 4.22 stopping at 2 units of round-off instead of 8, 7.0 before the
+    # stopping rule's unevaluated last step; docs/encoding.md gives the trade against accuracy)
+    pytest.importorskip("sklearn")
+    from diffode.data import digits as digits_data
+
+    error, info = round_trip(digits_data("test")[0][:16], steps=50, solver="euler")
+    assert info.evaluations_per_step <= 4.0 and error <= TARGET[F32]
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -125,7 +128,7 @@ def test_a_step_that_cannot_be_inverted_names_sample_step_residual_and_options()
     # the tolerance it suggests is the residual reached, rounded up to one significant digit, and
     # it says that it loosens every step of every sample; the default's acceptance is named as such
     assert "accept this residual on every step of every sample (tol=" in message
-    assert "above the acceptance 7.63e-06 (tol 2.38e-07)" in message
+    assert "above the acceptance 7.63e-06 (tol 9.54e-07)" in message
     # tol is relative (to max(1, |x|, |predictor|)), as is the residual the message quotes first;
     # err.residual is in x
     tol = float(message.split("tol=")[1].split(";")[0])
