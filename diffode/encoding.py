@@ -217,9 +217,10 @@ def encode(
         method: ``"reverse"`` or ``"exact"``.
         tol: ``method="exact"`` only: per-step tolerance on the residual relative to the
             state's scale (see :class:`~diffode.solvers.InverseOf`); ``None``: take each step to
-            its round-off floor (iterate to 8 units of round-off of the integration dtype, or 2
-            of a coarser network's, then one unevaluated Anderson step; accept a sample that
-            stops improving within 64 units or 4 times the measured floor; docs/encoding.md).
+            its round-off floor (iterate to 8 units of round-off of the coarser of the
+            integration dtype and the network's, then one unevaluated Anderson step; accept a
+            sample that stops improving within 64 units or 4 times the measured floor;
+            docs/encoding.md).
         max_iter: ``method="exact"`` only: iterations allowed per step and sample; ``None``:
             :data:`~diffode.fixed_point.DEFAULT_MAX_ITER`.
         prediction: what the network predicts (see :func:`diffode.field_for`).

@@ -269,9 +269,9 @@ class InverseOf(Solver):
             refused.
         tol: per-sample tolerance on ‖solver.step(y) - x‖∞ / max(1, ‖x‖∞, ‖y₀‖∞) (y₀ the
             predictor), met by the returned y; ``None``:
-            :func:`~diffode.fixed_point.default_tolerance` of the state's dtype and the
-            network's (8 units of the state's round-off, 2 of a coarser network's) and the
-            unevaluated last step above, or the measured round-off floor where that is higher.
+            :func:`~diffode.fixed_point.default_tolerance` of the coarser of the state's dtype
+            and the network's and the unevaluated last step above, or the measured round-off
+            floor where that is higher.
         max_iter: fixed-point iterations allowed per step and sample (on the step into σ = 0,
             per attempt: the second attempt for stalled samples gets as many again).
         memory: Anderson history length (0: plain damped iteration); ``None``:
@@ -419,12 +419,12 @@ class InverseOf(Solver):
         integrated in float32) with the measured round-off floor."""
         if self.tol is not None:
             return {"tol": self.tol, "accept": None, "floor_ok": False, "leap": False}
-        network = getattr(getattr(f, "model", None), "network_dtype", None)
         dtype = x.dtype
+        network = getattr(getattr(f, "model", None), "network_dtype", None)
         if network is not None and torch.finfo(network).eps > torch.finfo(dtype).eps:
             dtype = network
         return {
-            "tol": default_tolerance(x.dtype, network),
+            "tol": default_tolerance(dtype),
             "accept": default_acceptance(dtype),
             "floor_ok": True,
             "resolution": torch.finfo(dtype).eps,
