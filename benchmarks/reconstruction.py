@@ -300,6 +300,18 @@ def tolerance_table(batch: int) -> str:
 FLOOR_SOLVERS = ("euler", "heun", "midpoint", "rk4", "bdia")
 
 
+def floor_rows(batch: int, cell: Callable[[Tensor, str, int], str]) -> str:
+    """A table of ``cell(x0, solver, steps)`` for the held-out digits and the own samples, each of
+    :data:`FLOOR_SOLVERS`, at 10, 50 and 100 steps."""
+    rows = []
+    for source, x0 in digits_data(batch).items():
+        for solver in FLOOR_SOLVERS:
+            row: dict[str, object] = {"images": source, "solver": solver}
+            row.update({f"S = {steps}": cell(x0, solver, steps) for steps in (10, 50, 100)})
+            rows.append(row)
+    return study.to_markdown(rows)
+
+
 def decode_floor_table(batch: int) -> str:
     """The round-off of float32 decoding: each solver's float64 exact encoding (round trip
     ≤ 1.2e-13) decoded in float32, max abs error against the images; in brackets the same
@@ -308,32 +320,23 @@ def decode_floor_table(batch: int) -> str:
 
     model, schedule = digits()
     model64, _ = digits(dtype=torch.float64)
-    rows = []
-    for source, x0 in digits_data(batch).items():
-        for solver in FLOOR_SOLVERS:
-            row: dict[str, object] = {"images": source, "solver": solver}
-            for steps in (10, 50, 100):
-                info = encode(
-                    model64,
-                    schedule,
-                    x0.double(),
-                    steps=steps,
-                    solver=solver,
-                    method="exact",
-                    return_info=True,
-                )
-                companion = None if info.companion is None else info.companion.float()
-                in32 = dataclasses.replace(info, latents=info.latents.float(), companion=companion)
-                rounded = dataclasses.replace(
-                    in32,
-                    latents=in32.latents.double(),
-                    companion=None if companion is None else companion.double(),
-                )
-                arithmetic = float((decode(model, schedule, in32) - x0).abs().max())
-                lattice = float((decode(model64, schedule, rounded) - x0.double()).abs().max())
-                row[f"S = {steps}"] = f"{arithmetic:.1e} ({lattice:.1e})"
-            rows.append(row)
-    return study.to_markdown(rows)
+
+    def cell(x0: Tensor, solver: str, steps: int) -> str:
+        info = encode(
+            model64, schedule, x0.double(), steps=steps, solver=solver, method="exact", return_info=True
+        )
+        companion = None if info.companion is None else info.companion.float()
+        in32 = dataclasses.replace(info, latents=info.latents.float(), companion=companion)
+        rounded = dataclasses.replace(
+            in32,
+            latents=in32.latents.double(),
+            companion=None if companion is None else companion.double(),
+        )
+        arithmetic = float((decode(model, schedule, in32) - x0).abs().max())
+        lattice = float((decode(model64, schedule, rounded) - x0.double()).abs().max())
+        return f"{arithmetic:.1e} ({lattice:.1e})"
+
+    return floor_rows(batch, cell)
 
 
 def sensitivity_table(batch: int) -> str:
@@ -345,21 +348,16 @@ def sensitivity_table(batch: int) -> str:
 
     model, schedule = digits()
     eps = torch.finfo(torch.float32).eps
-    rows = []
-    for source, x0 in digits_data(batch).items():
-        for solver in FLOOR_SOLVERS:
-            row: dict[str, object] = {"images": source, "solver": solver}
-            for steps in (10, 50, 100):
-                info = encode(
-                    model, schedule, x0, steps=steps, solver=solver, method="exact", return_info=True
-                )
-                signs = torch.randint(0, 2, info.latents.shape, generator=torch.Generator().manual_seed(0))
-                nudged = dataclasses.replace(info, latents=info.latents * (1 + eps * (2 * signs - 1)))
-                back = decode(model, schedule, info)
-                change = float((decode(model, schedule, nudged) - back).abs().max())
-                row[f"S = {steps}"] = f"{change:.1e} ({float((back - x0).abs().max()):.1e})"
-            rows.append(row)
-    return study.to_markdown(rows)
+
+    def cell(x0: Tensor, solver: str, steps: int) -> str:
+        info = encode(model, schedule, x0, steps=steps, solver=solver, method="exact", return_info=True)
+        signs = torch.randint(0, 2, info.latents.shape, generator=torch.Generator().manual_seed(0))
+        nudged = dataclasses.replace(info, latents=info.latents * (1 + eps * (2 * signs - 1)))
+        back = decode(model, schedule, info)
+        change = float((decode(model, schedule, nudged) - back).abs().max())
+        return f"{change:.1e} ({float((back - x0).abs().max()):.1e})"
+
+    return floor_rows(batch, cell)
 
 
 def write_figure(x0: Tensor, shown: dict[str, Tensor], n: int = 12) -> None:
