@@ -26,11 +26,12 @@ Near the round-off floor the Anderson iteration on a sampling step still converg
 dividing the residual by 10-20 per iteration, so that step lands within about a unit, at the
 floor, for no evaluation. Stopping without it leaves a remainder that is not round-off noise but
 the same error step after step, which a decoding flow that expands perturbations adds up. On the
-digits model's own samples, float32, 100 Euler steps: round trips of 7.8e-5 stopping at 2 units
-(3.55 evaluations per image and step), 1.1e-5 iterating to the floor (5.80) and 4.1e-6 at 2
-units with the extra step (3.55). From 8 units with the extra step, one iteration fewer on most
-steps: at 50 steps 3.87 evaluations per image and step on 32 held-out digits and 3.93 on 32 own
-samples, against 4.23 and 4.32 from 2 units, with round trips within 7.3e-6 either way; exact
+digits model's own samples, float32, 100 Euler steps: round trips of 8.9e-5 stopping at 2 units
+(3.55 evaluations per image and step), 5.7e-6 iterating to the floor (5.81), 2.3e-6 at 2 units
+with the extra step (3.55) and 1.2e-5 at 8 (3.06; decoding moves by 1.6e-5 there when the
+latents move by one unit of round-off). From 8 units with the extra step, one iteration fewer on
+most steps: at 50 steps 3.87 evaluations per image and step on 32 held-out digits and 3.93 on 32
+own samples, against 4.23 and 4.32 from 2 units, with round trips within 7.3e-6 either way; exact
 Heun at 10 steps, whose iteration converges more slowly, misses held-out digits by up to 4.0e-5
 from 8 units and 4.5e-5 from 2 (128 digits in batches of 32; docs/encoding.md, diagnostics)."""
 
