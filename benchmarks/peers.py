@@ -48,7 +48,7 @@ from diffode import EpsField, Schedule, oracles, sample, sigma_grid, solve, stud
 from diffode.grids import optimize  # noqa: E402
 from diffode.models import MLP  # noqa: E402
 from diffode.pretrained import digits, digits_fd  # noqa: E402
-from diffode.solvers import RungeKutta, UnstableStepError, get_solver  # noqa: E402
+from diffode.solvers import IPNDM, UnstableStepError, get_solver, without_stability_check  # noqa: E402
 from diffode.solvers.adaptive import Dopri5  # noqa: E402
 from tests.peer_loops import diffusers_sample, k_diffusion_sample, k_diffusion_sampling  # noqa: E402
 
@@ -385,24 +385,22 @@ def stability_table(problem: Problem, solvers: list[str], fd_samples: int) -> tu
     return study.to_markdown(rows), failures
 
 
-REFUSAL_NFES = (10, 16, 20, 30, 40)
-"""Budgets of the refusal table: where Heun and RK4 refuse a grid, what the step would give."""
+REFUSAL_NFES = (5, 10, 16, 20, 30, 40)
+"""Budgets of the refusal table: where Heun, RK4 and iPNDM refuse a grid, what the steps would give."""
 
 
 def refusal_table(problem: Problem) -> str:
-    """Heun and RK4 (the Runge–Kutta methods with a stage at the end of the step) on every named
-    grid: at each budget of :data:`REFUSAL_NFES`, their distance as a multiple of Euler's, taken
-    with ``check_stability=False``, marked where the default check refuses the grid."""
-    from diffode.solvers import RK4, Heun
-
+    """Heun and RK4 (the Runge–Kutta methods with a stage at the end of the step) and iPNDM on
+    every named grid: at each budget of :data:`REFUSAL_NFES`, their distance as a multiple of
+    Euler's, taken with ``check_stability=False``, marked where the default check refuses the grid."""
     rows = []
-    for cls in (Heun, RK4):
-        checked, unchecked = cls(), cls(check_stability=False)
+    for name in ("heun", "rk4", "ipndm"):
+        checked, unchecked = get_solver(name), without_stability_check(name)
         for nfe in REFUSAL_NFES:
-            row: dict[str, object] = {"solver": checked.name, "NFE": nfe}
+            row: dict[str, object] = {"solver": name, "NFE": nfe}
             for spacing in GRIDS:
                 euler, _, top = problem.run("euler", spacing, nfe)
-                grid = problem.grid(spacing, nfe, checked.name)
+                grid = problem.grid(spacing, nfe, name)
                 x = solve(problem.field, problem.start(float(grid[0])), grid, unchecked).x
                 ratio = problem.distance(x, float(grid[0])) / problem.distance(euler, top)
                 try:
@@ -708,8 +706,8 @@ def stability_part(args: argparse.Namespace) -> str:
         f"{STABILITY_TOL:g}), its multiple of Euler's on the same grid, and the digits FD of "
         f"{args.fd_samples} samples (float32, noise seed 10, clamped to [-1, 1]; DDIM with 1000 steps: "
         f"about 21).\n\n{table}\n\n{verdict}"
-        "\n\nWhat the Runge–Kutta refusal costs: Heun and RK4 at more evaluations, distance as a "
-        "multiple of Euler's at the same budget, measured with `check_stability=False`; "
+        "\n\nWhat the refusals cost: Heun, RK4 and iPNDM at other budgets, distance as a multiple of "
+        "Euler's at the same budget, measured with `check_stability=False`; "
         f'"refused" where the default refuses the grid.\n\n{refusal_table(problem)}'
     )
 
@@ -721,9 +719,9 @@ TRAJECTORIES = (
     ("ipndm", "logsnr"),
     ("ipndm", "karras"),
 )
-"""The 10-NFE cells of the stability table beyond 3× Euler that the linear stability checks do not
-refuse (Heun's and RK4's now refused by their denoiser-weight limit, taken unchecked here), and
-two iPNDM cells within it for comparison."""
+"""The 10-NFE cells of the stability table that were beyond 3× Euler before their solver's check
+refused them (Heun's and RK4's denoiser-weight limit, iPNDM's four-step ratio limit; taken
+unchecked here), and two iPNDM cells within it for comparison."""
 SPECTRUM_SIGMAS = (157.4, 50.0, 14.0, 5.0, 1.25, 0.4, 0.112, 0.03, 0.01)
 
 
@@ -775,9 +773,8 @@ def trajectory_table(problem: Problem) -> str:
         exact.append(problem.converged(float(grid[0])))
         for name in (solver, "euler"):
             row: dict[str, object] = {"cell": f"{solver} on {spacing}", "solver": name}
-            stepper = get_solver(name)
-            if isinstance(stepper, RungeKutta):  # the cells the checks refuse, taken as they were
-                stepper = RungeKutta(stepper.tableau, check_stability=False)
+            # the cells the checks refuse, taken as they were
+            stepper = get_solver(name) if name == "euler" else without_stability_check(name)
             for k in range(1, grid.numel()):
                 top = float(grid[k])
                 x = solve(f, start, grid if top == 0.0 else grid[: k + 1], stepper).x
@@ -790,16 +787,42 @@ def trajectory_table(problem: Problem) -> str:
     )
 
 
+def last_step_table(problem: Problem) -> str:
+    """iPNDM on the 10-NFE grids its check refuses, as a multiple of Euler's distance: as it is
+    (unchecked), with its last positive step taken by Euler instead, and at orders 3 and 2."""
+    rows = []
+    for spacing in ("uniform", "linspace"):
+        grid = problem.grid(spacing, 10, "ipndm")
+        top = float(grid[0])
+        start, unchecked = problem.start(top), without_stability_check("ipndm")
+        before = solve(problem.field, start, grid[:-2], unchecked).x
+        runs = {
+            "ipndm": solve(problem.field, start, grid, unchecked).x,
+            "ipndm, last positive step Euler": solve(problem.field, before, grid[-3:], "euler").x,
+            "IPNDM(order=3)": solve(problem.field, start, grid, IPNDM(3)).x,
+            "IPNDM(order=2)": solve(problem.field, start, grid, IPNDM(2)).x,
+        }
+        euler = problem.distance(problem.run("euler", spacing, 10)[0], top)
+        row: dict[str, object] = {
+            "grid": f"{spacing} (last positive step σ {float(grid[-3]):.3g} -> {float(grid[-2]):.3g})"
+        }
+        rows.append(row | {k: f"{problem.distance(x, top) / euler:.2f}×" for k, x in runs.items()})
+    return study.to_markdown(rows)
+
+
 def diagnosis_part(args: argparse.Namespace) -> str:
     problem = digits_problem(args.digits_batch)
     return (
-        "Where the three cells beyond 3× Euler that the linear stability checks take lose their "
-        "accuracy (Heun's and RK4's now refused by the denoiser-weight limit, taken unchecked "
-        "here), and iPNDM on two grids where it stays within 3×. Distance in x (RMS over "
+        "Where the cells beyond 3× Euler lose their accuracy (each now refused by its solver's "
+        "check, taken unchecked here: Heun's and RK4's denoiser-weight limit, iPNDM's four-step "
+        "ratio limit), and iPNDM on two grids where it stays within 3×. Distance in x (RMS over "
         f"{args.digits_batch} samples, float64) to the converged trajectory (Dopri5, rtol = atol = "
         "1e-7) at each point of the cell's grid, for the solver and for Euler on the same grid; at "
         "σ = 0 to the stability table's converged solution:\n\n"
-        f"{trajectory_table(problem)}\n\nEigenvalues d of the denoiser's Jacobian ∂x̂₀/∂x̄ along "
+        f"{trajectory_table(problem)}\n\niPNDM on the two 10-NFE grids its check refuses, as a "
+        "multiple of Euler's distance on the same grid: the whole loss is in the last positive step, "
+        "which its four-step formula takes over a ratio above 30 after steps of about 2:\n\n"
+        f"{last_step_table(problem)}\n\nEigenvalues d of the denoiser's Jacobian ∂x̂₀/∂x̄ along "
         "converged trajectories from σ_max (16 samples × 64; for Gaussian data d = s²/(s² + σ²) "
         f"∈ [0, 1]):\n\n{spectrum_table(problem)}"
     )

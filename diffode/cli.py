@@ -30,7 +30,7 @@ from diffode.sampling import resolve_sampler, sample
 from diffode.solve import StepInfo
 from diffode.solvers.base import Solver
 from diffode.solvers.ddim import DDIM
-from diffode.solvers.runge_kutta import RungeKutta
+from diffode.solvers.registry import without_stability_check
 from diffode.validation import SEED_LIMIT
 
 MAX_FRAMES = 10_000
@@ -108,8 +108,8 @@ def _add_grid_options(
     p.add_argument(
         "--no-stability-check",
         action="store_true",
-        help="take the steps that a Runge–Kutta solver (heun, rk4, ...) refuses (unstable, or magnifying the "
-        "network's errors), to study them",
+        help="take the steps that a Runge–Kutta solver (heun, rk4, ...) or ipndm refuses (unstable, or "
+        "magnifying the network's errors), to study them",
     )
 
 
@@ -216,14 +216,13 @@ def _solver_from_args(args: argparse.Namespace) -> Solver:
         solver = resolve_sampler(args.solver, getattr(args, "eta", 0.0))
     if not args.no_stability_check:
         return solver
-    if not isinstance(solver, RungeKutta):
+    try:
+        return without_stability_check(solver)
+    except ValueError:
         raise UsageError(
-            "--no-stability-check applies to the Runge–Kutta solvers, which refuse unstable steps "
-            f"(heun, midpoint, rk4, ...), got --solver {args.solver}"
-        )
-    if type(solver).TABLEAU is None:
-        return RungeKutta(solver.tableau, check_stability=False)
-    return type(solver)(check_stability=False)
+            "--no-stability-check applies to the Runge–Kutta solvers and ipndm, which refuse unstable "
+            f"steps (heun, midpoint, rk4, ...), got --solver {args.solver}"
+        ) from None
 
 
 def _sample(args: argparse.Namespace) -> int:

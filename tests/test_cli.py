@@ -67,9 +67,13 @@ def test_sample_writes_a_png_grid_and_reports_nfe_and_time(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sample_refuses_an_unstable_heun_step_unless_told(tmp_path, capsys):
-    # 5 uniform steps end with σ(200) -> σ(0), a ratio far beyond Heun's 13.9
-    out = tmp_path / "heun.png"
+@pytest.mark.parametrize(
+    "solver, why, unchecked",
+    [("heun", "linear stability", "Heun(check_stability=False)"), ("ipndm", "four-step", "IPNDM(order=4, check")],
+)
+def test_sample_refuses_an_unstable_step_unless_told(tmp_path, capsys, solver, why, unchecked):
+    # 5 uniform steps end with σ(200) -> σ(0), a ratio of 72: beyond Heun's 13.9 and iPNDM's 25
+    out = tmp_path / "refused.png"
     argv = [
         "sample",
         "--seeds",
@@ -77,21 +81,21 @@ def test_sample_refuses_an_unstable_heun_step_unless_told(tmp_path, capsys):
         "--steps",
         "5",
         "--solver",
-        "heun",
+        solver,
         "--out",
         str(out),
         "--no-progress",
     ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "linear stability" in err and "--no-stability-check" in err, err
+    assert err.count("\n") == 0 and why in err and "--no-stability-check" in err, err
     assert not out.exists()
     text = run([*argv[:-1], "--no-stability-check"], capsys)
-    assert "Heun(check_stability=False)" in text and out.is_file()
+    assert unchecked in text and out.is_file()
     assert (
         main([*argv[:5], "--solver", "euler", "--out", str(out), "--overwrite", "--no-stability-check"]) == 2
     )
-    assert "applies to the Runge–Kutta solvers" in capsys.readouterr().err
+    assert "applies to the Runge–Kutta solvers and ipndm" in capsys.readouterr().err
 
 
 def test_sample_npz_holds_uint8_nhwc_images(tmp_path, capsys):

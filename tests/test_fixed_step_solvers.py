@@ -27,6 +27,7 @@ from diffode import (
     field_for,
     karras_sigmas,
     oracles,
+    pretrained,
     sample,
     sigma_grid,
     solve,
@@ -231,6 +232,55 @@ def test_runge_kutta_refuses_the_steps_it_is_unstable_on(solver, takes, too_heav
     # taken when asked; a plain callable is any ODE and is integrated as given
     solve(field, x, grid, solver(check_stability=False))
     solve(lambda sigma, y: -y, x, grid, solver())
+
+
+def test_ipndm_refuses_a_long_step_of_its_four_step_formula():
+    # steps of ratio 2 up to the one under test: the fourth positive step is the first that the
+    # four-step formula takes; the check needs a network's field, not a plain callable
+    limit = IPNDM.FOUR_STEP_MAX_RATIO
+    assert limit == 25.0
+    x = torch.ones(2, 3, dtype=F64)
+    field = DenoiserField(lambda xbar, sigma: 0.5 * xbar)
+
+    def grid(ratio: float, at: int = 3) -> Tensor:
+        points = [30.0]
+        for i in range(5):
+            points.append(points[-1] / (ratio if i == at else 2.0))
+        return torch.tensor([*points, 0.0], dtype=F64)
+
+    solve(field, x, grid(limit), IPNDM())
+    too_long = grid(limit * 1.002)
+    with pytest.raises(
+        UnstableStepError, match=r"IPNDM\(order=4\): the step σ 3.75 -> 0.1497 \(ratio 25.05\).*four-step"
+    ) as refusal:
+        solve(field, x, too_long, IPNDM())
+    assert "IPNDM(check_stability=False)" in str(refusal.value) and "ab4" in str(refusal.value)
+    # the last step too; a step up (encoding) when it is the fourth or later step up
+    with pytest.raises(UnstableStepError, match="ratio 25.05"):
+        solve(field, x, grid(limit * 1.002, at=4), IPNDM())
+    first_long = grid(limit * 1.002, at=0)
+    with pytest.raises(UnstableStepError, match=r"σ 1.198 -> 30 \(ratio 25.05\)"):
+        solve(field, x, first_long.flip(0)[1:], IPNDM())
+    # the start-up's lower-order steps, order 3, an unchecked solver and any plain ODE take it
+    solve(field, x, first_long, IPNDM())
+    solve(field, x, grid(1e3, at=2), IPNDM())
+    solve(field, x, too_long, IPNDM(3))
+    solve(field, x, too_long, IPNDM(check_stability=False))
+    solve(lambda sigma, y: -y, x, too_long, IPNDM())
+    assert repr(IPNDM(check_stability=False)) == "IPNDM(order=4, check_stability=False)"
+
+
+def test_ipndm_on_the_bundled_network_refuses_the_short_ddim_grids_it_fails_on():
+    # DDIM's uniform and linspace grids at 10 steps end σ 0.34-0.38 -> 0.01 (ratio 34-38), where
+    # iPNDM measured 1.2-19 times Euler's distance (docs/benchmarks.md); 20 steps end at 18.6
+    model, schedule = pretrained.digits()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for spacing in ("uniform", "linspace"):
+        with pytest.raises(UnstableStepError, match=r"0.01 \(ratio 3[48]\."):
+            sample(model, schedule, x, steps=10, solver="ipndm", timesteps=spacing)
+        sample(model, schedule, x, steps=20, solver="ipndm", timesteps=spacing)
+    for spacing in ("quadratic", "trailing", "karras", "logsnr"):
+        sample(model, schedule, x, steps=10, solver="ipndm", timesteps=spacing)
 
 
 def test_a_named_runge_kutta_method_keeps_its_tableau():

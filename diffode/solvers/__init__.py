@@ -7,7 +7,7 @@ from diffode.solvers.controller import IController
 from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DEIS, DPMSolverPP
 from diffode.solvers.multistep import IPNDM, AdamsBashforth
-from diffode.solvers.registry import get_solver, solver_names
+from diffode.solvers.registry import get_solver, solver_names, without_stability_check
 from diffode.solvers.reversible import BDIA, InverseOf, InversionError
 from diffode.solvers.runge_kutta import (
     RK4,
@@ -51,4 +51,5 @@ __all__ = [
     "get_solver",
     "rk_stages",
     "solver_names",
+    "without_stability_check",
 ]

@@ -43,6 +43,13 @@ class UnstableStepError(ValueError):
     message names the step and what to do instead."""
 
 
+def is_network_field(f: object) -> bool:
+    """Whether ``f`` is a network's field, bare (:class:`~diffode.field.ModelField`) or as
+    :func:`diffode.solve` hands it over (whose ``.model`` is the ModelField). Stability checks
+    calibrated on networks apply to these; a plain callable f(σ, x) is any ODE."""
+    return getattr(f, "model", None) is not None
+
+
 def positive_steps(sigmas: Tensor) -> list[tuple[float, float]]:
     """The steps (σ₀, σ₁) of a grid between positive, finite σ: those a solver takes itself (the
     steps into σ = 0 and out of σ = 0 or ∞ are :mod:`diffode.boundary`'s), for grid checks."""

@@ -17,7 +17,7 @@ from diffode.solvers.ddim import DDIM
 from diffode.solvers.exponential import DEIS, DPMSolverPP
 from diffode.solvers.multistep import IPNDM, AdamsBashforth
 from diffode.solvers.reversible import BDIA
-from diffode.solvers.runge_kutta import RK4, Heun, Heun3, Midpoint, Ralston
+from diffode.solvers.runge_kutta import RK4, Heun, Heun3, Midpoint, Ralston, RungeKutta
 from diffode.solvers.unipc import UniPC
 
 _FACTORIES: dict[str, Callable[[], Solver]] = {
@@ -67,3 +67,21 @@ def get_solver(solver: str | Solver) -> Solver:
     if sep and prefix in _PREFIXES:
         return _PREFIXES[prefix](method)
     raise ValueError(f"unknown solver {solver!r}; known solvers: {', '.join(solver_names())}")
+
+
+def without_stability_check(solver: str | Solver) -> Solver:
+    """``solver`` (a name or an object) with its stability check turned off: the Runge–Kutta
+    methods and :class:`~diffode.solvers.IPNDM` refuse some grids on a network's field
+    (:class:`~diffode.solvers.UnstableStepError`); this one takes them, to study them. Other
+    solvers have no such check: ``ValueError``."""
+    solver = get_solver(solver)
+    if isinstance(solver, IPNDM):
+        return IPNDM(solver.max_order, check_stability=False)
+    if isinstance(solver, RungeKutta):
+        if type(solver).TABLEAU is None:
+            return RungeKutta(solver.tableau, check_stability=False)
+        return type(solver)(check_stability=False)
+    raise ValueError(
+        f"{solver!r} has no stability check to turn off; the Runge–Kutta solvers (heun, midpoint, rk4, ...) "
+        "and ipndm have one"
+    )

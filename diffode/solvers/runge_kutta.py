@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from diffode.field import Sigma, VectorField
-from diffode.solvers.base import Solver, UnstableStepError, positive_steps
+from diffode.solvers.base import Solver, UnstableStepError, is_network_field, positive_steps
 from diffode.validation import require_bool
 
 # Coefficients are written as decimal fractions (1/6 is not exact in binary), so consistency
@@ -474,8 +474,7 @@ class RungeKutta(Solver):
         self.evals_per_step = tableau.stages
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> None:
-        # a network field, bare or as solve hands it over (whose .model is the ModelField)
-        if self.check_stability and getattr(f, "model", None) is not None:
+        if self.check_stability and is_network_field(f):
             self._check_steps(sigmas)
         return None
 
