@@ -69,7 +69,10 @@ def test_sample_writes_a_png_grid_and_reports_nfe_and_time(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "solver, why, unchecked",
-    [("heun", "linear stability", "Heun(check_stability=False)"), ("ipndm", "four-step", "IPNDM(order=4, check")],
+    [
+        ("heun", "linear stability", "Heun(check_stability=False)"),
+        ("ipndm", "four-step", "IPNDM(order=4, check"),
+    ],
 )
 def test_sample_refuses_an_unstable_step_unless_told(tmp_path, capsys, solver, why, unchecked):
     # 5 uniform steps end with σ(200) -> σ(0), a ratio of 72: beyond Heun's 13.9 and iPNDM's 25

@@ -190,13 +190,13 @@ class IPNDM(Solver):
     ``linspace`` grids at 5-10 steps end with such a step, σ(t ≈ 100-200) → σ(0) = 0.01, after
     steps of ratio about 2; the fixed weights (55, -59, 37, -9)/24 then extrapolate the cubic
     through ε at σ ≈ 0.4-2.6 down to σ = 0.01. Measured on the bundled networks at 10
-    evaluations (distance to the converged solution, docs/benchmarks.md): 4.9× Euler's on
-    ``linspace`` and 1.2× on ``uniform`` (digits), 7.1× and 1.5× (class-conditional), 18.8× and
-    5.2× (guidance 3), where ``order=3`` on the same grids measured 0.5-1.2×, and iPNDM with its last
-    positive step alone taken by Euler 0.9× and 0.6× (digits). The limit
-    is a calibration on these networks, not a bound: the largest ratio taken by the four-step
-    formula among the grids measured within Euler's distance was 18.6 (``linspace`` at 20
-    steps, 0.31×), the smallest refused 34.2.
+    evaluations (distance to the converged solution, docs/benchmarks.md): 5.4× Euler's on
+    ``linspace`` and 1.16× on ``uniform`` (digits), 7.1× and 1.5× (class-conditional), 18.8×
+    and 5.2× (guidance 3), where ``order=3`` measured 0.5-1.2× and iPNDM with its last positive
+    step alone taken by Euler 0.98× and 0.58× (digits). The limit is a calibration on these
+    networks, not a bound: on the digits network at 10-18 steps it refuses every such cell worse
+    than Euler (up to 4.3×) but also ``uniform`` at 11-13 steps (0.66-0.80×), and it takes
+    ``linspace`` at 15 steps with guidance 3 (ratio 24.5, 3.4×).
 
     Args:
         order: 1 … 4 (4, AMED's default).
