@@ -195,7 +195,7 @@ class IPNDM(Solver):
     and 5.2× (guidance 3), where ``order=3`` measured 0.5-1.2× and iPNDM with its last positive
     step alone taken by Euler 0.98× and 0.58× (digits). The limit is a calibration on these
     networks, not a bound: on the digits network at 10-18 steps it refuses every such cell worse
-    than Euler (up to 4.3×) but also ``uniform`` at 11-13 steps (0.66-0.80×), and it takes
+    than Euler (up to 5.4×) but also ``uniform`` at 11-13 steps (0.60-0.73×), and it takes
     ``linspace`` at 15 steps with guidance 3 (ratio 24.5, 3.4×).
 
     Args:
