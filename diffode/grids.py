@@ -509,6 +509,14 @@ def optimize(
                         current, logs, improved = value, trial, True
         if not improved:
             break
+    if math.isinf(current):
+        # the chain of step 1 passes step by step, but a multistep solver (iPNDM) may refuse a
+        # step for what precedes it
+        raise ValueError(
+            f"{stepper!r} refuses every {steps}-step grid from sigma_max to sigma_min that was tried (the "
+            "best chain of single steps, the log-SNR, Karras and init grids and their refinements); raise "
+            "nfe (more, shorter steps), narrow sigma_max/sigma_min, or use another solver"
+        )
     # the chosen start's own values where the refinement left them, not through exp(log(·))
     chosen = [v if logs[i] == math.log(v) else math.exp(logs[i]) for i, v in enumerate(points)]
     chosen[-1] = sigma_min

@@ -50,6 +50,7 @@ from diffode.solvers import (
     UniPC,
     UnstableStepError,
     get_solver,
+    without_stability_check,
 )
 from diffode.solvers.exponential import phi
 from diffode.solvers.multistep import MultistepState, interpolation_weights
@@ -281,6 +282,23 @@ def test_ipndm_on_the_bundled_network_refuses_the_short_ddim_grids_it_fails_on()
         sample(model, schedule, x, steps=20, solver="ipndm", timesteps=spacing)
     for spacing in ("quadratic", "trailing", "karras", "logsnr"):
         sample(model, schedule, x, steps=10, solver="ipndm", timesteps=spacing)
+    # the Karras grid's last step at 5 steps: σ 0.49 -> 0.01 (ratio 49.1); at 7 steps 16.8
+    with pytest.raises(UnstableStepError, match=r"0.01 \(ratio 49.13\)"):
+        sample(model, schedule, x, steps=5, solver="ipndm", timesteps="karras")
+    sample(model, schedule, x, steps=7, solver="ipndm", timesteps="karras")
+
+
+def test_without_stability_check_keeps_the_method():
+    for name in ("heun", "rk4", "ipndm"):
+        assert without_stability_check(name).check_stability is False
+        assert repr(without_stability_check(name)) == repr(get_solver(name))[:-1] + (
+            ", check_stability=False)" if name == "ipndm" else "check_stability=False)"
+        )
+    assert without_stability_check(IPNDM(3)).max_order == 3
+    custom = without_stability_check(RungeKutta(HEUN3_TABLEAU))
+    assert type(custom) is RungeKutta and custom.tableau is HEUN3_TABLEAU and not custom.check_stability
+    with pytest.raises(ValueError, match="'euler'|Euler.*has no stability check to turn off"):
+        without_stability_check("euler")
 
 
 def test_a_named_runge_kutta_method_keeps_its_tableau():

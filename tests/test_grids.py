@@ -222,6 +222,10 @@ def test_optimized_grid_for_a_two_stage_solver_and_bad_budgets(linear):
         optimize(field, pilot, linear.sigma_max, linear.sigma_min, 10, solver="dopri5")
     with pytest.raises(ValueError, match="each init grid needs 10 positive σ values"):
         optimize(field, pilot, linear.sigma_max, linear.sigma_min, 10, init=[sigma_grid(linear, 5, "karras")])
+    # iPNDM takes every single step but refuses a four-step step beyond σ ratio 25: over
+    # σ_max/σ_min = 1.6e6 in 4 steps no grid escapes one
+    with pytest.raises(ValueError, match="IPNDM.* refuses every 4-step grid .* that was tried"):
+        optimize(field, pilot[:4], linear.sigma_max, 1e-4, 5, solver="ipndm", candidates=8, sweeps=1)
     # a float32 copy of a fitting grid fits (its ends rounded)
     fitting = sigma_grid(linear, 5, "karras").float()
     optimize(field, pilot[:4], linear.sigma_max, linear.sigma_min, 5, candidates=8, sweeps=0, init=[fitting])

@@ -186,14 +186,15 @@ class IPNDM(Solver):
 
     On a network's field, grids on which the four-step formula would take a step that divides
     (or, encoding, multiplies) σ by more than :attr:`FOUR_STEP_MAX_RATIO` are refused
-    (:class:`~diffode.solvers.UnstableStepError`, naming the step). DDIM's ``uniform`` and
-    ``linspace`` grids at 5-10 steps end with such a step, σ(t ≈ 100-200) → σ(0) = 0.01, after
-    steps of ratio about 2; the fixed weights (55, -59, 37, -9)/24 then extrapolate the cubic
-    through ε at σ ≈ 0.4-2.6 down to σ = 0.01. Measured on the bundled networks at 10
+    (:class:`~diffode.solvers.UnstableStepError`, naming the step). On the bundled schedule that
+    refuses DDIM's ``uniform`` grid at 5-13 steps, ``linspace`` at 5-14 and ``karras`` at 5-6,
+    all ending with such a step into σ_min = 0.01. At 10 steps ``uniform`` and ``linspace`` take
+    it from σ 0.34 and 0.38 after steps of ratio about 2: the fixed weights (55, -59, 37, -9)/24
+    extrapolate the cubic through ε at σ ≈ 0.4-2.6 down to σ = 0.01. Measured on the bundled networks at 10
     evaluations (distance to the converged solution, docs/benchmarks.md): 5.4× Euler's on
     ``linspace`` and 1.16× on ``uniform`` (digits), 7.1× and 1.5× (class-conditional), 18.8×
-    and 5.2× (guidance 3), where ``order=3`` measured 0.5-1.2× and iPNDM with its last positive
-    step alone taken by Euler 0.98× and 0.58× (digits). The limit is a calibration on these
+    and 5.2× (guidance 3), where ``order=3`` measured 0.57× and 0.49× and iPNDM with its last
+    positive step alone taken by Euler 0.98× and 0.58× (digits). The limit is a calibration on these
     networks, not a bound: on the digits network at 10-18 steps it refuses every such cell worse
     than Euler (up to 5.4×) but also ``uniform`` at 11-13 steps (0.60-0.73×), and it takes
     ``linspace`` at 15 steps with guidance 3 (ratio 24.5, 3.4×).
@@ -233,10 +234,10 @@ class IPNDM(Solver):
                 raise UnstableStepError(
                     f"{self!r}: the step σ {s0:.4g} -> {s1:.4g} (ratio {ratio:.4g}) would extrapolate the "
                     f"fixed four-step formula beyond the ratio {self.FOUR_STEP_MAX_RATIO:g} it takes on a "
-                    "network's field (on the bundled networks such steps landed 1.2-19 times as far from "
+                    "network's field (on the bundled networks such steps landed up to 19 times as far from "
                     "the converged solution as Euler). Use more steps, a grid without so large a step "
-                    "(quadratic, trailing, karras or logsnr), IPNDM(order=3), 'ab4' (whose weights follow "
-                    "the grid), or IPNDM(check_stability=False) (CLI: --no-stability-check) to take it anyway"
+                    "(quadratic, trailing or logsnr), IPNDM(order=3), 'ab4' (whose weights follow the "
+                    "grid), or IPNDM(check_stability=False) (CLI: --no-stability-check) to take it anyway"
                 )
 
     def step(
