@@ -75,6 +75,7 @@ FAMILIES = (
     "unipc-bh2-3",
     "ipndm",
     "deis-3",
+    "deis-tab-3",
 )
 """One or two solvers of each family for the error-versus-NFE tables."""
 REFERENCE_TOL = 1e-6

@@ -43,6 +43,7 @@ FIXED_STEP_SOLVERS: list[Solver] = [
     DEIS(1),
     DEIS(2),
     DEIS(3),
+    *(DEIS(order, basis="t", lower_order_final=False) for order in (1, 2, 3)),
 ]
 """One default-configured instance of each deterministic fixed-step solver; each one's ``name``
 is its registry string."""
@@ -62,3 +63,8 @@ def is_multistep(solver: Solver) -> bool:
     if isinstance(solver, IPNDM):
         return solver.max_order > 1
     return isinstance(solver, DPMSolverPP) and solver.multistep and solver.steps_order > 1
+
+
+def needs_schedule(solver: Solver) -> bool:
+    """Whether ``solver`` needs the field's schedule (DEIS's tAB interpolates in its time t)."""
+    return isinstance(solver, DEIS) and solver.basis == "t" and solver.order > 1

@@ -14,17 +14,21 @@ first-order case is Euler to the last bit. All formulas hold for h < 0 too (σ i
 encoding).
 
 DEIS (:class:`DEIS`) is the exponential integrator of the ε form instead: in x̄ the linear part
-vanishes (dx̄/dσ = ε), and ε is interpolated by a polynomial in log σ over past evaluations.
+vanishes (dx̄/dσ = ε), and ε is interpolated by a polynomial in log σ (or in the network time t)
+over past evaluations.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from diffode.field import PredictingField, VectorField
+from diffode.schedule import NoiseSchedule
 from diffode.solvers.base import Solver
 from diffode.solvers.multistep import MultistepState, check_order, interpolation_weights, lower_order_final
 from diffode.validation import require_bool, require_choice_int
@@ -181,42 +185,107 @@ def log_sigma_moments(s0: float, s1: float, count: int) -> list[float]:
     return [-s1 * h * math.factorial(m) * phi(m + 1, h) for m in range(count)]
 
 
+_GAUSS_NODES, _GAUSS_WEIGHTS = (v.tolist() for v in np.polynomial.legendre.leggauss(8))
+
+
+def time_moments(schedule: NoiseSchedule, s0: float, s1: float, count: int) -> list[float]:
+    """μ_m = ∫_{σ₀}^{σ₁} u^m dσ for m < ``count``, u = (t - t₀)/(t₁ - t₀) in the network time
+    t(σ) of ``schedule`` (t_i = t(σ_i)): the moments of DEIS's tAB basis.
+
+    By parts, μ_m = σ₁ - m ∫_0^1 u^{m-1} σ(t₀ + u(t₁ - t₀)) du, which needs σ(t) only. The
+    integral is 8-point Gauss–Legendre on each piece of [t₀, t₁] between integers (a discrete
+    schedule's σ(t) is exponential in t there, so the rule is exact to round-off) and on at
+    least 8 equal pieces (a continuous schedule's σ(t) is smooth), in float64.
+    """
+    t0, t1 = float(schedule.t(s0)), float(schedule.t(s1))
+    lo, hi = min(t0, t1), max(t0, t1)
+    cuts = set(np.linspace(lo, hi, 9).tolist()) | set(range(math.ceil(lo), math.floor(hi) + 1))
+    edges = sorted(c for c in cuts if lo <= c <= hi)
+    a, b = np.array(edges[:-1]), np.array(edges[1:])
+    nodes = ((a + b)[:, None] + (b - a)[:, None] * np.array(_GAUSS_NODES)) / 2
+    weights = (b - a)[:, None] / 2 * np.array(_GAUSS_WEIGHTS)
+    sigma = schedule.sigma(torch.from_numpy(nodes.reshape(-1))).numpy().reshape(nodes.shape)
+    u = (nodes - t0) / (t1 - t0)
+    # dt = (t₁ - t₀) du: the rule runs over t in increasing order, u's direction is its sign
+    scale = 1.0 / abs(t1 - t0)
+    moments = [s1 - s0]
+    for m in range(1, count):
+        moments.append(s1 - m * scale * math.fsum((weights * u ** (m - 1) * sigma).reshape(-1).tolist()))
+    return moments
+
+
+Basis = Literal["logrho", "t"]
+
+
 class DEIS(Solver):
-    """DEIS, the exponential Adams method on ε with a polynomial in log σ (log-ρ AB). Order
-    ``order`` (1 … 3), 1 evaluation per step.
+    """DEIS, the exponential Adams method on ε. Order ``order`` (1 … 3), 1 evaluation per step.
 
     Zhang & Chen (2023), "Fast sampling of diffusion models with exponential integrator"
     (arXiv 2204.13902): the exponential integrator of the ε form of the probability-flow ODE,
     with ε extrapolated from past evaluations by a polynomial. In x̄ = x/α the integrating
     factor is 1 (dx̄/dσ = ε, ρ = σ in the paper's notation), so the step is
 
-        x̄₁ = x̄₀ + Σ_j w_j ε_j,   w_j = ∫_{σ₀}^{σ₁} L_j(log σ) dσ,
+        x̄₁ = x̄₀ + Σ_j w_j ε_j,   w_j = ∫_{σ₀}^{σ₁} L_j(v(σ)) dσ,
 
-    L_j the Lagrange basis through the last ``order`` log σ values, integrated exactly
-    (:func:`log_sigma_moments`). This is the variant diffusers implements
-    (``DEISMultistepScheduler``, ``algorithm_type="deis"``, its "log-ρ" basis): equal to it at
-    orders 1, 2 and 3 (tests/test_peers.py). The paper's tAB, a polynomial in the diffusion
-    time t, is a different basis with the same order; it is not implemented (diffusers does not
-    implement it either). Start-up and lower order final as :class:`DPMSolverPP` (diffusers
-    lowers the last steps of runs with fewer than 15 steps, and so does this solver on such a
-    sampling grid). Order 1 is Euler (DDIM) to the last bit.
+    L_j the Lagrange basis through the last ``order`` values of the interpolation variable v,
+    integrated exactly. Two bases:
+
+    - ``basis="logrho"`` (``"deis-1"`` … ``"deis-3"``): v = log σ (:func:`log_sigma_moments`), the
+      variant diffusers implements (``DEISMultistepScheduler``, ``algorithm_type="deis"``, its
+      "log-ρ" basis): equal to it at orders 1, 2 and 3 (tests/test_peers.py). Start-up and lower
+      order final as :class:`DPMSolverPP` (diffusers lowers the last steps of runs with fewer than
+      15 steps, and so does this solver on such a sampling grid).
+    - ``basis="t"`` (``"deis-tab-1"`` … ``"deis-tab-3"``): v = the network time t of the field's
+      schedule (:func:`time_moments`), the paper's tAB, as in its authors' code (``deis``
+      repository, ``ab_step`` with the "t" polynomial): warm start at lower orders, no lower
+      order final (``lower_order_final=False`` in the registry). It needs the field's schedule
+      (a :class:`~diffode.field.ScheduleField` such as :class:`~diffode.EpsField`) and σ within
+      the schedule's range. On a discrete schedule t(σ) is linear in log σ between training
+      steps, so the basis is log-ρ's piece by piece, joined at the integers.
+
+    Order 1 is Euler (DDIM) to the last bit in both bases.
 
     Args:
         order: 1, 2 or 3.
+        basis: ``"logrho"`` or ``"t"``.
         lower_order_final: lower the order of the last steps of short sampling grids.
     """
 
     name = "deis"
     SUPPORTED_ORDERS = (1, 2, 3)
 
-    def __init__(self, order: int = 3, *, lower_order_final: bool = True) -> None:
+    def __init__(self, order: int = 3, *, basis: Basis = "logrho", lower_order_final: bool = True) -> None:
         self.order = check_order("DEIS", order, self.SUPPORTED_ORDERS)
+        if basis not in ("logrho", "t"):
+            raise ValueError(f"DEIS basis must be 'logrho' or 't', got {basis!r}")
+        self.basis: Basis = basis
         self.lower_order_final = require_bool("lower_order_final", lower_order_final)
-        self.name = f"deis-{order}"
+        self.name = f"deis-{order}" if basis == "logrho" else f"deis-tab-{order}"
 
     def init(self, f: VectorField, sigmas: Tensor, x: Tensor, generator: Any = None) -> MultistepState:
+        if self.basis == "t" and self.order > 1:
+            self._schedule(f, sigmas)
         below = DPMSolverPP.SHORT_GRID if self.lower_order_final else 0
         return MultistepState(left=lower_order_final(sigmas, below))
+
+    def _schedule(self, f: VectorField, sigmas: Tensor | None = None) -> NoiseSchedule:
+        """The schedule of ``f`` (as :func:`diffode.solve` hands it over, or bare), checked to
+        cover the positive σ of ``sigmas``."""
+        schedule = getattr(getattr(f, "model", f), "schedule", None)
+        if not isinstance(schedule, NoiseSchedule):
+            raise ValueError(
+                f"{self!r} interpolates ε in the network time t(σ) and needs the field's schedule; "
+                "pass a ScheduleField such as EpsField(model, schedule), or basis='logrho' (deis-2, deis-3)"
+            )
+        if sigmas is not None:
+            values = [v for v in sigmas.tolist() if 0.0 < v < math.inf]
+            inside = [v for v in values if not schedule.sigma_min <= v <= schedule.sigma_max]
+            if inside:
+                raise ValueError(
+                    f"{self!r} needs σ within the schedule's [{schedule.sigma_min:.6g}, "
+                    f"{schedule.sigma_max:.6g}], where t(σ) is defined, got σ = {inside[0]:.6g}"
+                )
+        return schedule
 
     def step(
         self, f: VectorField, s0: float, s1: float, x: Tensor, state: MultistepState
@@ -226,17 +295,25 @@ class DEIS(Solver):
         order = state.cap(self.order)
         if order > 1:
             past = state.history[len(state.history) - order + 1 :]
-            span = math.log(s1 / s0)
-            nodes = [math.log(s / s0) / span for s, _ in past] + [0.0]
-            weights = interpolation_weights(nodes, log_sigma_moments(s0, s1, order))
+            if self.basis == "logrho":
+                span = math.log(s1 / s0)
+                nodes = [math.log(s / s0) / span for s, _ in past] + [0.0]
+                moments = log_sigma_moments(s0, s1, order)
+            else:
+                schedule = self._schedule(f)
+                t0, t1 = float(schedule.t(s0)), float(schedule.t(s1))
+                nodes = [(float(schedule.t(s)) - t0) / (t1 - t0) for s, _ in past] + [0.0]
+                moments = time_moments(schedule, s0, s1, order)
+            weights = interpolation_weights(nodes, moments)
             # the weights sum to σ₁ - σ₀, which the Euler part already applied to ε₀
             for w, (_, fj) in zip(weights[:-1], past, strict=True):
                 out = out + w * (fj - f0)
         return out, state.advance((s0, f0), self.order - 1)
 
     def __repr__(self) -> str:
-        extra = "" if self.lower_order_final else ", lower_order_final=False"
+        extra = "" if self.basis == "logrho" else ", basis='t'"
+        extra += "" if self.lower_order_final else ", lower_order_final=False"
         return f"DEIS(order={self.order}{extra})"
 
 
-__all__ = ["DEIS", "DPMSolverPP", "log_sigma_moments", "phi"]
+__all__ = ["DEIS", "DPMSolverPP", "log_sigma_moments", "phi", "time_moments"]

@@ -39,6 +39,7 @@ _FACTORIES: dict[str, Callable[[], Solver]] = {
     **{f"unipc-{v}-{p}": partial(UniPC, p, v) for v in ("bh1", "bh2") for p in UniPC.SUPPORTED_ORDERS},
     "ipndm": IPNDM,
     **{f"deis-{p}": partial(DEIS, p) for p in DEIS.SUPPORTED_ORDERS},
+    **{f"deis-tab-{p}": partial(DEIS, p, basis="t", lower_order_final=False) for p in DEIS.SUPPORTED_ORDERS},
     "bdia": BDIA,
     "bdia-edm": partial(BDIA, sigma_data=0.5),
     "bosh3": partial(Bosh3, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL),
