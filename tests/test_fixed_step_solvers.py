@@ -288,6 +288,19 @@ def test_ipndm_on_the_bundled_network_refuses_the_short_ddim_grids_it_fails_on()
     sample(model, schedule, x, steps=7, solver="ipndm", timesteps="karras")
 
 
+def test_deis_tab_finds_the_schedule_of_a_bare_or_wrapped_field_and_needs_one():
+    field = EpsField(MIXTURE.model(SCHEDULE), SCHEDULE)
+    grid = sigma_grid(SCHEDULE, 8, "uniform")
+    solver = get_solver("deis-tab-3")
+    solver.init(field, grid, torch.zeros(1, 2))  # bare, as grids.optimize and benchmarks call it
+    x = torch.randn(4, 2, dtype=F64)
+    assert torch.isfinite(solve(field, x, grid, solver).x).all()
+    with pytest.raises(ValueError, match="needs the field's schedule; pass a ScheduleField"):
+        solve(MIXTURE, x, grid, solver)
+    with pytest.raises(ValueError, match="needs σ within the schedule's"):
+        solve(field, x, torch.tensor([200.0, 1.0, 0.5, 0.0], dtype=F64), solver)
+
+
 def test_without_stability_check_keeps_the_method():
     for name in ("heun", "rk4", "ipndm"):
         assert without_stability_check(name).check_stability is False

@@ -271,7 +271,10 @@ class DEIS(Solver):
     def _schedule(self, f: VectorField, sigmas: Tensor | None = None) -> NoiseSchedule:
         """The schedule of ``f`` (as :func:`diffode.solve` hands it over, or bare), checked to
         cover the positive σ of ``sigmas``."""
-        schedule = getattr(getattr(f, "model", f), "schedule", None)
+        # a bare ScheduleField holds it; the field solve hands over holds the ScheduleField as .model
+        schedule = getattr(f, "schedule", None)
+        if not isinstance(schedule, NoiseSchedule):
+            schedule = getattr(getattr(f, "model", None), "schedule", None)
         if not isinstance(schedule, NoiseSchedule):
             raise ValueError(
                 f"{self!r} interpolates ε in the network time t(σ) and needs the field's schedule; "
