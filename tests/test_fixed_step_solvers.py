@@ -299,6 +299,15 @@ def test_deis_tab_finds_the_schedule_of_a_bare_or_wrapped_field_and_needs_one():
         solve(MIXTURE, x, grid, solver)
     with pytest.raises(ValueError, match="needs σ within the schedule's"):
         solve(field, x, torch.tensor([200.0, 1.0, 0.5, 0.0], dtype=F64), solver)
+    # a float32 copy of the grid rounds σ_max up a little and is taken
+    solve(field, x, grid.float(), solver)
+    # zero terminal SNR: t(σ) is T - 1 everywhere above the largest finite σ
+    zero_snr = Schedule.cosine(max_beta=1.0)
+    assert math.isinf(zero_snr.sigma_max)
+    v_field = field_for(lambda x, t: torch.zeros_like(x), zero_snr, "v_prediction")
+    above = torch.tensor([5 * zero_snr.sigma_max_finite, 300.0, 10.0, 0.0], dtype=F64)
+    with pytest.raises(ValueError, match="where t\\(σ\\) is one-to-one"):
+        solve(v_field, x, above, solver)
 
 
 def test_without_stability_check_keeps_the_method():

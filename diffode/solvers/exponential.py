@@ -236,12 +236,15 @@ class DEIS(Solver):
       order final as :class:`DPMSolverPP` (diffusers lowers the last steps of runs with fewer than
       15 steps, and so does this solver on such a sampling grid).
     - ``basis="t"`` (``"deis-tab-1"`` … ``"deis-tab-3"``): v = the network time t of the field's
-      schedule (:func:`time_moments`), the paper's tAB, as in its authors' code (``deis``
-      repository, ``ab_step`` with the "t" polynomial): warm start at lower orders, no lower
-      order final (``lower_order_final=False`` in the registry). It needs the field's schedule
-      (a :class:`~diffode.field.ScheduleField` such as :class:`~diffode.EpsField`) and σ within
-      the schedule's range. On a discrete schedule t(σ) is linear in log σ between training
-      steps, so the basis is log-ρ's piece by piece, joined at the integers.
+      schedule (:func:`time_moments`), the paper's tAB: warm start at lower orders, no lower
+      order final (``lower_order_final=False`` in the registry), as in its authors' code. The
+      number is the order, as in ``"deis-k"``: ``"deis-tab-k"`` interpolates k points, a
+      polynomial of degree k - 1, which the paper calls tAB(k - 1) (its cubic tAB3 is not
+      offered). It needs the field's schedule (a :class:`~diffode.field.ScheduleField` such as
+      :class:`~diffode.EpsField`) and finite σ in the schedule's range. On a discrete schedule
+      t(σ) is linear in log σ between training steps (the authors' code interpolates ᾱ linearly
+      instead, a difference of about 2e-5 at 12 steps), so the basis is log-ρ's piece by piece,
+      joined at the integers.
 
     Order 1 is Euler (DDIM) to the last bit in both bases.
 
@@ -281,12 +284,16 @@ class DEIS(Solver):
                 "pass a ScheduleField such as EpsField(model, schedule), or basis='logrho' (deis-2, deis-3)"
             )
         if sigmas is not None:
+            # finite σ where t(σ) is one-to-one (a zero-terminal-SNR schedule maps everything above
+            # its largest finite σ to T - 1); the slack admits a float32 copy of the ends
+            low, high = schedule.sigma_min * (1 - 1e-6), schedule.sigma_max_finite * (1 + 1e-6)
             values = [v for v in sigmas.tolist() if 0.0 < v < math.inf]
-            inside = [v for v in values if not schedule.sigma_min <= v <= schedule.sigma_max]
-            if inside:
+            outside = [v for v in values if not low <= v <= high]
+            if outside:
                 raise ValueError(
                     f"{self!r} needs σ within the schedule's [{schedule.sigma_min:.6g}, "
-                    f"{schedule.sigma_max:.6g}], where t(σ) is defined, got σ = {inside[0]:.6g}"
+                    f"{schedule.sigma_max_finite:.6g}], where t(σ) is one-to-one, got σ = {outside[0]:.6g}; "
+                    "use basis='logrho' (deis-2, deis-3) beyond it"
                 )
         return schedule
 
