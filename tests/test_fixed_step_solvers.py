@@ -319,7 +319,7 @@ def test_without_stability_check_keeps_the_method():
     assert without_stability_check(IPNDM(3)).max_order == 3
     custom = without_stability_check(RungeKutta(HEUN3_TABLEAU))
     assert type(custom) is RungeKutta and custom.tableau is HEUN3_TABLEAU and not custom.check_stability
-    with pytest.raises(ValueError, match="'euler'|Euler.*has no stability check to turn off"):
+    with pytest.raises(ValueError, match=r"Euler\(\) has no stability check to turn off"):
         without_stability_check("euler")
 
 
